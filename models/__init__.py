@@ -1,0 +1,1 @@
+"""How text becomes vectors or answers: the embedding model and LLM providers. No database access."""

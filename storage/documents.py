@@ -1,0 +1,109 @@
+"""Documents in a collection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.collections import RESERVED_NAME, get_collection, is_reserved
+from storage.errors import InvalidError
+from storage.ids import new_id
+from storage.query import Page, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.tables import Collection, Document
+from storage.validation import DOCUMENT_CONTENT_MAX, check_ids, check_metadata, check_text
+
+
+def _where(app_id: str, user_id: str, collection_id: str, document_id: str) -> list[Any]:
+    check_ids(app=app_id, user=user_id, collection=collection_id, document=document_id)
+    return [
+        Document.id == document_id,
+        Document.collection_id == collection_id,
+        Document.user_id == user_id,
+        Document.app_id == app_id,
+    ]
+
+
+def _content(content: Any) -> str:
+    return check_text(content, max_length=DOCUMENT_CONTENT_MAX, min_length=1)
+
+
+async def create_document(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    collection_id: str,
+    *,
+    content: str,
+    metadata: dict[str, Any] | None = None,
+) -> Document:
+    check_ids(app=app_id, user=user_id, collection=collection_id)
+    values = {
+        "id": new_id(),
+        "app_id": app_id,
+        "user_id": user_id,
+        "collection_id": collection_id,
+        "content": _content(content),
+        "metadata_": check_metadata(metadata),
+    }
+    parent = [Collection.id == collection_id, Collection.user_id == user_id, Collection.app_id == app_id]
+    return await insert_under_parent(
+        db, Document, values, Collection, parent, f"collection {collection_id!r}"
+    )
+
+
+async def get_document(
+    db: AsyncSession, app_id: str, user_id: str, collection_id: str, document_id: str
+) -> Document:
+    where = _where(app_id, user_id, collection_id, document_id)
+    return await fetch_one(db, Document, where, f"document {document_id!r}")
+
+
+async def update_document(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    collection_id: str,
+    document_id: str,
+    *,
+    content: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Document:
+    if content is None and metadata is None:
+        raise InvalidError("give new content, new metadata, or both")
+    values: dict[str, Any] = {}
+    if content is not None:
+        values["content"] = _content(content)
+    if metadata is not None:
+        values["metadata_"] = check_metadata(metadata)
+    where = _where(app_id, user_id, collection_id, document_id)
+    return await update_one(db, Document, where, values, f"document {document_id!r}")
+
+
+async def delete_document(
+    db: AsyncSession, app_id: str, user_id: str, collection_id: str, document_id: str
+) -> None:
+    collection = await get_collection(db, app_id, user_id, collection_id)
+    if is_reserved(collection.name):
+        raise InvalidError(
+            f"documents in the {RESERVED_NAME!r} collection are derived facts and cannot be deleted"
+        )
+    document = await get_document(db, app_id, user_id, collection_id, document_id)
+    await db.execute(delete(Document).where(Document.id == document.id))
+
+
+async def list_documents(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    collection_id: str,
+    *,
+    filter: dict[str, Any] | None = None,
+    reverse: bool = False,
+    page: int = 1,
+    size: int = 50,
+) -> Page[Document]:
+    await get_collection(db, app_id, user_id, collection_id)
+    where = [Document.collection_id == collection_id]
+    return await fetch_page(db, Document, where, filter=filter, reverse=reverse, page=page, size=size)

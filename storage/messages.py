@@ -1,0 +1,115 @@
+"""Messages in a session, kept in the order they were written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.errors import InvalidError
+from storage.ids import new_id
+from storage.query import Page, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.sessions import get_session
+from storage.tables import Message, Session
+from storage.validation import MESSAGE_CONTENT_MAX, check_id, check_ids, check_metadata, check_text
+
+BATCH_MAX = 100
+
+
+def _row(
+    app_id: str, user_id: str, session_id: str, content: Any, is_user: Any, metadata: Any
+) -> dict[str, Any]:
+    if not isinstance(is_user, bool):
+        raise InvalidError(f"is_user must be true or false, got {is_user!r}")
+    return {
+        "id": new_id(),
+        "app_id": app_id,
+        "user_id": user_id,
+        "session_id": session_id,
+        "is_user": is_user,
+        "content": check_text(content, max_length=MESSAGE_CONTENT_MAX),
+        "metadata_": check_metadata(metadata),
+    }
+
+
+def _where(app_id: str, user_id: str, session_id: str, message_id: str) -> list[Any]:
+    check_id(message_id, what="message")
+    return [
+        Message.id == message_id,
+        Message.session_id == session_id,
+        Message.user_id == user_id,
+        Message.app_id == app_id,
+    ]
+
+
+async def create_message(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    session_id: str,
+    *,
+    content: str,
+    is_user: bool,
+    metadata: dict[str, Any] | None = None,
+) -> Message:
+    check_ids(app=app_id, user=user_id, session=session_id)
+    return await insert_under_parent(
+        db,
+        Message,
+        _row(app_id, user_id, session_id, content, is_user, metadata),
+        Session,
+        [Session.id == session_id, Session.user_id == user_id, Session.app_id == app_id],
+        f"session {session_id!r}",
+    )
+
+
+async def create_messages(
+    db: AsyncSession, app_id: str, user_id: str, session_id: str, messages: list[dict[str, Any]]
+) -> list[Message]:
+    """Up to 100 messages at once, stored and returned in the given order."""
+    if not 1 <= len(messages) <= BATCH_MAX:
+        raise InvalidError(f"a batch holds 1 to {BATCH_MAX} messages, got {len(messages)}")
+    rows = [
+        _row(app_id, user_id, session_id, m.get("content"), m.get("is_user"), m.get("metadata"))
+        for m in messages
+    ]
+    await get_session(db, app_id, user_id, session_id)
+    stmt = insert(Message).returning(Message, sort_by_parameter_order=True)
+    return list((await db.scalars(stmt, rows)).all())
+
+
+async def get_message(
+    db: AsyncSession, app_id: str, user_id: str, session_id: str, message_id: str
+) -> Message:
+    return await fetch_one(
+        db, Message, _where(app_id, user_id, session_id, message_id), f"message {message_id!r}"
+    )
+
+
+async def update_message(
+    db: AsyncSession, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
+) -> Message:
+    return await update_one(
+        db,
+        Message,
+        _where(app_id, user_id, session_id, message_id),
+        {"metadata_": check_metadata(metadata)},
+        f"message {message_id!r}",
+    )
+
+
+async def list_messages(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    session_id: str,
+    *,
+    filter: dict[str, Any] | None = None,
+    reverse: bool = False,
+    page: int = 1,
+    size: int = 50,
+) -> Page[Message]:
+    await get_session(db, app_id, user_id, session_id)
+    where = [Message.session_id == session_id]
+    return await fetch_page(db, Message, where, filter=filter, reverse=reverse, page=page, size=size)

@@ -1,0 +1,129 @@
+"""Metamessages: labelled side data about a user, optionally tied to one of its sessions and messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.errors import InvalidError, translate_integrity_errors
+from storage.ids import new_id
+from storage.messages import get_message
+from storage.query import Page, fetch_one, fetch_page, update_one
+from storage.sessions import get_session
+from storage.tables import Metamessage
+from storage.users import get_user
+from storage.validation import (
+    LABEL_MAX,
+    MESSAGE_CONTENT_MAX,
+    check_ids,
+    check_metadata,
+    check_name,
+    check_text,
+)
+
+
+def _where(app_id: str, user_id: str, metamessage_id: str) -> list[Any]:
+    check_ids(app=app_id, user=user_id, metamessage=metamessage_id)
+    return [Metamessage.id == metamessage_id, Metamessage.user_id == user_id, Metamessage.app_id == app_id]
+
+
+async def _check_links(
+    db: AsyncSession, app_id: str, user_id: str, session_id: str | None, message_id: str | None
+) -> None:
+    """The session must be this user's, and the message must be in that session."""
+    if message_id is not None and session_id is None:
+        raise InvalidError("a metamessage linked to a message must also name that message's session_id")
+    if message_id is not None and session_id is not None:
+        await get_message(db, app_id, user_id, session_id, message_id)
+    elif session_id is not None:
+        await get_session(db, app_id, user_id, session_id)
+
+
+async def create_metamessage(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    *,
+    label: str,
+    content: str,
+    session_id: str | None = None,
+    message_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Metamessage:
+    values = {
+        "id": new_id(),
+        "app_id": app_id,
+        "user_id": user_id,
+        "session_id": session_id,
+        "message_id": message_id,
+        "label": check_name(label, what="metamessage_type", max_length=LABEL_MAX),
+        "content": check_text(content, max_length=MESSAGE_CONTENT_MAX),
+        "metadata_": check_metadata(metadata),
+    }
+    await get_user(db, app_id, user_id)
+    await _check_links(db, app_id, user_id, session_id, message_id)
+    with translate_integrity_errors():
+        return (await db.scalars(insert(Metamessage).values(**values).returning(Metamessage))).one()
+
+
+async def get_metamessage(db: AsyncSession, app_id: str, user_id: str, metamessage_id: str) -> Metamessage:
+    return await fetch_one(
+        db, Metamessage, _where(app_id, user_id, metamessage_id), f"metamessage {metamessage_id!r}"
+    )
+
+
+async def update_metamessage(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    metamessage_id: str,
+    *,
+    label: str | None = None,
+    session_id: str | None = None,
+    message_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Metamessage:
+    """Change the given fields; links are re-checked. A message_id alone stays in the current session."""
+    where = _where(app_id, user_id, metamessage_id)
+    values: dict[str, Any] = {}
+    if label is not None:
+        values["label"] = check_name(label, what="metamessage_type", max_length=LABEL_MAX)
+    if metadata is not None:
+        values["metadata_"] = check_metadata(metadata)
+    if session_id is not None or message_id is not None:
+        current = await fetch_one(db, Metamessage, where, f"metamessage {metamessage_id!r}")
+        new_session = session_id if session_id is not None else current.session_id
+        # Moving to another session drops a message link that would point outside it.
+        keeps_message = session_id is None or session_id == current.session_id
+        new_message = (
+            message_id if message_id is not None else (current.message_id if keeps_message else None)
+        )
+        await _check_links(db, app_id, user_id, new_session, new_message)
+        values["session_id"], values["message_id"] = new_session, new_message
+    return await update_one(db, Metamessage, where, values, f"metamessage {metamessage_id!r}")
+
+
+async def list_metamessages(
+    db: AsyncSession,
+    app_id: str,
+    user_id: str,
+    *,
+    label: str | None = None,
+    session_id: str | None = None,
+    message_id: str | None = None,
+    filter: dict[str, Any] | None = None,
+    reverse: bool = False,
+    page: int = 1,
+    size: int = 50,
+) -> Page[Metamessage]:
+    await get_user(db, app_id, user_id)
+    where = [Metamessage.user_id == user_id, Metamessage.app_id == app_id]
+    if session_id is not None:
+        where.append(Metamessage.session_id == session_id)
+    if message_id is not None:
+        where.append(Metamessage.message_id == message_id)
+    if label is not None:
+        where.append(Metamessage.label == label)
+    return await fetch_page(db, Metamessage, where, filter=filter, reverse=reverse, page=page, size=size)

@@ -1,0 +1,209 @@
+"""The relational hierarchy as SQLAlchemy 2 tables: apps -> users -> sessions -> messages, metamessages,
+collections -> documents.
+
+Every table has an opaque string ``id`` (what the API shows), a ``seq`` identity column that fixes list
+order (batch inserts share one ``created_at``, so time alone can't order them), a JSONB ``metadata``
+object and ``created_at``. Children carry their ``app_id``/``user_id`` so scope checks and per-user
+queries need no joins. The schema itself is created and changed only by the Alembic migrations in
+``storage/migrations``; this module must describe the same schema (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    MetaData,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from storage.ids import new_id
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _id() -> Mapped[str]:
+    return mapped_column(Text, primary_key=True, default=new_id)
+
+
+def _seq(*, unique: bool = False) -> Mapped[int]:
+    return mapped_column(BigInteger, Identity(always=True), nullable=False, unique=unique)
+
+
+def _metadata() -> Mapped[dict[str, Any]]:
+    return mapped_column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb"), default=dict)
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+def _metadata_checks(table: str) -> tuple[Any, ...]:
+    """JSONB metadata is always an object, and is indexed for containment filters."""
+    return (
+        CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_is_object"),
+        Index(
+            f"ix_{table}_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
+    )
+
+
+class App(Base):
+    __tablename__ = "apps"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq(unique=True)  # the apps list is ordered by it
+    name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
+        *_metadata_checks("apps"),
+    )
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        UniqueConstraint("app_id", "name"),
+        CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
+        Index("ix_users_app_id_seq", "app_id", "seq"),
+        *_metadata_checks("users"),
+    )
+
+
+class Session(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    is_active: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("true"), default=True
+    )
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        Index("ix_sessions_user_id_seq", "user_id", "seq"),
+        Index("ix_sessions_active_user_id_seq", "user_id", "seq", postgresql_where=text("is_active")),
+        *_metadata_checks("sessions"),
+    )
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    session_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False
+    )
+    is_user: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        CheckConstraint("char_length(content) <= 50000", name="content_length"),
+        Index("ix_messages_session_id_seq", "session_id", "seq"),
+        Index("ix_messages_user_id_seq", "user_id", "seq"),
+        *_metadata_checks("messages"),
+    )
+
+
+class Metamessage(Base):
+    __tablename__ = "metamessages"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    session_id: Mapped[str | None] = mapped_column(Text, ForeignKey("sessions.id", ondelete="CASCADE"))
+    message_id: Mapped[str | None] = mapped_column(Text, ForeignKey("messages.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(Text, nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        CheckConstraint("char_length(label) BETWEEN 1 AND 50", name="label_length"),
+        CheckConstraint("char_length(content) <= 50000", name="content_length"),
+        CheckConstraint("message_id IS NULL OR session_id IS NOT NULL", name="message_requires_session"),
+        Index("ix_metamessages_user_id_seq", "user_id", "seq"),
+        Index("ix_metamessages_user_id_label_seq", "user_id", "label", "seq"),
+        Index("ix_metamessages_session_id_seq", "session_id", "seq"),
+        Index("ix_metamessages_message_id_seq", "message_id", "seq"),
+        *_metadata_checks("metamessages"),
+    )
+
+
+class Collection(Base):
+    __tablename__ = "collections"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
+        Index("ix_collections_user_id_seq", "user_id", "seq"),
+        *_metadata_checks("collections"),
+    )
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    collection_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False
+    )
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    metadata_: Mapped[dict[str, Any]] = _metadata()
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        CheckConstraint("char_length(content) BETWEEN 1 AND 100000", name="content_length"),
+        Index("ix_documents_collection_id_seq", "collection_id", "seq"),
+        *_metadata_checks("documents"),
+    )

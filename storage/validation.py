@@ -1,0 +1,89 @@
+"""Input checks shared by the per-entity modules. Each raises InvalidError with a sentence to act on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from storage.errors import InvalidError, NotFoundError
+
+NAME_MAX = 100
+LABEL_MAX = 50
+MESSAGE_CONTENT_MAX = 50_000
+DOCUMENT_CONTENT_MAX = 100_000
+METADATA_MAX_BYTES = 256 * 1024
+PAGE_SIZE_MAX = 100
+ID_MAX = 64
+
+
+def _has_nul(text: str) -> bool:
+    return "\x00" in text
+
+
+def check_name(name: Any, *, what: str = "name", max_length: int = NAME_MAX) -> str:
+    """A resource name: a non-empty string of at most ``max_length`` characters, no NUL bytes."""
+    if not isinstance(name, str):
+        raise InvalidError(f"{what} must be a string, got {type(name).__name__}")
+    if not 1 <= len(name) <= max_length:
+        raise InvalidError(f"{what} must be 1 to {max_length} characters long, got {len(name)}")
+    if _has_nul(name):
+        raise InvalidError(f"{what} must not contain NUL characters")
+    return name
+
+
+def check_text(text: Any, *, what: str = "content", max_length: int, min_length: int = 0) -> str:
+    if not isinstance(text, str):
+        raise InvalidError(f"{what} must be a string, got {type(text).__name__}")
+    if not min_length <= len(text) <= max_length:
+        raise InvalidError(f"{what} must be {min_length} to {max_length} characters long, got {len(text)}")
+    if _has_nul(text):
+        raise InvalidError(f"{what} must not contain NUL characters")
+    return text
+
+
+def check_metadata(metadata: Any, *, what: str = "metadata") -> dict[str, Any]:
+    """Metadata is a JSON object of bounded size that PostgreSQL's JSONB can hold."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidError(f"{what} must be a JSON object, got {type(metadata).__name__}")
+    try:
+        encoded = json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidError(
+            f"{what} must be plain JSON (strings, numbers, booleans, lists, objects): {exc}"
+        ) from exc
+    if len(encoded) > METADATA_MAX_BYTES:
+        raise InvalidError(f"{what} is {len(encoded)} bytes as JSON; the limit is {METADATA_MAX_BYTES}")
+    # JSONB cannot hold \u0000 anywhere, keys included.
+    if "\\u0000" in encoded:
+        raise InvalidError(f"{what} must not contain NUL characters")
+    return metadata
+
+
+def check_filter(filter: Any) -> dict[str, Any] | None:
+    """A metadata filter: None or a JSON object matched by containment (``@>``)."""
+    if filter is None or filter == {}:
+        return None
+    return check_metadata(filter, what="filter")
+
+
+def check_page(page: Any, size: Any) -> tuple[int, int]:
+    if not isinstance(page, int) or isinstance(page, bool) or page < 1:
+        raise InvalidError(f"page must be an integer of at least 1, got {page!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= PAGE_SIZE_MAX:
+        raise InvalidError(f"size must be an integer from 1 to {PAGE_SIZE_MAX}, got {size!r}")
+    return page, size
+
+
+def check_id(value: Any, *, what: str) -> str:
+    """Ids are opaque strings; one that could never have been issued matches no row: not found."""
+    if not isinstance(value, str) or not value or len(value) > ID_MAX or _has_nul(value):
+        raise NotFoundError(f"{what} {str(value)[:40]!r} not found")
+    return value
+
+
+def check_ids(**ids: Any) -> None:
+    """check_id for each keyword: ``check_ids(app=app_id, user=user_id)``."""
+    for what, value in ids.items():
+        check_id(value, what=what)

