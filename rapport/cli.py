@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import typer
 
@@ -21,6 +22,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+keys_app = typer.Typer(help="API keys (JWTs signed with AUTH_JWT_SECRET).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 def _settings() -> Settings:
@@ -79,6 +82,89 @@ def db_current() -> None:
 
     url = _database_url(_settings())
     typer.echo(f"current: {migrate.current_revision(url) or 'base (empty)'}; head: {migrate.head_revision()}")
+
+
+@keys_app.command("create")
+def keys_create(
+    admin: bool = typer.Option(False, "--admin", help="An admin key: full access, may mint other keys."),
+    app_id: str | None = typer.Option(None, help="Scope the key to this app."),
+    user_id: str | None = typer.Option(None, help="Scope the key to this user."),
+    session_id: str | None = typer.Option(None, help="Scope the key to this session."),
+    collection_id: str | None = typer.Option(None, help="Scope the key to this collection."),
+    expires_in: int | None = typer.Option(
+        None, min=1, help="Seconds until the key expires [default: never]."
+    ),
+) -> None:
+    """Print a new API key. `rapport keys create --admin` bootstraps the first one."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from deployments.api.auth import mint_key
+    from storage.db import Database
+    from storage.errors import StorageError
+    from storage.scopes import Scope, resolve_scope
+
+    settings = _settings()
+    if settings.auth.jwt_secret is None:
+        typer.echo("error: set AUTH_JWT_SECRET (and AUTH_USE_AUTH=true) before creating keys", err=True)
+        raise typer.Exit(2)
+    scoped = any((app_id, user_id, session_id, collection_id))
+    if admin == scoped:
+        typer.echo(
+            "error: give either --admin or at least one of --app-id/--user-id/--session-id/--collection-id",
+            err=True,
+        )
+        raise typer.Exit(2)
+    expires_at = datetime.now(UTC) + timedelta(seconds=expires_in) if expires_in else None
+
+    scope: Scope | None = None
+    if scoped:
+
+        async def lookup() -> Scope:
+            database = Database(_database_url(settings), settings.db)
+            try:
+                async with database.transaction() as db:
+                    return await resolve_scope(
+                        db, app_id=app_id, user_id=user_id, session_id=session_id, collection_id=collection_id
+                    )
+            finally:
+                await database.dispose()
+
+        try:
+            scope = asyncio.run(lookup())
+        except StorageError as exc:
+            typer.echo(f"error: {exc.detail}", err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(mint_key(settings.auth.jwt_secret.get_secret_value(), scope, expires_at=expires_at))
+
+
+@app.command("serve")
+def serve(
+    host: str | None = typer.Option(None, help="Interface to listen on [default: serve.host]."),
+    port: int | None = typer.Option(None, help="Port to listen on [default: serve.port]."),
+    config: Path = typer.Option(Path("serve_config.yaml"), help="Serve config with deployment options."),
+) -> None:
+    """Start Rapport: the embedded Postgres (unless DB_CONNECTION_URI is set), migrations, Ray and the API.
+
+    Uses the Ray at RAY_ADDRESS when set, else starts a local one. Ctrl-C or SIGTERM stops everything.
+    """
+    from deployments.service import ServeOptions, run_service
+
+    settings = _settings()
+    log.info("settings: %s", json.dumps(settings.redacted()))
+    options = ServeOptions(
+        host=host or settings.serve.host,
+        port=port or settings.serve.port,
+        config=config if config.is_file() else None,
+    )
+    if options.config is None:
+        log.warning("no %s here: using the deployment options built into the code", config)
+    try:
+        run_service(settings, options)
+    except Exception as exc:
+        log.exception("Rapport failed to start")
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def main() -> None:

@@ -145,8 +145,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> Settings:
-        if self.auth.use_auth and not (self.auth.jwt_secret and self.auth.jwt_secret.get_secret_value()):
+        secret = self.auth.jwt_secret.get_secret_value() if self.auth.jwt_secret else ""
+        if self.auth.use_auth and not secret:
             raise ValueError("AUTH_USE_AUTH is on but AUTH_JWT_SECRET is not set: set a long random secret")
+        if secret and len(secret) < 32:
+            raise ValueError("AUTH_JWT_SECRET must be at least 32 characters (e.g. `openssl rand -hex 32`)")
         return self
 
     @classmethod

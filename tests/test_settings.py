@@ -59,7 +59,7 @@ def test_priority_env_over_dotenv_over_toml_over_default(monkeypatch: pytest.Mon
 def test_section_key_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_CONNECTION_URI", "postgresql://u:pw@db.example:5432/rapport")
     monkeypatch.setenv("AUTH_USE_AUTH", "true")
-    monkeypatch.setenv("AUTH_JWT_SECRET", "s3cret-value")
+    monkeypatch.setenv("AUTH_JWT_SECRET", "s3cret-value-" + "x" * 32)
     monkeypatch.setenv("VECTOR_STORE_URI", "/data/lance")
     monkeypatch.setenv("RAPPORT_HOME", "/srv/rapport")
     s = Settings()
@@ -72,13 +72,13 @@ def test_section_key_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_secrets_are_masked_wherever_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_CONNECTION_URI", "postgresql+psycopg://u:hunter2@db:5432/r")
     monkeypatch.setenv("AUTH_USE_AUTH", "true")
-    monkeypatch.setenv("AUTH_JWT_SECRET", "jwt-hunter2")
+    monkeypatch.setenv("AUTH_JWT_SECRET", "jwt-hunter2-" + "x" * 32)
     monkeypatch.setenv("LLM_API_KEY", "sk-hunter2")
     s = Settings()
     for text in (repr(s), str(s), str(s.redacted())):
         assert "hunter2" not in text
     assert s.redacted()["db"]["connection_uri"] == "postgresql+psycopg://u:***@db:5432/r"
-    assert s.auth.jwt_secret is not None and s.auth.jwt_secret.get_secret_value() == "jwt-hunter2"
+    assert s.auth.jwt_secret is not None and s.auth.jwt_secret.get_secret_value().startswith("jwt-hunter2")
 
 
 @pytest.mark.parametrize(
@@ -86,6 +86,7 @@ def test_secrets_are_masked_wherever_printed(monkeypatch: pytest.MonkeyPatch) ->
     [
         ({"DB_CONNECTION_URI": "mysql://u@h/db"}, "PostgreSQL URL"),
         ({"AUTH_USE_AUTH": "true"}, "AUTH_JWT_SECRET"),
+        ({"AUTH_USE_AUTH": "true", "AUTH_JWT_SECRET": "short"}, "at least 32"),
         ({"DB_POOL_SIZE": "zero"}, "pool_size"),
         ({"SERVE_PORT": "70000"}, "port"),
     ],

@@ -1,0 +1,136 @@
+"""API keys: HS256 JWTs scoped like Honcho v1's (claims ``ad``, ``ap``, ``us``, ``se``, ``co``, ``exp``).
+
+Off by default (``AUTH_USE_AUTH=false``). When on, every route checks the key's scope against the ids in
+its path *before* touching the database, so a request outside its scope gets the same 401 whether or
+not the resource exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from deployments.api.errors import APIError
+from storage.scopes import Scope
+
+ALGORITHM = "HS256"
+# Path (or query) parameter -> claim, from the widest scope to the narrowest.
+CLAIMS = {"app_id": "ap", "user_id": "us", "session_id": "se", "collection_id": "co"}
+_LEAVES = ("session_id", "collection_id")
+
+bearer = HTTPBearer(auto_error=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """What a request's key allows."""
+
+    admin: bool = False
+    app_id: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    collection_id: str | None = None
+
+    def claim(self, param: str) -> str | None:
+        return getattr(self, param)  # type: ignore[no-any-return]
+
+    def narrowest(self) -> list[str]:
+        """The parameters a route must carry for this key to apply: its most specific claims."""
+        leaves = [p for p in _LEAVES if self.claim(p)]
+        if leaves:
+            return leaves
+        return ["user_id"] if self.user_id else ["app_id"]
+
+
+ADMIN = Key(admin=True)
+
+
+def mint_key(secret: str, scope: Scope | None = None, *, expires_at: datetime | None = None) -> str:
+    """A signed key: admin when ``scope`` is None, else limited to that scope."""
+    claims: dict[str, Any] = {"iat": int(datetime.now(UTC).timestamp())}
+    if scope is None:
+        claims["ad"] = True
+    else:
+        for param, claim in CLAIMS.items():
+            value = getattr(scope, param)
+            if value:
+                claims[claim] = value
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        claims["exp"] = int(expires_at.timestamp())
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_key(secret: str, token: str) -> Key:
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["iat"]})
+    except jwt.ExpiredSignatureError as exc:
+        raise _unauthorized("the API key has expired; ask an admin for a new one") from exc
+    except jwt.InvalidTokenError as exc:
+        raise _unauthorized("the API key is not valid (malformed, or not signed by this server)") from exc
+    key = Key(
+        admin=claims.get("ad") is True,
+        **{param: claims.get(claim) for param, claim in CLAIMS.items()},
+    )
+    if not key.admin and not any(key.claim(p) for p in CLAIMS):
+        raise _unauthorized("the API key grants nothing: it names neither admin nor any resource")
+    return key
+
+
+def _unauthorized(detail: str) -> APIError:
+    return APIError(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def current_key(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+) -> Key:
+    """The request's key; everyone is admin while auth is off."""
+    auth = request.app.state.settings.auth
+    if not auth.use_auth:
+        return ADMIN
+    if credentials is None:
+        raise _unauthorized("this server needs an API key: send 'Authorization: Bearer <key>'")
+    return decode_key(auth.jwt_secret.get_secret_value(), credentials.credentials)
+
+
+def _route_ids(request: Request, key: Key) -> dict[str, str]:
+    """The ids a request addresses: path parameters, plus the optional query ids some GET routes take.
+
+    A route that takes an id as an optional query parameter uses the key's own id when it is left out
+    (Honcho's "get by key" routes), so that counts as addressing the key's id.
+    """
+    ids = {p: request.path_params[p] for p in CLAIMS if p in request.path_params}
+    route = request.scope.get("route")
+    declared = {param.name for param in route.dependant.query_params} if route is not None else set()
+    for param in CLAIMS:
+        if param in declared and param not in ids:
+            value = request.query_params.get(param) or key.claim(param)
+            if value:
+                ids[param] = value
+    return ids
+
+
+async def require_scope(request: Request, key: Key = Depends(current_key)) -> Key:
+    """Router dependency: the key must cover every id the route addresses."""
+    if key.admin:
+        return key
+    ids = _route_ids(request, key)
+    for param, value in ids.items():
+        claimed = key.claim(param)
+        if claimed is not None and claimed != value:
+            raise _unauthorized("the API key is not permitted for this resource")
+    if not any(param in ids for param in key.narrowest()):
+        raise _unauthorized("the API key is not permitted for this operation")
+    return key
+
+
+async def require_admin(key: Key = Depends(current_key)) -> Key:
+    if not key.admin:
+        raise _unauthorized("this operation needs an admin key")
+    return key

@@ -1,0 +1,25 @@
+"""Parameters shared by the routers, declared once (names and descriptions as in the contract)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+
+from storage.db import Database
+
+
+async def get_database(request: Request) -> Database:
+    return request.app.state.database  # type: ignore[no-any-return]
+
+
+DB = Annotated[Database, Depends(get_database)]
+
+AppId = Annotated[str, Path(description="ID of the app")]
+UserId = Annotated[str, Path(description="ID of the user")]
+SessionId = Annotated[str, Path(description="ID of the session")]
+CollectionId = Annotated[str, Path(description="ID of the collection")]
+
+PageNumber = Annotated[int, Query(ge=1, description="Page number")]
+PageSize = Annotated[int, Query(ge=1, le=100, description="Page size")]
+Reverse = Annotated[bool | None, Query(description="Whether to reverse the order of results")]

@@ -1,0 +1,87 @@
+"""Apps."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Path, Query
+
+from deployments.api import schemas
+from deployments.api.auth import Key, current_key, require_admin, require_scope
+from deployments.api.errors import APIError
+from deployments.api.params import DB, PageNumber, PageSize, Reverse
+from storage import apps as store
+
+router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_scope)])
+admin = [Depends(require_admin)]
+
+
+@router.get("", response_model=schemas.App)
+async def get_app(
+    database: DB,
+    key: Annotated[Key, Depends(current_key)],
+    app_id: Annotated[
+        str | None, Query(description="App ID to retrieve. If not provided, uses JWT token")
+    ] = None,
+) -> schemas.App:
+    """Get an App by ID; without ``app_id``, the app of the request's key."""
+    app_id = app_id or key.app_id
+    if app_id is None:
+        raise APIError(422, "give app_id, or use a key scoped to an app")
+    async with database.transaction() as db:
+        return schemas.App.from_row(await store.get_app(db, app_id))
+
+
+@router.post("", response_model=schemas.App, dependencies=admin)
+async def create_app(
+    database: DB, app: Annotated[schemas.AppCreate, Body(description="App creation parameters")]
+) -> schemas.App:
+    """Create a new App"""
+    async with database.transaction() as db:
+        return schemas.App.from_row(await store.create_app(db, app.name, app.metadata))
+
+
+@router.post("/list", response_model=schemas.Page[schemas.App], dependencies=admin)
+async def get_all_apps(
+    database: DB,
+    options: Annotated[
+        schemas.AppGet | None, Body(description="Filtering and pagination options for the apps list")
+    ] = None,
+    reverse: Reverse = False,
+    page: PageNumber = 1,
+    size: PageSize = 50,
+) -> schemas.Page[schemas.App]:
+    """Get all Apps"""
+    filter = options.filter if options else None
+    async with database.transaction() as db:
+        result = await store.list_apps(db, filter=filter, reverse=bool(reverse), page=page, size=size)
+    return schemas.page_of(schemas.App, result)
+
+
+@router.get("/name/{name}", response_model=schemas.App, dependencies=admin)
+async def get_app_by_name(
+    database: DB, name: Annotated[str, Path(description="Name of the app to retrieve")]
+) -> schemas.App:
+    """Get an App by Name"""
+    async with database.transaction() as db:
+        return schemas.App.from_row(await store.get_app_by_name(db, name))
+
+
+@router.get("/get_or_create/{name}", response_model=schemas.App, dependencies=admin)
+async def get_or_create_app(
+    database: DB, name: Annotated[str, Path(description="Name of the app to get or create")]
+) -> schemas.App:
+    """Get or Create an App"""
+    async with database.transaction() as db:
+        return schemas.App.from_row(await store.get_or_create_app(db, name))
+
+
+@router.put("/{app_id}", response_model=schemas.App)
+async def update_app(
+    database: DB,
+    app_id: Annotated[str, Path(description="ID of the app to update")],
+    app: Annotated[schemas.AppUpdate, Body(description="Updated app parameters")],
+) -> schemas.App:
+    """Update an App"""
+    async with database.transaction() as db:
+        return schemas.App.from_row(await store.update_app(db, app_id, name=app.name, metadata=app.metadata))

@@ -1,0 +1,123 @@
+"""Documents in a collection."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path
+
+from deployments.api import schemas
+from deployments.api.auth import require_scope
+from deployments.api.errors import APIError
+from deployments.api.params import DB, AppId, CollectionId, PageNumber, PageSize, Reverse, UserId
+from storage import documents as store
+
+router = APIRouter(
+    prefix="/v1/apps/{app_id}/users/{user_id}/collections/{collection_id}/documents",
+    tags=["documents"],
+    dependencies=[Depends(require_scope)],
+)
+
+
+@router.post("/list", response_model=schemas.Page[schemas.Document])
+async def get_documents(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    collection_id: CollectionId,
+    options: Annotated[
+        schemas.DocumentGet | None, Body(description="Filtering options for the documents list")
+    ] = None,
+    reverse: Reverse = False,
+    page: PageNumber = 1,
+    size: PageSize = 50,
+) -> schemas.Page[schemas.Document]:
+    """Get all of the Documents in a Collection"""
+    filter = options.filter if options else None
+    async with database.transaction() as db:
+        result = await store.list_documents(
+            db, app_id, user_id, collection_id, filter=filter, reverse=bool(reverse), page=page, size=size
+        )
+    return schemas.page_of(schemas.Document, result)
+
+
+@router.get("/{document_id}", response_model=schemas.Document)
+async def get_document(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    collection_id: CollectionId,
+    document_id: Annotated[str, Path(description="ID of the document to retrieve")],
+) -> schemas.Document:
+    """Get a document by ID"""
+    async with database.transaction() as db:
+        document = await store.get_document(db, app_id, user_id, collection_id, document_id)
+    return schemas.Document.from_row(document)
+
+
+@router.put("/{document_id}", response_model=schemas.Document)
+async def update_document(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    collection_id: CollectionId,
+    document_id: Annotated[str, Path(description="ID of the document to update")],
+    document: Annotated[schemas.DocumentUpdate, Body(description="Updated document parameters")],
+) -> schemas.Document:
+    """Update the content and/or the metadata of a Document"""
+    async with database.transaction() as db:
+        updated = await store.update_document(
+            db,
+            app_id,
+            user_id,
+            collection_id,
+            document_id,
+            content=document.content,
+            metadata=document.metadata,
+        )
+    return schemas.Document.from_row(updated)
+
+
+@router.delete("/{document_id}", response_model=None)
+async def delete_document(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    collection_id: CollectionId,
+    document_id: Annotated[str, Path(description="ID of the document to delete")],
+) -> dict[str, Any]:
+    """Delete a Document by ID"""
+    async with database.transaction() as db:
+        await store.delete_document(db, app_id, user_id, collection_id, document_id)
+    return {"message": "Document deleted successfully"}
+
+
+@router.post("/query", response_model=list[schemas.Document])
+async def query_documents(
+    app_id: AppId,
+    user_id: UserId,
+    collection_id: CollectionId,
+    options: Annotated[schemas.DocumentQuery, Body(description="Query parameters for document search")],
+) -> list[schemas.Document]:
+    """Cosine Similarity Search for Documents"""
+    raise APIError(
+        501,
+        "document query needs the embedding model and vector index, which this Rapport version does not "
+        "ship yet; documents are stored and can be listed and fetched",
+    )
+
+
+@router.post("", response_model=schemas.Document)
+async def create_document(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    collection_id: CollectionId,
+    document: Annotated[schemas.DocumentCreate, Body(description="Document creation parameters")],
+) -> schemas.Document:
+    """Create a Document"""
+    async with database.transaction() as db:
+        created = await store.create_document(
+            db, app_id, user_id, collection_id, content=document.content, metadata=document.metadata
+        )
+    return schemas.Document.from_row(created)

@@ -1,0 +1,102 @@
+"""Messages in a session."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Path
+
+from deployments.api import schemas
+from deployments.api.auth import require_scope
+from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, SessionId, UserId
+from storage import messages as store
+
+router = APIRouter(
+    prefix="/v1/apps/{app_id}/users/{user_id}/sessions/{session_id}/messages",
+    tags=["messages"],
+    dependencies=[Depends(require_scope)],
+)
+MessageId = Annotated[str, Path(description="ID of the message to retrieve")]
+
+
+@router.post("", response_model=schemas.Message)
+async def create_message_for_session(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session_id: SessionId,
+    message: Annotated[schemas.MessageCreate, Body(description="Message creation parameters")],
+) -> schemas.Message:
+    """Adds a message to a session"""
+    async with database.transaction() as db:
+        created = await store.create_message(
+            db,
+            app_id,
+            user_id,
+            session_id,
+            content=message.content,
+            is_user=message.is_user,
+            metadata=message.metadata,
+        )
+    return schemas.Message.from_row(created)
+
+
+@router.post("/batch", response_model=list[schemas.Message])
+async def create_batch_messages_for_session(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session_id: SessionId,
+    batch: Annotated[schemas.MessageBatchCreate, Body(description="Batch of messages to create")],
+) -> list[schemas.Message]:
+    """Bulk create messages for a session while maintaining order. Maximum 100 messages per batch."""
+    rows = [m.model_dump() for m in batch.messages]
+    async with database.transaction() as db:
+        created = await store.create_messages(db, app_id, user_id, session_id, rows)
+    return [schemas.Message.from_row(m) for m in created]
+
+
+@router.post("/list", response_model=schemas.Page[schemas.Message])
+async def get_messages(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session_id: SessionId,
+    options: Annotated[
+        schemas.MessageGet | None, Body(description="Filtering options for the messages list")
+    ] = None,
+    reverse: Reverse = False,
+    page: PageNumber = 1,
+    size: PageSize = 50,
+) -> schemas.Page[schemas.Message]:
+    """Get all messages for a session"""
+    filter = options.filter if options else None
+    async with database.transaction() as db:
+        result = await store.list_messages(
+            db, app_id, user_id, session_id, filter=filter, reverse=bool(reverse), page=page, size=size
+        )
+    return schemas.page_of(schemas.Message, result)
+
+
+@router.get("/{message_id}", response_model=schemas.Message)
+async def get_message(
+    database: DB, app_id: AppId, user_id: UserId, session_id: SessionId, message_id: MessageId
+) -> schemas.Message:
+    """Get a Message by ID"""
+    async with database.transaction() as db:
+        return schemas.Message.from_row(await store.get_message(db, app_id, user_id, session_id, message_id))
+
+
+@router.put("/{message_id}", response_model=schemas.Message)
+async def update_message(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session_id: SessionId,
+    message_id: Annotated[str, Path(description="ID of the message to update")],
+    message: Annotated[schemas.MessageUpdate, Body(description="Updated message parameters")],
+) -> schemas.Message:
+    """Update the metadata of a Message"""
+    async with database.transaction() as db:
+        updated = await store.update_message(db, app_id, user_id, session_id, message_id, message.metadata)
+    return schemas.Message.from_row(updated)

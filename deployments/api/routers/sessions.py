@@ -1,0 +1,140 @@
+"""Sessions of a user."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query
+
+from deployments.api import schemas
+from deployments.api.auth import Key, current_key, require_scope
+from deployments.api.errors import APIError
+from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, SessionId, UserId
+from storage import sessions as store
+
+router = APIRouter(
+    prefix="/v1/apps/{app_id}/users/{user_id}/sessions",
+    tags=["sessions"],
+    dependencies=[Depends(require_scope)],
+)
+
+
+@router.get("", response_model=schemas.Session)
+async def get_session(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    key: Annotated[Key, Depends(current_key)],
+    session_id: Annotated[
+        str | None, Query(description="Session ID to retrieve. If not provided, uses JWT token")
+    ] = None,
+) -> schemas.Session:
+    """Get a session of the user, active or not; without ``session_id``, the session of the request's key."""
+    session_id = session_id or key.session_id
+    if session_id is None:
+        raise APIError(422, "give session_id, or use a key scoped to a session")
+    async with database.transaction() as db:
+        return schemas.Session.from_row(await store.get_session(db, app_id, user_id, session_id))
+
+
+@router.post("", response_model=schemas.Session)
+async def create_session(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session: Annotated[schemas.SessionCreate, Body(description="Session creation parameters")],
+) -> schemas.Session:
+    """Create a Session for a User"""
+    async with database.transaction() as db:
+        return schemas.Session.from_row(await store.create_session(db, app_id, user_id, session.metadata))
+
+
+@router.post("/list", response_model=schemas.Page[schemas.Session])
+async def get_sessions(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    options: Annotated[
+        schemas.SessionGet | None, Body(description="Filtering and pagination options for the sessions list")
+    ] = None,
+    reverse: Reverse = False,
+    page: PageNumber = 1,
+    size: PageSize = 50,
+) -> schemas.Page[schemas.Session]:
+    """Get All Sessions for a User (``is_active: true`` keeps only active ones)"""
+    options = options or schemas.SessionGet()
+    async with database.transaction() as db:
+        result = await store.list_sessions(
+            db,
+            app_id,
+            user_id,
+            is_active=options.is_active,
+            filter=options.filter,
+            reverse=bool(reverse),
+            page=page,
+            size=size,
+        )
+    return schemas.page_of(schemas.Session, result)
+
+
+@router.put("/{session_id}", response_model=schemas.Session)
+async def update_session(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session_id: Annotated[str, Path(description="ID of the session to update")],
+    session: Annotated[schemas.SessionUpdate, Body(description="Updated session parameters")],
+) -> schemas.Session:
+    """Update the metadata of a Session"""
+    async with database.transaction() as db:
+        updated = await store.update_session(db, app_id, user_id, session_id, session.metadata)
+    return schemas.Session.from_row(updated)
+
+
+@router.delete("/{session_id}", response_model=None)
+async def delete_session(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session_id: Annotated[str, Path(description="ID of the session to delete")],
+) -> dict[str, Any]:
+    """Delete a session by marking it as inactive"""
+    async with database.transaction() as db:
+        await store.delete_session(db, app_id, user_id, session_id)
+    return {"message": "Session deleted successfully"}
+
+
+@router.post(
+    "/{session_id}/chat",
+    response_model=schemas.DialecticResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def chat(
+    app_id: AppId,
+    user_id: UserId,
+    session_id: SessionId,
+    options: Annotated[schemas.DialecticOptions, Body(description="Dialectic Endpoint Parameters")],
+) -> schemas.DialecticResponse:
+    """Chat with the Dialectic API"""
+    raise APIError(
+        501,
+        "the dialectic endpoint needs the LLM and derivation pipeline, which this Rapport version "
+        "does not ship yet; its stored data is unaffected",
+    )
+
+
+@router.get("/{session_id}/clone", response_model=schemas.Session)
+async def clone_session(
+    database: DB,
+    app_id: AppId,
+    user_id: UserId,
+    session_id: Annotated[str, Path(description="ID of the session to clone")],
+    message_id: Annotated[str | None, Query(description="Message ID to cut off the clone at")] = None,
+    deep_copy: Annotated[bool, Query(description="Whether to deep copy metamessages")] = False,
+) -> schemas.Session:
+    """Clone a session, optionally up to a specific message"""
+    async with database.transaction() as db:
+        clone = await store.clone_session(
+            db, app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy
+        )
+    return schemas.Session.from_row(clone)

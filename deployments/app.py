@@ -1,0 +1,51 @@
+"""The Serve application graph, built by one function from settings and the options in serve_config.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.serve import Application
+from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
+
+from deployments.ingress import RapportAPI
+from rapport.settings import Settings, get_settings
+
+IMPORT_PATH = "deployments.app:build_app"
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """Entry point for ``serve run serve_config.yaml``: settings come from the environment of the cluster
+    (the application's ``runtime_env.env_vars``), deployment options from the YAML itself."""
+    return rapport_application(get_settings())
+
+
+def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] | None = None) -> Application:
+    """The application: the API ingress (model deployments join it in later versions).
+
+    ``options`` maps a deployment name to Serve deployment options (autoscaling, resources...).
+    """
+    options = options or {}
+    api = RapportAPI.options(**options.get("RapportAPI", {}))
+    return api.bind(settings.model_dump())
+
+
+def read_serve_config(path: Path) -> tuple[ServeApplicationSchema, dict[str, dict[str, Any]]]:
+    """Rapport's application from a Serve config file, and its per-deployment options."""
+    raw = yaml.safe_load(path.read_text())
+    config = ServeDeploySchema.model_validate(raw)
+    for app in config.applications:
+        if app.import_path == IMPORT_PATH:
+            break
+    else:
+        raise ValueError(f"{path} has no application with import_path {IMPORT_PATH!r}")
+    options: dict[str, dict[str, Any]] = {}
+    for deployment in app.deployments:
+        opts = deployment.model_dump(exclude_unset=True, exclude={"name"})
+        env_vars = (app.runtime_env or {}).get("env_vars")
+        if env_vars:
+            actor = opts.setdefault("ray_actor_options", {})
+            actor.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
+        options[deployment.name] = opts
+    return app, options
