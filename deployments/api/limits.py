@@ -7,10 +7,6 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -33,27 +29,32 @@ class BodySizeLimit:
 
         received = 0
         started = False
+        rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    # A chunked body grew past the limit: answer 413 now and tell the app the client left.
+                    rejected = True
+                    if not started:
+                        await self._reject(send, 413, self._detail())
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 is already out; drop whatever the app answers to the disconnect
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:  # a chunked body grew past the limit while being read
-                await self._reject(send, 413, self._detail())
+        await self.app(scope, counting_receive, guarded_send)
 
     def _detail(self) -> str:
         return f"request body is larger than the {self.max_bytes}-byte limit (serve.max_body_bytes)"

@@ -1,0 +1,49 @@
+"""In-process API clients over real Postgres (the Ray Serve path is tested in test_served_scenario.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from deployments.api import create_api
+from rapport.settings import Settings
+from storage.db import Database
+from storage.tables import Base
+
+SECRET = "test-secret-" + "0123456789abcdef" * 3
+
+
+def make_settings(**sections: dict[str, Any]) -> Settings:
+    """Settings from these values only: no env, no files (model_validate skips the sources)."""
+    return Settings.model_validate(sections)
+
+
+@pytest.fixture
+def api_client(database: Database) -> Callable[..., httpx.AsyncClient]:
+    """Build a client for an API made from the given settings sections."""
+
+    def build(**sections: dict[str, Any]) -> httpx.AsyncClient:
+        app = create_api(make_settings(**sections), database=database)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rapport.test")
+
+    return build
+
+
+@pytest.fixture
+async def client(api_client: Callable[..., httpx.AsyncClient]) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client() as c:
+        yield c
+
+
+async def snapshot(database: Database) -> dict[str, list[str]]:
+    """Every row of every table, as text: equal snapshots mean nothing changed."""
+    result: dict[str, list[str]] = {}
+    async with database.transaction() as db:
+        for table in Base.metadata.sorted_tables:
+            rows = await db.execute(text(f"SELECT t::text FROM {table.name} t ORDER BY seq"))
+            result[table.name] = [row[0] for row in rows]
+    return result

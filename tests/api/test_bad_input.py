@@ -1,0 +1,216 @@
+"""Bad input for every resource gets its documented status, a detail that says why, and changes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from storage.db import Database
+from tests.api.conftest import snapshot
+
+LONG = "x" * 101
+BIG = {"blob": "x" * (2 * 1024 * 1024)}  # over the default 2 MiB body limit
+
+
+@dataclass
+class World:
+    app: str
+    user: str
+    session: str
+    message: str
+    metamessage: str
+    collection: str
+    document: str
+    other_app: str
+    other_user: str  # a user of other_app
+    other_session: str
+
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient) -> World:
+    async def post(path: str, body: dict) -> dict:
+        response = await client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    app = (await post("/v1/apps", {"name": "app"}))["id"]
+    user = (await post(f"/v1/apps/{app}/users", {"name": "user"}))["id"]
+    u = f"/v1/apps/{app}/users/{user}"
+    session = (await post(f"{u}/sessions", {}))["id"]
+    message = (await post(f"{u}/sessions/{session}/messages", {"content": "hello", "is_user": True}))["id"]
+    meta = (
+        await post(f"{u}/metamessages", {"metamessage_type": "t", "content": "c", "session_id": session})
+    )["id"]
+    collection = (await post(f"{u}/collections", {"name": "notes"}))["id"]
+    document = (await post(f"{u}/collections/{collection}/documents", {"content": "doc"}))["id"]
+    other_app = (await post("/v1/apps", {"name": "other"}))["id"]
+    other_user = (await post(f"/v1/apps/{other_app}/users", {"name": "user"}))["id"]
+    other_session = (await post(f"/v1/apps/{other_app}/users/{other_user}/sessions", {}))["id"]
+    return World(
+        app, user, session, message, meta, collection, document, other_app, other_user, other_session
+    )
+
+
+U = "/v1/apps/{w.app}/users/{w.user}"
+S = U + "/sessions/{w.session}"
+C = U + "/collections/{w.collection}"
+
+# (method, path template, JSON body, expected status). Templates are filled from the World.
+CASES: list[tuple[str, str, Any, int]] = [
+    # apps
+    ("POST", "/v1/apps", {"name": LONG}, 422),
+    ("POST", "/v1/apps", {"name": ""}, 422),
+    ("POST", "/v1/apps", {"name": 7}, 422),
+    ("POST", "/v1/apps", {"name": "ok", "metadata": [1, 2]}, 422),
+    ("POST", "/v1/apps", {"name": "ok", "metadata": "text"}, 422),
+    ("POST", "/v1/apps", {"name": "app"}, 409),
+    ("POST", "/v1/apps", {"name": "ok", "metadata": BIG}, 413),
+    ("PUT", "/v1/apps/{w.app}", {"name": LONG}, 422),
+    ("PUT", "/v1/apps/{w.app}", {"name": "other"}, 409),
+    ("PUT", "/v1/apps/{w.app}", {"metadata": 5}, 422),
+    ("PUT", "/v1/apps/no-such-app", {"name": "z"}, 404),
+    ("GET", "/v1/apps?app_id=no-such-app", None, 404),
+    ("GET", "/v1/apps/name/no-such-app", None, 404),
+    ("GET", "/v1/apps/get_or_create/" + LONG, None, 422),
+    ("POST", "/v1/apps/list", {"filter": "text"}, 422),
+    ("POST", "/v1/apps/list?size=101", None, 422),
+    ("POST", "/v1/apps/list?page=0", None, 422),
+    # users
+    ("POST", "/v1/apps/{w.app}/users", {"name": LONG}, 422),
+    ("POST", "/v1/apps/{w.app}/users", {"name": "ok", "metadata": []}, 422),
+    ("POST", "/v1/apps/{w.app}/users", {"name": "user"}, 409),
+    ("POST", "/v1/apps/no-such-app/users", {"name": "ok"}, 404),
+    ("POST", "/v1/apps/{w.app}/users", {"name": "ok", "metadata": BIG}, 413),
+    ("PUT", U, {"name": LONG}, 422),
+    ("PUT", U, {"metadata": True}, 422),
+    ("PUT", "/v1/apps/{w.other_app}/users/{w.user}", {"name": "moved"}, 404),
+    ("GET", "/v1/apps/{w.app}/users?user_id={w.other_user}", None, 404),
+    ("GET", "/v1/apps/{w.app}/users/get_or_create/" + LONG, None, 422),
+    ("GET", "/v1/apps/no-such-app/users/get_or_create/x", None, 404),
+    ("POST", "/v1/apps/no-such-app/users/list", None, 404),
+    # sessions
+    ("POST", U + "/sessions", {"metadata": "text"}, 422),
+    ("POST", "/v1/apps/{w.other_app}/users/{w.user}/sessions", {}, 404),
+    ("POST", U + "/sessions", {"metadata": BIG}, 413),
+    ("PUT", S, {}, 422),
+    ("PUT", S, {"metadata": [1]}, 422),
+    ("PUT", U + "/sessions/{w.other_session}", {"metadata": {}}, 404),
+    ("DELETE", U + "/sessions/no-such-session", None, 404),
+    ("GET", S + "/clone?message_id=no-such-message", None, 404),
+    ("POST", U + "/sessions/list", {"is_active": "sometimes"}, 422),
+    # messages
+    ("POST", S + "/messages", {"content": "x" * 50_001, "is_user": True}, 422),
+    ("POST", S + "/messages", {"content": "hi", "is_user": "maybe"}, 422),
+    ("POST", S + "/messages", {"content": "hi"}, 422),
+    ("POST", S + "/messages", {"content": "hi", "is_user": True, "metadata": 1}, 422),
+    ("POST", S + "/messages", {"content": "hi", "is_user": True, "metadata": BIG}, 413),
+    ("POST", U + "/sessions/{w.other_session}/messages", {"content": "hi", "is_user": True}, 404),
+    ("POST", S + "/messages/batch", {"messages": [{"content": "a", "is_user": True}] * 101}, 422),
+    ("POST", S + "/messages/batch", {"messages": [{"content": "a", "is_user": True}, {"content": 1}]}, 422),
+    ("PUT", S + "/messages/{w.message}", {"metadata": "text"}, 422),
+    ("GET", S + "/messages/no-such-message", None, 404),
+    ("GET", U + "/sessions/{w.other_session}/messages/{w.message}", None, 404),
+    # metamessages
+    ("POST", U + "/metamessages", {"metamessage_type": "x" * 51, "content": "c"}, 422),
+    (
+        "POST",
+        U + "/metamessages",
+        {"metamessage_type": "t", "content": "c", "message_id": "{w.message}"},
+        422,
+    ),
+    (
+        "POST",
+        U + "/metamessages",
+        {"metamessage_type": "t", "content": "c", "session_id": "{w.other_session}"},
+        404,
+    ),
+    ("POST", U + "/metamessages", {"metamessage_type": "t", "content": "c", "metadata": BIG}, 413),
+    ("PUT", U + "/metamessages/{w.metamessage}", {"metadata": []}, 422),
+    ("PUT", U + "/metamessages/{w.metamessage}", {"metamessage_type": LONG}, 422),
+    ("PUT", U + "/metamessages/no-such", {"metadata": {}}, 404),
+    ("GET", U + "/metamessages/no-such", None, 404),
+    # collections
+    ("POST", U + "/collections", {"name": LONG}, 422),
+    ("POST", U + "/collections", {"name": "honcho"}, 422),
+    ("POST", U + "/collections", {"name": "notes"}, 409),
+    ("POST", U + "/collections", {"name": "ok", "metadata": "x"}, 422),
+    ("POST", U + "/collections", {"name": "ok", "metadata": BIG}, 413),
+    ("PUT", C, {"name": "HONCHO"}, 422),
+    ("PUT", C, {}, 422),
+    ("PUT", U + "/collections/no-such", {"name": "n"}, 404),
+    ("DELETE", U + "/collections/no-such", None, 404),
+    ("GET", U + "/collections/name/no-such", None, 404),
+    # documents
+    ("POST", C + "/documents", {"content": ""}, 422),
+    ("POST", C + "/documents", {"content": "x" * 100_001}, 422),
+    ("POST", C + "/documents", {"content": "ok", "metadata": [1]}, 422),
+    ("POST", C + "/documents", {"content": "ok", "metadata": BIG}, 413),
+    ("POST", U + "/collections/no-such/documents", {"content": "ok"}, 404),
+    ("PUT", C + "/documents/{w.document}", {}, 422),
+    ("PUT", C + "/documents/{w.document}", {"content": ""}, 422),
+    ("PUT", C + "/documents/no-such", {"content": "new"}, 404),
+    ("DELETE", C + "/documents/no-such", None, 404),
+    ("POST", C + "/documents/list", {"filter": 3}, 422),
+    ("POST", C + "/documents/query", {"query": ""}, 422),
+    ("POST", C + "/documents/query", {"query": "q", "top_k": 51}, 422),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "template", "body", "status"), CASES, ids=[f"{c[0]} {c[1]} {c[3]}" for c in CASES]
+)
+async def test_bad_input_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient,
+    database: Database,
+    world: World,
+    method: str,
+    template: str,
+    body: Any,
+    status: int,
+) -> None:
+    path = template.format(w=world)
+    if isinstance(body, dict):  # ids inside bodies are templates too
+        body = {k: v.format(w=world) if isinstance(v, str) and "{w." in v else v for k, v in body.items()}
+    before = await snapshot(database)
+
+    response = await client.request(method, path, json=body)
+
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert detail, "every error says what went wrong"
+    if status == 422 and isinstance(detail, list):
+        assert all(e["loc"] and e["msg"] for e in detail), "schema errors name the field and the reason"
+    assert await snapshot(database) == before
+
+
+async def test_malformed_json_is_422(client: httpx.AsyncClient, world: World) -> None:
+    response = await client.post(
+        "/v1/apps", content=b'{"name": ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+async def test_chunked_body_over_the_limit_is_413(client: httpx.AsyncClient, database: Database) -> None:
+    before = await snapshot(database)
+
+    async def chunks():  # no Content-Length: the limit must hold while reading
+        yield b'{"name": "big", "metadata": {"blob": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}}'
+
+    response = await client.post("/v1/apps", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+    assert await snapshot(database) == before
+
+
+async def test_unfinished_features_say_what_is_missing(client: httpx.AsyncClient, world: World) -> None:
+    chat = await client.post(S.format(w=world) + "/chat", json={"queries": "what does the user like?"})
+    query = await client.post(C.format(w=world) + "/documents/query", json={"query": "tea"})
+    for response in (chat, query):
+        assert response.status_code == 501
+        assert "does not ship yet" in response.json()["detail"]

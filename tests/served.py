@@ -1,0 +1,73 @@
+"""Run `rapport serve` as a real subprocess (its own Ray, real HTTP) for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def rapport_serve(env: dict[str, str], home: Path, startup_timeout_s: float = 180) -> Iterator[str]:
+    """Start `rapport serve`, yield its base URL once /health answers, then stop it with SIGTERM.
+
+    On exit it checks the service stopped cleanly (exit code 0, "Rapport stopped" printed).
+    """
+    port = free_port()
+    log_path = home / "serve.log"
+    home.mkdir(parents=True, exist_ok=True)
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DB_", "AUTH_", "RAY_ADDRESS"))},
+        "RAPPORT_HOME": str(home),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rapport.cli", "serve", "--port", str(port), "--config", str(REPO / "serve_config.yaml")],
+            cwd=home, env=full_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"rapport serve exited early:\n{log_path.read_text()[-4000:]}")
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"rapport serve not healthy in {startup_timeout_s}s:\n{log_path.read_text()[-4000:]}"
+                    )
+                time.sleep(0.5)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                code = process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
+    output = log_path.read_text()
+    assert code == 0, f"rapport serve exited with {code}:\n{output[-4000:]}"
+    assert "Rapport stopped" in output, output[-4000:]
