@@ -27,7 +27,7 @@ def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] |
     ``options`` maps a deployment name to Serve deployment options (autoscaling, resources...).
     """
     options = options or {}
-    api = RapportAPI.options(**options.get("RapportAPI", {}))
+    api = RapportAPI.options(**options.get("RapportAPI", {}))  # type: ignore[attr-defined]
     return api.bind(settings.model_dump())
 
 

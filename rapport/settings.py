@@ -45,8 +45,10 @@ class DBSettings(_Section):
         default=None,
         description="postgresql+psycopg://user:pass@host:port/db. Unset: an embedded Postgres under app.home.",
     )
-    pool_size: int = Field(default=10, ge=1, le=1000)
-    max_overflow: int = Field(default=20, ge=0, le=1000)
+    pool_size: int = Field(default=20, ge=1, le=1000)
+    # Overflow connections are closed again on return: under sustained load they churn (measured: 335
+    # vs 519 creates/s), so the default keeps a fixed pool and lets requests queue for it.
+    max_overflow: int = Field(default=0, ge=0, le=1000)
     pool_timeout_s: float = Field(default=30.0, gt=0)
     statement_timeout_ms: int = Field(default=30_000, ge=0, description="0 disables the timeout.")
     migrate_on_start: bool = True

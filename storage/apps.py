@@ -4,44 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.errors import translate_integrity_errors
 from storage.ids import new_id
-from storage.query import Page, fetch_one, fetch_page, get_or_create, update_one
+from storage.query import Page, Record, fetch_one, fetch_page, get_or_create, insert_one, update_one
 from storage.tables import App
 from storage.validation import check_id, check_metadata, check_name
 
 
-async def create_app(db: AsyncSession, name: str, metadata: dict[str, Any] | None = None) -> App:
+async def create_app(db: AsyncConnection, name: str, metadata: dict[str, Any] | None = None) -> Record:
     name, metadata = check_name(name), check_metadata(metadata)
-    with translate_integrity_errors(conflict=f"an app named {name!r} already exists"):
-        return (
-            await db.scalars(insert(App).values(id=new_id(), name=name, metadata_=metadata).returning(App))
-        ).one()
+    values = {"id": new_id(), "name": name, "metadata_": metadata}
+    return await insert_one(db, App, values, conflict=f"an app named {name!r} already exists")
 
 
-async def get_app(db: AsyncSession, app_id: str) -> App:
+async def get_app(db: AsyncConnection, app_id: str) -> Record:
     check_id(app_id, what="app")
-    return await fetch_one(db, App, [App.id == app_id], f"app {app_id!r}")
+    return await fetch_one(db, App, {"id": app_id}, f"app {app_id!r}")
 
 
-async def get_app_by_name(db: AsyncSession, name: str) -> App:
+async def get_app_by_name(db: AsyncConnection, name: str) -> Record:
     check_name(name)
-    return await fetch_one(db, App, [App.name == name], f"app named {name!r}")
+    return await fetch_one(db, App, {"name": name}, f"app named {name!r}")
 
 
-async def get_or_create_app(db: AsyncSession, name: str) -> App:
+async def get_or_create_app(db: AsyncConnection, name: str) -> Record:
     """The app with this name, created if missing. Safe under concurrent callers: one row, one id."""
     name = check_name(name)
     values = {"id": new_id(), "name": name, "metadata_": {}}
-    return await get_or_create(db, App, values, [App.name], f"app named {name!r}")
+    return await get_or_create(db, App, values, ("name",), f"app named {name!r}")
 
 
 async def update_app(
-    db: AsyncSession, app_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
-) -> App:
+    db: AsyncConnection, app_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
+) -> Record:
     check_id(app_id, what="app")
     values: dict[str, Any] = {}
     if name is not None:
@@ -51,7 +47,7 @@ async def update_app(
     return await update_one(
         db,
         App,
-        [App.id == app_id],
+        {"id": app_id},
         values,
         f"app {app_id!r}",
         conflict=f"an app named {name!r} already exists",
@@ -59,11 +55,11 @@ async def update_app(
 
 
 async def list_apps(
-    db: AsyncSession,
+    db: AsyncConnection,
     *,
     filter: dict[str, Any] | None = None,
     reverse: bool = False,
     page: int = 1,
     size: int = 50,
-) -> Page[App]:
-    return await fetch_page(db, App, [], filter=filter, reverse=reverse, page=page, size=size)
+) -> Page[Record]:
+    return await fetch_page(db, App, {}, filter=filter, reverse=reverse, page=page, size=size)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
 from storage.ids import new_id
-from storage.query import Page, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, update_one
 from storage.tables import Collection, User
 from storage.users import get_user
 from storage.validation import check_ids, check_metadata, check_name
@@ -30,20 +30,20 @@ def _check_client_name(name: str) -> str:
     return name
 
 
-def _where(app_id: str, user_id: str, collection_id: str) -> list[Any]:
+def _where(app_id: str, user_id: str, collection_id: str) -> Keys:
     check_ids(app=app_id, user=user_id, collection=collection_id)
-    return [Collection.id == collection_id, Collection.user_id == user_id, Collection.app_id == app_id]
+    return {"id": collection_id, "user_id": user_id, "app_id": app_id}
 
 
 async def create_collection(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     name: str,
     metadata: dict[str, Any] | None = None,
     *,
     allow_reserved: bool = False,
-) -> Collection:
+) -> Record:
     """A new collection; only Rapport itself (``allow_reserved``) may create the reserved one."""
     check_ids(app=app_id, user=user_id)
     name = check_name(name) if allow_reserved else _check_client_name(name)
@@ -58,34 +58,34 @@ async def create_collection(
             "metadata_": check_metadata(metadata),
         },
         User,
-        [User.id == user_id, User.app_id == app_id],
+        {"id": user_id, "app_id": app_id},
         f"user {user_id!r}",
         conflict=f"this user already has a collection named {name!r}",
     )
 
 
-async def get_collection(db: AsyncSession, app_id: str, user_id: str, collection_id: str) -> Collection:
+async def get_collection(db: AsyncConnection, app_id: str, user_id: str, collection_id: str) -> Record:
     return await fetch_one(
         db, Collection, _where(app_id, user_id, collection_id), f"collection {collection_id!r}"
     )
 
 
-async def get_collection_by_name(db: AsyncSession, app_id: str, user_id: str, name: str) -> Collection:
+async def get_collection_by_name(db: AsyncConnection, app_id: str, user_id: str, name: str) -> Record:
     check_ids(app=app_id, user=user_id)
     check_name(name)
-    where = [Collection.user_id == user_id, Collection.app_id == app_id, Collection.name == name]
+    where = {"user_id": user_id, "app_id": app_id, "name": name}
     return await fetch_one(db, Collection, where, f"collection named {name!r}")
 
 
 async def update_collection(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     collection_id: str,
     *,
     name: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> Collection:
+) -> Record:
     if name is None and metadata is None:
         raise InvalidError("give a new name, new metadata, or both")
     where = _where(app_id, user_id, collection_id)
@@ -103,7 +103,7 @@ async def update_collection(
     )  # fmt: skip
 
 
-async def delete_collection(db: AsyncSession, app_id: str, user_id: str, collection_id: str) -> None:
+async def delete_collection(db: AsyncConnection, app_id: str, user_id: str, collection_id: str) -> None:
     """Delete the collection and every document in it."""
     collection = await get_collection(db, app_id, user_id, collection_id)
     if is_reserved(collection.name):
@@ -112,7 +112,7 @@ async def delete_collection(db: AsyncSession, app_id: str, user_id: str, collect
 
 
 async def list_collections(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     *,
@@ -120,7 +120,7 @@ async def list_collections(
     reverse: bool = False,
     page: int = 1,
     size: int = 50,
-) -> Page[Collection]:
+) -> Page[Record]:
     await get_user(db, app_id, user_id)
-    where = [Collection.user_id == user_id, Collection.app_id == app_id]
+    where = {"user_id": user_id, "app_id": app_id}
     return await fetch_page(db, Collection, where, filter=filter, reverse=reverse, page=page, size=size)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from rapport.settings import DBSettings, Settings, mask_url_password
 
@@ -40,22 +40,21 @@ def make_engine(url: str, db: DBSettings) -> AsyncEngine:
 
 
 class Database:
-    """The engine plus the session factory; create one per process and share it."""
+    """The engine (and its connection pool); create one per process and share it."""
 
     def __init__(self, url: str, db: DBSettings) -> None:
         self.url = url
         self.engine = make_engine(url, db)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         return cls(resolve_database_url(settings), settings.db)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session in one transaction: committed if the block succeeds, rolled back if it raises."""
-        async with self.sessions() as session, session.begin():
-            yield session
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in one transaction: committed if the block succeeds, rolled back if it raises."""
+        async with self.engine.begin() as connection:
+            yield connection
 
     async def ping(self) -> None:
         """Raise if the database can't answer a trivial query."""

@@ -5,24 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.collections import RESERVED_NAME, get_collection, is_reserved
 from storage.errors import InvalidError
 from storage.ids import new_id
-from storage.query import Page, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, update_one
 from storage.tables import Collection, Document
 from storage.validation import DOCUMENT_CONTENT_MAX, check_ids, check_metadata, check_text
 
 
-def _where(app_id: str, user_id: str, collection_id: str, document_id: str) -> list[Any]:
+def _where(app_id: str, user_id: str, collection_id: str, document_id: str) -> Keys:
     check_ids(app=app_id, user=user_id, collection=collection_id, document=document_id)
-    return [
-        Document.id == document_id,
-        Document.collection_id == collection_id,
-        Document.user_id == user_id,
-        Document.app_id == app_id,
-    ]
+    return {"id": document_id, "collection_id": collection_id, "user_id": user_id, "app_id": app_id}
 
 
 def _content(content: Any) -> str:
@@ -30,14 +25,14 @@ def _content(content: Any) -> str:
 
 
 async def create_document(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     collection_id: str,
     *,
     content: str,
     metadata: dict[str, Any] | None = None,
-) -> Document:
+) -> Record:
     check_ids(app=app_id, user=user_id, collection=collection_id)
     values = {
         "id": new_id(),
@@ -47,21 +42,21 @@ async def create_document(
         "content": _content(content),
         "metadata_": check_metadata(metadata),
     }
-    parent = [Collection.id == collection_id, Collection.user_id == user_id, Collection.app_id == app_id]
+    parent = {"id": collection_id, "user_id": user_id, "app_id": app_id}
     return await insert_under_parent(
         db, Document, values, Collection, parent, f"collection {collection_id!r}"
     )
 
 
 async def get_document(
-    db: AsyncSession, app_id: str, user_id: str, collection_id: str, document_id: str
-) -> Document:
+    db: AsyncConnection, app_id: str, user_id: str, collection_id: str, document_id: str
+) -> Record:
     where = _where(app_id, user_id, collection_id, document_id)
     return await fetch_one(db, Document, where, f"document {document_id!r}")
 
 
 async def update_document(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     collection_id: str,
@@ -69,7 +64,7 @@ async def update_document(
     *,
     content: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> Document:
+) -> Record:
     if content is None and metadata is None:
         raise InvalidError("give new content, new metadata, or both")
     values: dict[str, Any] = {}
@@ -82,7 +77,7 @@ async def update_document(
 
 
 async def delete_document(
-    db: AsyncSession, app_id: str, user_id: str, collection_id: str, document_id: str
+    db: AsyncConnection, app_id: str, user_id: str, collection_id: str, document_id: str
 ) -> None:
     collection = await get_collection(db, app_id, user_id, collection_id)
     if is_reserved(collection.name):
@@ -94,7 +89,7 @@ async def delete_document(
 
 
 async def list_documents(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     collection_id: str,
@@ -103,7 +98,7 @@ async def list_documents(
     reverse: bool = False,
     page: int = 1,
     size: int = 50,
-) -> Page[Document]:
+) -> Page[Record]:
     await get_collection(db, app_id, user_id, collection_id)
-    where = [Document.collection_id == collection_id]
+    where = {"collection_id": collection_id}
     return await fetch_page(db, Document, where, filter=filter, reverse=reverse, page=page, size=size)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
 from storage.ids import new_id
-from storage.query import Page, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.query import (
+    Keys,
+    Page,
+    Record,
+    fetch_one,
+    fetch_page,
+    insert_many,
+    insert_under_parent,
+    update_one,
+)
 from storage.sessions import get_session
 from storage.tables import Message, Session
 from storage.validation import MESSAGE_CONTENT_MAX, check_id, check_ids, check_metadata, check_text
@@ -33,18 +41,13 @@ def _row(
     }
 
 
-def _where(app_id: str, user_id: str, session_id: str, message_id: str) -> list[Any]:
+def _where(app_id: str, user_id: str, session_id: str, message_id: str) -> Keys:
     check_id(message_id, what="message")
-    return [
-        Message.id == message_id,
-        Message.session_id == session_id,
-        Message.user_id == user_id,
-        Message.app_id == app_id,
-    ]
+    return {"id": message_id, "session_id": session_id, "user_id": user_id, "app_id": app_id}
 
 
 async def create_message(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     session_id: str,
@@ -52,21 +55,21 @@ async def create_message(
     content: str,
     is_user: bool,
     metadata: dict[str, Any] | None = None,
-) -> Message:
+) -> Record:
     check_ids(app=app_id, user=user_id, session=session_id)
     return await insert_under_parent(
         db,
         Message,
         _row(app_id, user_id, session_id, content, is_user, metadata),
         Session,
-        [Session.id == session_id, Session.user_id == user_id, Session.app_id == app_id],
+        {"id": session_id, "user_id": user_id, "app_id": app_id},
         f"session {session_id!r}",
     )
 
 
 async def create_messages(
-    db: AsyncSession, app_id: str, user_id: str, session_id: str, messages: list[dict[str, Any]]
-) -> list[Message]:
+    db: AsyncConnection, app_id: str, user_id: str, session_id: str, messages: list[dict[str, Any]]
+) -> list[Record]:
     """Up to 100 messages at once, stored and returned in the given order."""
     if not 1 <= len(messages) <= BATCH_MAX:
         raise InvalidError(f"a batch holds 1 to {BATCH_MAX} messages, got {len(messages)}")
@@ -75,21 +78,20 @@ async def create_messages(
         for m in messages
     ]
     await get_session(db, app_id, user_id, session_id)
-    stmt = insert(Message).returning(Message, sort_by_parameter_order=True)
-    return list((await db.scalars(stmt, rows)).all())
+    return await insert_many(db, Message, rows)
 
 
 async def get_message(
-    db: AsyncSession, app_id: str, user_id: str, session_id: str, message_id: str
-) -> Message:
+    db: AsyncConnection, app_id: str, user_id: str, session_id: str, message_id: str
+) -> Record:
     return await fetch_one(
         db, Message, _where(app_id, user_id, session_id, message_id), f"message {message_id!r}"
     )
 
 
 async def update_message(
-    db: AsyncSession, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
-) -> Message:
+    db: AsyncConnection, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
+) -> Record:
     return await update_one(
         db,
         Message,
@@ -100,7 +102,7 @@ async def update_message(
 
 
 async def list_messages(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     session_id: str,
@@ -109,7 +111,7 @@ async def list_messages(
     reverse: bool = False,
     page: int = 1,
     size: int = 50,
-) -> Page[Message]:
+) -> Page[Record]:
     await get_session(db, app_id, user_id, session_id)
-    where = [Message.session_id == session_id]
+    where = {"session_id": session_id}
     return await fetch_page(db, Message, where, filter=filter, reverse=reverse, page=page, size=size)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.errors import InvalidError, translate_integrity_errors
+from storage.errors import InvalidError
 from storage.ids import new_id
 from storage.messages import get_message
-from storage.query import Page, fetch_one, fetch_page, update_one
+from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_one, update_one
 from storage.sessions import get_session
 from storage.tables import Metamessage
 from storage.users import get_user
@@ -24,13 +23,13 @@ from storage.validation import (
 )
 
 
-def _where(app_id: str, user_id: str, metamessage_id: str) -> list[Any]:
+def _where(app_id: str, user_id: str, metamessage_id: str) -> Keys:
     check_ids(app=app_id, user=user_id, metamessage=metamessage_id)
-    return [Metamessage.id == metamessage_id, Metamessage.user_id == user_id, Metamessage.app_id == app_id]
+    return {"id": metamessage_id, "user_id": user_id, "app_id": app_id}
 
 
 async def _check_links(
-    db: AsyncSession, app_id: str, user_id: str, session_id: str | None, message_id: str | None
+    db: AsyncConnection, app_id: str, user_id: str, session_id: str | None, message_id: str | None
 ) -> None:
     """The session must be this user's, and the message must be in that session."""
     if message_id is not None and session_id is None:
@@ -42,7 +41,7 @@ async def _check_links(
 
 
 async def create_metamessage(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     *,
@@ -51,7 +50,7 @@ async def create_metamessage(
     session_id: str | None = None,
     message_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> Metamessage:
+) -> Record:
     values = {
         "id": new_id(),
         "app_id": app_id,
@@ -64,18 +63,17 @@ async def create_metamessage(
     }
     await get_user(db, app_id, user_id)
     await _check_links(db, app_id, user_id, session_id, message_id)
-    with translate_integrity_errors():
-        return (await db.scalars(insert(Metamessage).values(**values).returning(Metamessage))).one()
+    return await insert_one(db, Metamessage, values)
 
 
-async def get_metamessage(db: AsyncSession, app_id: str, user_id: str, metamessage_id: str) -> Metamessage:
+async def get_metamessage(db: AsyncConnection, app_id: str, user_id: str, metamessage_id: str) -> Record:
     return await fetch_one(
         db, Metamessage, _where(app_id, user_id, metamessage_id), f"metamessage {metamessage_id!r}"
     )
 
 
 async def update_metamessage(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     metamessage_id: str,
@@ -84,7 +82,7 @@ async def update_metamessage(
     session_id: str | None = None,
     message_id: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> Metamessage:
+) -> Record:
     """Change the given fields; links are re-checked. A message_id alone stays in the current session."""
     where = _where(app_id, user_id, metamessage_id)
     values: dict[str, Any] = {}
@@ -106,7 +104,7 @@ async def update_metamessage(
 
 
 async def list_metamessages(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     *,
@@ -117,13 +115,9 @@ async def list_metamessages(
     reverse: bool = False,
     page: int = 1,
     size: int = 50,
-) -> Page[Metamessage]:
+) -> Page[Record]:
     await get_user(db, app_id, user_id)
-    where = [Metamessage.user_id == user_id, Metamessage.app_id == app_id]
-    if session_id is not None:
-        where.append(Metamessage.session_id == session_id)
-    if message_id is not None:
-        where.append(Metamessage.message_id == message_id)
-    if label is not None:
-        where.append(Metamessage.label == label)
-    return await fetch_page(db, Metamessage, where, filter=filter, reverse=reverse, page=page, size=size)
+    keys: Keys = {"user_id": user_id, "app_id": app_id}
+    optional = {"session_id": session_id, "message_id": message_id, "label": label}
+    keys.update({k: v for k, v in optional.items() if v is not None})
+    return await fetch_page(db, Metamessage, keys, filter=filter, reverse=reverse, page=page, size=size)

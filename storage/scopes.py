@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError, NotFoundError
 from storage.tables import App, Collection, Session, User
@@ -21,7 +21,7 @@ class Scope:
 
 
 async def resolve_scope(
-    db: AsyncSession,
+    db: AsyncConnection,
     *,
     app_id: str | None = None,
     user_id: str | None = None,
@@ -47,11 +47,11 @@ async def resolve_scope(
         found = Scope(row.app_id, row.user_id, collection_id=collection_id) if row else None
     elif user_id:
         check_id(user_id, what="user")
-        owner = (await db.scalars(select(User.app_id).where(User.id == user_id))).first()
+        owner = (await db.execute(select(User.app_id).where(User.id == user_id))).scalar()
         found = Scope(owner, user_id) if owner else None
     elif app_id:
         check_id(app_id, what="app")
-        found = Scope(app_id) if (await db.scalars(select(App.id).where(App.id == app_id))).first() else None
+        found = Scope(app_id) if (await db.execute(select(App.id).where(App.id == app_id))).scalar() else None
     else:
         raise InvalidError("name at least one of app_id, user_id, session_id, collection_id")
     if found is None or (app_id and app_id != found.app_id) or (user_id and user_id != found.user_id):

@@ -4,51 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
 from storage.ids import new_id
-from storage.query import Page, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.query import (
+    Keys,
+    Page,
+    Record,
+    fetch_one,
+    fetch_page,
+    insert_many,
+    insert_one,
+    insert_under_parent,
+    record_columns,
+    update_one,
+)
 from storage.tables import Message, Metamessage, Session, User
 from storage.users import get_user
 from storage.validation import check_id, check_ids, check_metadata
 
 
-def _where(app_id: str, user_id: str, session_id: str) -> list[Any]:
+def _where(app_id: str, user_id: str, session_id: str) -> Keys:
     check_ids(app=app_id, user=user_id, session=session_id)
-    return [Session.id == session_id, Session.user_id == user_id, Session.app_id == app_id]
+    return {"id": session_id, "user_id": user_id, "app_id": app_id}
 
 
 async def create_session(
-    db: AsyncSession, app_id: str, user_id: str, metadata: dict[str, Any] | None = None
-) -> Session:
+    db: AsyncConnection, app_id: str, user_id: str, metadata: dict[str, Any] | None = None
+) -> Record:
     check_ids(app=app_id, user=user_id)
     return await insert_under_parent(
         db,
         Session,
         {"id": new_id(), "app_id": app_id, "user_id": user_id, "metadata_": check_metadata(metadata)},
         User,
-        [User.id == user_id, User.app_id == app_id],
+        {"id": user_id, "app_id": app_id},
         f"user {user_id!r}",
     )
 
 
-async def get_session(db: AsyncSession, app_id: str, user_id: str, session_id: str) -> Session:
+async def get_session(db: AsyncConnection, app_id: str, user_id: str, session_id: str) -> Record:
     """The session, active or not, if it belongs to this user of this app."""
     return await fetch_one(db, Session, _where(app_id, user_id, session_id), f"session {session_id!r}")
 
 
 async def update_session(
-    db: AsyncSession, app_id: str, user_id: str, session_id: str, metadata: dict[str, Any]
-) -> Session:
+    db: AsyncConnection, app_id: str, user_id: str, session_id: str, metadata: dict[str, Any]
+) -> Record:
     values = {"metadata_": check_metadata(metadata)}
     return await update_one(
         db, Session, _where(app_id, user_id, session_id), values, f"session {session_id!r}"
     )
 
 
-async def delete_session(db: AsyncSession, app_id: str, user_id: str, session_id: str) -> Session:
+async def delete_session(db: AsyncConnection, app_id: str, user_id: str, session_id: str) -> Record:
     """Soft delete: the session is marked inactive and keeps its messages."""
     values = {"is_active": False}
     return await update_one(
@@ -57,7 +68,7 @@ async def delete_session(db: AsyncSession, app_id: str, user_id: str, session_id
 
 
 async def list_sessions(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     *,
@@ -66,53 +77,49 @@ async def list_sessions(
     reverse: bool = False,
     page: int = 1,
     size: int = 50,
-) -> Page[Session]:
+) -> Page[Record]:
     """The user's sessions; ``is_active=True`` keeps only active ones (False lists all, as in Honcho)."""
     await get_user(db, app_id, user_id)
-    where = [Session.user_id == user_id, Session.app_id == app_id]
+    keys: Keys = {"user_id": user_id, "app_id": app_id}
     if is_active:
-        where.append(Session.is_active.is_(True))
-    return await fetch_page(db, Session, where, filter=filter, reverse=reverse, page=page, size=size)
+        keys["is_active"] = True
+    return await fetch_page(db, Session, keys, filter=filter, reverse=reverse, page=page, size=size)
 
 
 async def clone_session(
-    db: AsyncSession,
+    db: AsyncConnection,
     app_id: str,
     user_id: str,
     session_id: str,
     *,
     message_id: str | None = None,
     deep_copy: bool = False,
-) -> Session:
+) -> Record:
     """A new active session with the original's metadata and a copy of its messages, in order.
 
     ``message_id`` cuts the copy off after that message (inclusive). ``deep_copy`` also copies the
     metamessages attached to the session, re-pointed at the new session and the copied messages.
     """
     original = await get_session(db, app_id, user_id, session_id)
-    messages = select(Message).where(Message.session_id == session_id).order_by(Message.seq)
+    messages = select(*record_columns(Message)).where(Message.session_id == session_id).order_by(Message.seq)
     if message_id is not None:
         check_id(message_id, what="message")
         cutoff = (
-            await db.scalars(
+            await db.execute(
                 select(Message.seq).where(Message.id == message_id, Message.session_id == session_id)
             )
-        ).first()
+        ).scalar()
         if cutoff is None:
             raise NotFoundError(f"message {message_id!r} not found in session {session_id!r}")
         messages = messages.where(Message.seq <= cutoff)
 
-    clone = (
-        await db.scalars(
-            insert(Session)
-            .values(id=new_id(), app_id=app_id, user_id=user_id, metadata_=original.metadata_)
-            .returning(Session)
-        )
-    ).one()
+    clone = await insert_one(
+        db, Session, {"id": new_id(), "app_id": app_id, "user_id": user_id, "metadata_": original.metadata_}
+    )
 
     new_ids: dict[str, str] = {}
     rows = []
-    for message in (await db.scalars(messages)).all():
+    for message in (await db.execute(messages)).all():
         new_ids[message.id] = new_id()
         rows.append(
             {
@@ -125,13 +132,14 @@ async def clone_session(
                 "metadata_": message.metadata_,
             }
         )
-    if rows:
-        await db.execute(insert(Message), rows)  # executemany keeps the order, so seq keeps it too
+    await insert_many(db, Message, rows)
 
     if deep_copy:
         metas = (
-            await db.scalars(
-                select(Metamessage).where(Metamessage.session_id == session_id).order_by(Metamessage.seq)
+            await db.execute(
+                select(*record_columns(Metamessage))
+                .where(Metamessage.session_id == session_id)
+                .order_by(Metamessage.seq)
             )
         ).all()
         meta_rows = [
@@ -148,6 +156,5 @@ async def clone_session(
             for meta in metas
             if meta.message_id is None or meta.message_id in new_ids
         ]
-        if meta_rows:
-            await db.execute(insert(Metamessage), meta_rows)
+        await insert_many(db, Metamessage, meta_rows)
     return clone

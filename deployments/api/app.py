@@ -79,3 +79,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     operation["security"].append({})
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def asgi_app() -> FastAPI:
+    """The API from the usual settings sources, for any ASGI server:
+    ``uvicorn --factory deployments.api.app:asgi_app`` (no Ray; one process, no autoscaling)."""
+    from rapport.logs import configure_logging
+    from rapport.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.app.log_level)
+    return create_api(settings)

@@ -182,7 +182,9 @@ async def test_app_key_covers_its_app_only(auth_client: httpx.AsyncClient, world
         pytest.param(mint_key("another-secret-" + "x" * 32), id="wrongly-signed"),
         pytest.param(jwt.encode({"ad": True}, SECRET, algorithm="HS256"), id="no-iat"),
         pytest.param(jwt.encode({"iat": 1}, SECRET, algorithm="HS256"), id="grants-nothing"),
-        pytest.param(jwt.encode({"iat": 1, "ad": True}, SECRET + SECRET, algorithm="HS512"), id="other-algorithm"),
+        pytest.param(
+            jwt.encode({"iat": 1, "ad": True}, SECRET + SECRET, algorithm="HS512"), id="other-algorithm"
+        ),
         pytest.param(None, id="missing"),
     ],
 )

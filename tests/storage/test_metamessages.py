@@ -82,7 +82,7 @@ async def test_update_moves_links_and_keeps_other_fields(database: Database) -> 
         mm = await metamessages.create_metamessage(
             db, t.app_id, t.user_id, label="l", content="c", metadata={"a": 1}, session_id=t.session_id
         )
-        # One session holds one object per row, so read each step's values before the next update.
+        # Check each step as it happens.
         linked = await metamessages.update_metamessage(db, t.app_id, t.user_id, mm.id, message_id=m.id)
         assert (linked.session_id, linked.message_id) == (t.session_id, m.id)
         relabelled = await metamessages.update_metamessage(db, t.app_id, t.user_id, mm.id, label="l2")

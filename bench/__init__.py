@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures next to its baseline; results are recorded in docs/benchmarks.md."""

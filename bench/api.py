@@ -1,0 +1,259 @@
+"""API throughput and latency through Ray Serve, against the same FastAPI app under plain uvicorn.
+
+    python -m bench.api [--database-url URL] [--duration 10] [--concurrency 1,16,64]
+                        [--replicas 1] [--haproxy] [--max-ongoing 100]
+
+Measures message create, message list and user get-or-create at each concurrency: requests/s and
+p50/p95/p99 latency. After the load it checks that every acknowledged message is in the database.
+Each target gets a fresh database on the server at --database-url (default: the local Postgres).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import httpx
+import psycopg
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.db import scratch_database  # noqa: E402
+from tests.served import free_port  # noqa: E402
+
+
+@dataclass
+class Result:
+    target: str
+    scenario: str
+    concurrency: int
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        data = sorted(self.latencies_ms)
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+    def row(self) -> str:
+        return (
+            f"{self.target:<14} {self.scenario:<15} {self.concurrency:>4} {self.rps:>9.1f} "
+            f"{self.pct(0.50):>8.1f} {self.pct(0.95):>8.1f} {self.pct(0.99):>8.1f} {self.errors:>6}"
+        )
+
+
+HEADER = f"{'target':<14} {'scenario':<15} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@contextmanager
+def start_target(kind: str, db_url: str, work: Path, args: argparse.Namespace) -> Iterator[str]:
+    """Start Rapport through `rapport serve` (Ray Serve) or plain uvicorn; yield its URL."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DB_", "AUTH_"))},
+        "DB_CONNECTION_URI": db_url,
+        "RAPPORT_HOME": str(work / "home"),
+        "APP_LOG_LEVEL": "WARNING",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_worker_niceness": "0",
+    }
+    if kind == "serve":
+        config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+        deployment = config["applications"][0]["deployments"][0]
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = args.replicas
+        deployment["max_ongoing_requests"] = args.max_ongoing
+        deployment["ray_actor_options"]["num_cpus"] = 0
+        deployment["logging_config"] = {"enable_access_log": False, "log_level": "WARNING"}
+        config_path = work / "serve_config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        if args.haproxy:
+            env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+        cmd = [
+            sys.executable,
+            "-m",
+            "rapport.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--config",
+            str(config_path),
+        ]
+    else:
+        cmd = [
+            sys.executable, "-m", "uvicorn", "--factory", "deployments.api.app:asgi_app",
+            "--port", str(port), "--no-access-log", "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+        ]  # fmt: skip
+    log = work / f"{kind}.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(url, process, log)
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def _drive(
+    call: Callable[[aiohttp.ClientSession], Awaitable[bool]], concurrency: int, seconds: float, result: Result
+) -> None:
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                try:
+                    ok = await call(http)
+                except (TimeoutError, aiohttp.ClientError):
+                    ok = False
+                if ok:
+                    result.latencies_ms.append((time.perf_counter() - started) * 1000)
+                else:
+                    result.errors += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.seconds = time.perf_counter() - began
+
+
+async def run_scenarios(target: str, url: str, args: argparse.Namespace) -> tuple[list[Result], set[str]]:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/v1/apps/get_or_create/bench") as r:
+            app_id = (await r.json())["id"]
+        async with http.get(f"{url}/v1/apps/{app_id}/users/get_or_create/bench-user") as r:
+            user_id = (await r.json())["id"]
+        async with http.post(f"{url}/v1/apps/{app_id}/users/{user_id}/sessions", json={}) as r:
+            session_id = (await r.json())["id"]
+    messages = f"{url}/v1/apps/{app_id}/users/{user_id}/sessions/{session_id}/messages"
+    acked: set[str] = set()
+    body = json.dumps({"content": "I moved to Lisbon last spring and I love the food.", "is_user": True})
+    names = [f"user-{i}" for i in range(2000)]
+
+    async def create(http: aiohttp.ClientSession) -> bool:
+        async with http.post(messages, data=body, headers={"content-type": "application/json"}) as r:
+            if r.status != 200:
+                return False
+            acked.add((await r.json())["id"])
+            return True
+
+    async def list_(http: aiohttp.ClientSession) -> bool:
+        async with http.post(f"{messages}/list?size=50&reverse=true") as r:
+            await r.read()
+            return r.status == 200
+
+    async def get_or_create(http: aiohttp.ClientSession) -> bool:
+        async with http.get(f"{url}/v1/apps/{app_id}/users/get_or_create/{random.choice(names)}") as r:
+            await r.read()
+            return r.status == 200
+
+    results = []
+    for scenario, call in (
+        ("message create", create),
+        ("message list", list_),
+        ("get-or-create", get_or_create),
+    ):
+        for concurrency in args.concurrency:
+            await _drive(call, concurrency, args.warmup, Result(target, scenario, concurrency))  # warm-up
+            result = Result(target, scenario, concurrency)
+            await _drive(call, concurrency, args.duration, result)
+            print(result.row(), flush=True)
+            results.append(result)
+    return results, acked
+
+
+def check_acknowledged(db_url: str, acked: set[str]) -> int:
+    """How many acknowledged message ids are missing from the database (must be 0)."""
+    with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM messages")}
+    return len(acked - stored)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    parser.add_argument("--targets", default="serve,uvicorn", help="serve, uvicorn or both")
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--max-ongoing", type=int, default=100)
+    parser.add_argument(
+        "--haproxy", action="store_true", help="RAY_SERVE_ENABLE_HA_PROXY=1 + THROUGHPUT_OPTIMIZED=1"
+    )
+    args = parser.parse_args()
+    os.environ["TEST_DATABASE_URL"] = args.database_url  # where scratch databases are made
+
+    label = f"serve[r={args.replicas},mo={args.max_ongoing}{',haproxy' if args.haproxy else ''}]"
+    print(f"# bench/api.py  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  {vars(args)}")
+    print(HEADER)
+    all_results: list[Result] = []
+    for kind in args.targets.split(","):
+        with tempfile.TemporaryDirectory() as tmp, scratch_database("rapport_bench") as db_url:
+            with start_target(kind, db_url, Path(tmp), args) as url:
+                results, acked = asyncio.run(
+                    run_scenarios(label if kind == "serve" else "uvicorn", url, args)
+                )
+            missing = check_acknowledged(db_url, acked)
+            print(f"{kind}: {len(acked)} acknowledged message creates, {missing} missing from the database")
+            if missing:
+                raise SystemExit(f"{missing} acknowledged messages were lost")
+            all_results.extend(results)
+
+    by_key = {(r.target == "uvicorn", r.scenario, r.concurrency): r for r in all_results}
+    if any(k[0] for k in by_key) and any(not k[0] for k in by_key):
+        print("\nRay Serve / plain uvicorn, requests/s:")
+        for (is_uvicorn, scenario, concurrency), r in by_key.items():
+            if not is_uvicorn and (True, scenario, concurrency) in by_key:
+                base = by_key[(True, scenario, concurrency)]
+                print(f"  {scenario:<15} c={concurrency:<3} {r.rps / base.rps:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
