@@ -1,9 +1,10 @@
 """API throughput and latency through Ray Serve, against the same FastAPI app under plain uvicorn.
 
     python -m bench.api [--database-url URL] [--duration 10] [--concurrency 1,16,64]
-                        [--replicas 1] [--haproxy] [--max-ongoing 100]
+                        [--replicas 2] [--proxy haproxy|ray] [--max-ongoing 100]
 
-Measures message create, message list and user get-or-create at each concurrency: requests/s and
+Measures message create, message list (a page of 50 from a 100-message session) and user
+get-or-create (2,000 names: creates, then gets) at each concurrency: requests/s and
 p50/p95/p99 latency. After the load it checks that every acknowledged message is in the database.
 Each target gets a fresh database on the server at --database-url (default: the local Postgres).
 """
@@ -102,8 +103,7 @@ def start_target(kind: str, db_url: str, work: Path, args: argparse.Namespace) -
         deployment["logging_config"] = {"enable_access_log": False, "log_level": "WARNING"}
         config_path = work / "serve_config.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        if args.haproxy:
-            env.update(RAY_SERVE_ENABLE_HA_PROXY="1", RAY_SERVE_THROUGHPUT_OPTIMIZED="1")
+        env["SERVE_PROXY"] = args.proxy
         cmd = [
             sys.executable,
             "-m",
@@ -164,9 +164,19 @@ async def run_scenarios(target: str, url: str, args: argparse.Namespace) -> tupl
             app_id = (await r.json())["id"]
         async with http.get(f"{url}/v1/apps/{app_id}/users/get_or_create/bench-user") as r:
             user_id = (await r.json())["id"]
-        async with http.post(f"{url}/v1/apps/{app_id}/users/{user_id}/sessions", json={}) as r:
+        sessions = f"{url}/v1/apps/{app_id}/users/{user_id}/sessions"
+        async with http.post(sessions, json={}) as r:
             session_id = (await r.json())["id"]
-    messages = f"{url}/v1/apps/{app_id}/users/{user_id}/sessions/{session_id}/messages"
+        # Lists read a session of a fixed size, so the figure does not depend on how many creates ran.
+        async with http.post(sessions, json={}) as r:
+            listed_session = (await r.json())["id"]
+        turns = [
+            {"content": f"turn {i}: a sentence of ordinary length", "is_user": i % 2 == 0} for i in range(100)
+        ]
+        async with http.post(f"{sessions}/{listed_session}/messages/batch", json={"messages": turns}) as r:
+            assert r.status == 200, await r.text()
+    messages = f"{sessions}/{session_id}/messages"
+    listed = f"{sessions}/{listed_session}/messages/list?size=50&reverse=true"
     acked: set[str] = set()
     body = json.dumps({"content": "I moved to Lisbon last spring and I love the food.", "is_user": True})
     names = [f"user-{i}" for i in range(2000)]
@@ -179,7 +189,7 @@ async def run_scenarios(target: str, url: str, args: argparse.Namespace) -> tupl
             return True
 
     async def list_(http: aiohttp.ClientSession) -> bool:
-        async with http.post(f"{messages}/list?size=50&reverse=true") as r:
+        async with http.post(listed) as r:
             await r.read()
             return r.status == 200
 
@@ -222,15 +232,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     parser.add_argument("--targets", default="serve,uvicorn", help="serve, uvicorn or both")
-    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--max-ongoing", type=int, default=100)
     parser.add_argument(
-        "--haproxy", action="store_true", help="RAY_SERVE_ENABLE_HA_PROXY=1 + THROUGHPUT_OPTIMIZED=1"
+        "--proxy", choices=["haproxy", "ray"], default="haproxy", help="serve.proxy for the run"
     )
     args = parser.parse_args()
     os.environ["TEST_DATABASE_URL"] = args.database_url  # where scratch databases are made
 
-    label = f"serve[r={args.replicas},mo={args.max_ongoing}{',haproxy' if args.haproxy else ''}]"
+    label = f"serve[{args.proxy},r={args.replicas},mo={args.max_ongoing}]"
     print(f"# bench/api.py  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  {vars(args)}")
     print(HEADER)
     all_results: list[Result] = []

@@ -17,6 +17,15 @@ APP_NAME = "rapport"
 
 # Ray must never wait on the network: no usage-stats upload. Set before Ray is imported.
 OFFLINE_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+# For a Ray that `rapport serve` starts itself (see docs/benchmarks.md for what each gave):
+LOCAL_RAY_ENV = {
+    "RAY_worker_niceness": "0",  # Ray runs workers at nice 15; the API replicas are latency-bound
+}
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy in front, routing straight to the replicas
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_LOG_TO_STDERR": "1",  # keep replica logs on the console (the profile turns this off)
+}
 
 
 @dataclass
@@ -28,7 +37,11 @@ class ServeOptions:
 
 def run_service(settings: Settings, options: ServeOptions, ready: threading.Event | None = None) -> None:
     """Start everything, print the URL, block until SIGINT/SIGTERM, then stop what was started."""
-    for key, value in OFFLINE_RAY_ENV.items():
+    address = os.environ.get("RAY_ADDRESS")
+    ray_env = dict(OFFLINE_RAY_ENV)
+    if not address:  # our own Ray: we choose its proxy; a shared cluster's operators choose theirs
+        ray_env |= LOCAL_RAY_ENV | (HAPROXY_ENV if settings.serve.proxy == "haproxy" else {})
+    for key, value in ray_env.items():
         os.environ.setdefault(key, value)
 
     import ray
@@ -54,7 +67,6 @@ def run_service(settings: Settings, options: ServeOptions, ready: threading.Even
         }
     )
 
-    address = os.environ.get("RAY_ADDRESS")
     started_ray = not ray.is_initialized() and not address
     if not ray.is_initialized():
         log.info("starting %s", f"a connection to Ray at {address}" if address else "a local Ray")

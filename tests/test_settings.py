@@ -122,3 +122,13 @@ def test_rapport_home_env_beats_config_toml(monkeypatch: pytest.MonkeyPatch) -> 
     assert Settings().home == Path("/from/toml")
     monkeypatch.setenv("RAPPORT_HOME", "/from/env")
     assert Settings().home == Path("/from/env")
+
+
+def test_other_software_s_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment is shared: APP_ENV or DB_HOST belong to someone else, not to a typo of ours."""
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("DB_HOST", "elsewhere")
+    monkeypatch.setenv("DB_POOL_SIZE", "7")
+    Path(".env").write_text("SERVE_WORKERS=4\nSERVE_PORT=9100\n")
+    s = Settings()
+    assert s.db.pool_size == 7 and s.serve.port == 9100
