@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import httpx
 import psycopg
 import yaml
 
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.db import scratch_database  # noqa: E402
-from tests.served import free_port  # noqa: E402
+from tests.served import free_port, wait_healthy  # noqa: E402
 
 
 @dataclass
@@ -65,20 +64,6 @@ class Result:
 
 
 HEADER = f"{'target':<14} {'scenario':<15} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 @contextmanager
@@ -124,7 +109,7 @@ def start_target(kind: str, db_url: str, work: Path, args: argparse.Namespace) -
         process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, process, log)
+            wait_healthy(url, process, log)
             yield url
         finally:
             process.send_signal(signal.SIGTERM)

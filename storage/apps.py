@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.ids import new_id
 from storage.query import Page, Record, fetch_one, fetch_page, get_or_create, insert_one, update_one
 from storage.tables import App
-from storage.validation import check_id, check_metadata, check_name
+from storage.validation import check_changes, check_id, check_metadata, check_name
 
 
 async def create_app(db: AsyncConnection, name: str, metadata: dict[str, Any] | None = None) -> Record:
@@ -39,11 +39,7 @@ async def update_app(
     db: AsyncConnection, app_id: str, *, name: str | None = None, metadata: dict[str, Any] | None = None
 ) -> Record:
     check_id(app_id, what="app")
-    values: dict[str, Any] = {}
-    if name is not None:
-        values["name"] = check_name(name)
-    if metadata is not None:
-        values["metadata_"] = check_metadata(metadata)
+    values = check_changes(name=name, metadata=metadata)
     return await update_one(
         db,
         App,

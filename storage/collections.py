@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
 from storage.ids import new_id
-from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, row_keys, update_one
 from storage.tables import Collection, User
 from storage.users import get_user
 from storage.validation import check_ids, check_metadata, check_name
@@ -31,8 +31,7 @@ def _check_client_name(name: str) -> str:
 
 
 def _where(app_id: str, user_id: str, collection_id: str) -> Keys:
-    check_ids(app=app_id, user=user_id, collection=collection_id)
-    return {"id": collection_id, "user_id": user_id, "app_id": app_id}
+    return row_keys("collection", collection_id, user_id=user_id, app_id=app_id)
 
 
 async def create_collection(

@@ -10,14 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.collections import RESERVED_NAME, get_collection, is_reserved
 from storage.errors import InvalidError
 from storage.ids import new_id
-from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, update_one
+from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, row_keys, update_one
 from storage.tables import Collection, Document
 from storage.validation import DOCUMENT_CONTENT_MAX, check_ids, check_metadata, check_text
 
 
 def _where(app_id: str, user_id: str, collection_id: str, document_id: str) -> Keys:
-    check_ids(app=app_id, user=user_id, collection=collection_id, document=document_id)
-    return {"id": document_id, "collection_id": collection_id, "user_id": user_id, "app_id": app_id}
+    return row_keys("document", document_id, collection_id=collection_id, user_id=user_id, app_id=app_id)
 
 
 def _content(content: Any) -> str:

@@ -16,11 +16,12 @@ from storage.query import (
     fetch_page,
     insert_many,
     insert_under_parent,
+    row_keys,
     update_one,
 )
 from storage.sessions import get_session
 from storage.tables import Message, Session
-from storage.validation import MESSAGE_CONTENT_MAX, check_id, check_ids, check_metadata, check_text
+from storage.validation import MESSAGE_CONTENT_MAX, check_ids, check_metadata, check_text
 
 BATCH_MAX = 100
 
@@ -42,8 +43,7 @@ def _row(
 
 
 def _where(app_id: str, user_id: str, session_id: str, message_id: str) -> Keys:
-    check_id(message_id, what="message")
-    return {"id": message_id, "session_id": session_id, "user_id": user_id, "app_id": app_id}
+    return row_keys("message", message_id, session_id=session_id, user_id=user_id, app_id=app_id)
 
 
 async def create_message(

@@ -9,14 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from storage.errors import InvalidError
 from storage.ids import new_id
 from storage.messages import get_message
-from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_one, update_one
+from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_one, row_keys, update_one
 from storage.sessions import get_session
 from storage.tables import Metamessage
 from storage.users import get_user
 from storage.validation import (
     LABEL_MAX,
     MESSAGE_CONTENT_MAX,
-    check_ids,
     check_metadata,
     check_name,
     check_text,
@@ -24,8 +23,7 @@ from storage.validation import (
 
 
 def _where(app_id: str, user_id: str, metamessage_id: str) -> Keys:
-    check_ids(app=app_id, user=user_id, metamessage=metamessage_id)
-    return {"id": metamessage_id, "user_id": user_id, "app_id": app_id}
+    return row_keys("metamessage", metamessage_id, user_id=user_id, app_id=app_id)
 
 
 async def _check_links(

@@ -19,6 +19,7 @@ from storage.query import (
     insert_one,
     insert_under_parent,
     record_columns,
+    row_keys,
     update_one,
 )
 from storage.tables import Message, Metamessage, Session, User
@@ -27,8 +28,7 @@ from storage.validation import check_id, check_ids, check_metadata
 
 
 def _where(app_id: str, user_id: str, session_id: str) -> Keys:
-    check_ids(app=app_id, user=user_id, session=session_id)
-    return {"id": session_id, "user_id": user_id, "app_id": app_id}
+    return row_keys("session", session_id, user_id=user_id, app_id=app_id)
 
 
 async def create_session(

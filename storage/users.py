@@ -10,7 +10,7 @@ from storage.apps import get_app
 from storage.ids import new_id
 from storage.query import Page, Record, fetch_one, fetch_page, get_or_create, insert_under_parent, update_one
 from storage.tables import App, User
-from storage.validation import check_id, check_ids, check_metadata, check_name
+from storage.validation import check_changes, check_id, check_ids, check_metadata, check_name
 
 
 async def create_user(
@@ -57,11 +57,7 @@ async def update_user(
     metadata: dict[str, Any] | None = None,
 ) -> Record:
     check_ids(app=app_id, user=user_id)
-    values: dict[str, Any] = {}
-    if name is not None:
-        values["name"] = check_name(name)
-    if metadata is not None:
-        values["metadata_"] = check_metadata(metadata)
+    values = check_changes(name=name, metadata=metadata)
     return await update_one(
         db,
         User,

@@ -87,3 +87,13 @@ def check_ids(**ids: Any) -> None:
     """check_id for each keyword: ``check_ids(app=app_id, user=user_id)``."""
     for what, value in ids.items():
         check_id(value, what=what)
+
+
+def check_changes(*, name: Any = None, metadata: Any = None) -> dict[str, Any]:
+    """The columns an update of a named resource sets: only the fields given, each checked."""
+    values: dict[str, Any] = {}
+    if name is not None:
+        values["name"] = check_name(name)
+    if metadata is not None:
+        values["metadata_"] = check_metadata(metadata)
+    return values

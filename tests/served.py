@@ -23,6 +23,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(url: str, process: subprocess.Popen, log: Path | None, timeout_s: float = 180) -> None:
+    """Return once ``url``/health answers 200; raise (with the log's tail) if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tail = log.read_text()[-4000:] if log is not None else ""
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited early:\n{tail}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} not healthy in {timeout_s}s:\n{tail}")
+        time.sleep(0.5)
+
+
 @contextmanager
 def rapport_serve(env: dict[str, str], home: Path, startup_timeout_s: float = 180) -> Iterator[str]:
     """Start `rapport serve`, yield its base URL once /health answers, then stop it with SIGTERM.
@@ -46,20 +63,7 @@ def rapport_serve(env: dict[str, str], home: Path, startup_timeout_s: float = 18
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + startup_timeout_s
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"rapport serve exited early:\n{log_path.read_text()[-4000:]}")
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"rapport serve not healthy in {startup_timeout_s}s:\n{log_path.read_text()[-4000:]}"
-                    )
-                time.sleep(0.5)
+            wait_healthy(url, process, log_path, startup_timeout_s)
             yield url
         finally:
             process.send_signal(signal.SIGTERM)

@@ -134,3 +134,11 @@ async def require_admin(key: Key = Depends(current_key)) -> Key:
     if not key.admin:
         raise _unauthorized("this operation needs an admin key")
     return key
+
+
+def id_from_key(value: str | None, key: Key, param: str) -> str:
+    """An id given in the query, else the request key's own (Honcho's "get by key" routes); 422 if neither."""
+    value = value or key.claim(param)
+    if value is None:
+        raise APIError(422, f"give {param}, or use a key scoped to a {param.removesuffix('_id')}")
+    return value

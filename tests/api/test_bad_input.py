@@ -112,6 +112,8 @@ CASES: list[tuple[str, str, Any, int]] = [
     ("POST", S + "/messages/batch", {"messages": [{"content": "a", "is_user": True}, {"content": 1}]}, 422),
     ("PUT", S + "/messages/{w.message}", {"metadata": "text"}, 422),
     ("GET", S + "/messages/no-such-message", None, 404),
+    ("GET", U + "/sessions/bad%00id/messages/{w.message}", None, 404),  # a NUL can't be an id: not found
+    ("PUT", "/v1/apps/{w.app}/users/bad%00id", {"name": "z"}, 404),
     ("GET", U + "/sessions/{w.other_session}/messages/{w.message}", None, 404),
     # metamessages
     ("POST", U + "/metamessages", {"metamessage_type": "x" * 51, "content": "c"}, 422),

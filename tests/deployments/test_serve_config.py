@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import yaml
 
 from deployments.app import read_serve_config
 from tests.db import scratch_database
-from tests.served import REPO, free_port
+from tests.served import REPO, free_port, wait_healthy
 
 CONFIG = REPO / "serve_config.yaml"
 
@@ -63,16 +62,7 @@ def test_serve_run_deploys_it_to_a_running_ray(tmp_path: Path) -> None:
                 env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
             )  # fmt: skip
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert serve_run.poll() is None, "serve run exited"
-                assert time.monotonic() < deadline, "the application did not become healthy"
-                time.sleep(1)
+            wait_healthy(url, serve_run, None)
             created = httpx.post(f"{url}/v1/apps", json={"name": "deployed-by-serve-run"}, timeout=10)
             assert created.status_code == 200, created.text
             serve_run.send_signal(signal.SIGINT)

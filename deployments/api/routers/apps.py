@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, require_admin, require_scope
-from deployments.api.errors import APIError
+from deployments.api.auth import Key, current_key, id_from_key, require_admin, require_scope
 from deployments.api.params import DB, PageNumber, PageSize, Reverse
 from storage import apps as store
 
@@ -25,9 +24,7 @@ async def get_app(
     ] = None,
 ) -> schemas.App:
     """Get an App by ID; without ``app_id``, the app of the request's key."""
-    app_id = app_id or key.app_id
-    if app_id is None:
-        raise APIError(422, "give app_id, or use a key scoped to an app")
+    app_id = id_from_key(app_id, key, "app_id")
     async with database.transaction() as db:
         return schemas.App.from_row(await store.get_app(db, app_id))
 

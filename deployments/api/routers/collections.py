@@ -7,8 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, require_scope
-from deployments.api.errors import APIError
+from deployments.api.auth import Key, current_key, id_from_key, require_scope
 from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, UserId
 from storage import collections as store
 
@@ -30,9 +29,7 @@ async def get_collection(
     ] = None,
 ) -> schemas.Collection:
     """Get a collection of the user; without ``collection_id``, the collection of the request's key."""
-    collection_id = collection_id or key.collection_id
-    if collection_id is None:
-        raise APIError(422, "give collection_id, or use a key scoped to a collection")
+    collection_id = id_from_key(collection_id, key, "collection_id")
     async with database.transaction() as db:
         return schemas.Collection.from_row(await store.get_collection(db, app_id, user_id, collection_id))
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, require_scope
+from deployments.api.auth import Key, current_key, id_from_key, require_scope
 from deployments.api.errors import APIError
 from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, SessionId, UserId
 from storage import sessions as store
@@ -30,9 +30,7 @@ async def get_session(
     ] = None,
 ) -> schemas.Session:
     """Get a session of the user, active or not; without ``session_id``, the session of the request's key."""
-    session_id = session_id or key.session_id
-    if session_id is None:
-        raise APIError(422, "give session_id, or use a key scoped to a session")
+    session_id = id_from_key(session_id, key, "session_id")
     async with database.transaction() as db:
         return schemas.Session.from_row(await store.get_session(db, app_id, user_id, session_id))
 

@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, require_scope
-from deployments.api.errors import APIError
+from deployments.api.auth import Key, current_key, id_from_key, require_scope
 from deployments.api.params import DB, AppId, PageNumber, PageSize
 from storage import users as store
 
@@ -36,9 +35,7 @@ async def get_user(
     ] = None,
 ) -> schemas.User:
     """Get a User by ID; without ``user_id``, the user of the request's key."""
-    user_id = user_id or key.user_id
-    if user_id is None:
-        raise APIError(422, "give user_id, or use a key scoped to a user")
+    user_id = id_from_key(user_id, key, "user_id")
     async with database.transaction() as db:
         return schemas.User.from_row(await store.get_user(db, app_id, user_id))
 
