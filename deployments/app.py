@@ -9,6 +9,8 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
+from deployments.embedder import Embedder
+from deployments.indexer import IndexWriter
 from deployments.ingress import RapportAPI
 from rapport.settings import Settings, get_settings
 
@@ -22,13 +24,16 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] | None = None) -> Application:
-    """The application: the API ingress (model deployments join it in later versions).
+    """The application: the API ingress, the batched Embedder and the index's single writer.
 
     ``options`` maps a deployment name to Serve deployment options (autoscaling, resources...).
     """
     options = options or {}
+    payload = settings.model_dump()
+    embedder = Embedder.options(**options.get("Embedder", {})).bind(payload)  # type: ignore[attr-defined]
+    writer = IndexWriter.options(**options.get("IndexWriter", {})).bind(payload, embedder)  # type: ignore[attr-defined]
     api = RapportAPI.options(**options.get("RapportAPI", {}))  # type: ignore[attr-defined]
-    return api.bind(settings.model_dump())
+    return api.bind(payload, embedder, writer)
 
 
 def read_serve_config(path: Path) -> tuple[ServeApplicationSchema, dict[str, dict[str, Any]]]:

@@ -1,15 +1,23 @@
-"""The API as a Ray Serve ingress deployment: one replica = one process with its own DB pool."""
+"""The API as a Ray Serve ingress deployment: one replica = one process with its own DB pool, talking
+to the Embedder and IndexWriter deployments through handles."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
 
 from deployments.api import create_api
+from deployments.embedder import ServeEmbedder
+from deployments.indexer import ServeIndexWriter
+from pipelines.memory import Memory
 from rapport.logs import configure_logging
 from rapport.settings import Settings
+from storage.db import open_database
+from storage.index import VectorIndex
 
 
 @serve.deployment(
@@ -22,10 +30,24 @@ from rapport.settings import Settings
 class RapportAPI:
     """Serves the FastAPI app built from the settings it is bound with."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], embedder: Any, index_writer: Any) -> None:
         # model_validate skips the env/file sources: replicas use exactly the settings they were given.
         self.settings = Settings.model_validate(settings)
+        self.embedder = embedder
+        self.index_writer = index_writer
         configure_logging(self.settings.app.log_level)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.settings)
+        return create_api(self.settings, make_memory=self._memory)
+
+    @asynccontextmanager
+    async def _memory(self, settings: Settings) -> AsyncIterator[Memory]:
+        database = await open_database(settings)
+        embedder = await ServeEmbedder.connect(self.embedder)
+        index = await VectorIndex.open(
+            settings.vector_store_uri, embedder.dimension, ann_min_rows=settings.vector_store.ann_min_rows
+        )
+        try:
+            yield Memory(database, embedder, index, ServeIndexWriter(self.index_writer))
+        finally:
+            await database.dispose()

@@ -138,6 +138,70 @@ def keys_create(
     typer.echo(mint_key(settings.auth.jwt_secret.get_secret_value(), scope, expires_at=expires_at))
 
 
+@app.command("reindex")
+def reindex(
+    app_id: str | None = typer.Option(None, "--app", help="Rebuild only this app's rows."),
+    recreate: bool = typer.Option(
+        False, help="Drop and recreate the index (after changing embedding.model)."
+    ),
+) -> None:
+    """Rebuild the LanceDB index from PostgreSQL, re-embedding every document and message.
+
+    Run it with the service stopped, or expect writes made meanwhile to be applied again by the sync.
+    """
+    import asyncio
+
+    from tqdm import tqdm
+
+    from models.embedding import load_embedder
+    from pipelines.indexing import IndexSync
+    from storage.db import open_database
+    from storage.index import VectorIndex
+
+    settings = _settings()
+    if app_id and recreate:
+        typer.echo("error: --recreate rebuilds everything; it cannot be combined with --app", err=True)
+        raise typer.Exit(2)
+
+    async def run() -> dict[str, int]:
+        database = await open_database(settings)
+        try:
+            if app_id:
+                from storage.apps import get_app
+
+                async with database.transaction() as db:
+                    await get_app(db, app_id)
+            embedder = load_embedder(
+                settings.embedding.model, settings.embedding.device, settings.embedding.batch_size
+            )
+            index = await VectorIndex.open(
+                settings.vector_store_uri, embedder.dimension, ann_min_rows=settings.vector_store.ann_min_rows
+            )
+            sync = IndexSync(database, index, embedder, batch_size=settings.vector_store.sync_batch)
+            bars: list[tqdm] = []
+
+            def progress(table: str, total: int) -> tqdm:
+                bars.append(tqdm(total=total, desc=f"re-indexing {table}", unit="row"))
+                return bars[-1]
+
+            try:
+                return await sync.reindex(app_id=app_id, recreate=recreate, progress=progress)
+            finally:
+                for bar in bars:
+                    bar.close()
+        finally:
+            await database.dispose()
+
+    from storage.errors import StorageError
+
+    try:
+        counts = asyncio.run(run())
+    except StorageError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo("re-indexed " + ", ".join(f"{n} {table}" for table, n in counts.items()))
+
+
 @app.command("serve")
 def serve(
     host: str | None = typer.Option(None, help="Interface to listen on [default: serve.host]."),

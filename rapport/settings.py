@@ -114,6 +114,21 @@ class DialecticSettings(_Section):
 
 class VectorStoreSettings(_Section):
     uri: str | None = Field(default=None, description="Any LanceDB URI. Unset: <app.home>/lancedb.")
+    ann_min_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Build the ANN index once a table has this many rows; below, search is exact.",
+    )
+    sync_batch: int = Field(default=256, ge=1, le=10_000, description="Outbox entries applied per round.")
+    sync_interval_s: float = Field(
+        default=0.5, gt=0, description="How often the index sync polls the outbox."
+    )
+    maintain_interval_s: float = Field(
+        default=60.0, gt=0, description="Compaction and index upkeep, at most this often."
+    )
+    max_attempts: int = Field(
+        default=10, ge=1, le=100, description="Failed index work is parked after this many tries."
+    )
 
 
 class ServeSettings(_Section):
@@ -184,6 +199,10 @@ class Settings(BaseSettings):
     @property
     def home(self) -> Path:
         return self.app.home.expanduser().resolve()
+
+    @property
+    def vector_store_uri(self) -> str:
+        return self.vector_store.uri or str(self.home / "lancedb")
 
     def redacted(self) -> dict[str, Any]:
         """Settings as plain data with every secret masked, for logs and `rapport config`."""

@@ -66,3 +66,15 @@ class Database:
 
     def __repr__(self) -> str:
         return f"Database({mask_url_password(self.url)})"
+
+
+async def open_database(settings: Settings) -> Database:
+    """Connect to the configured (or embedded) database, migrating it first when db.migrate_on_start."""
+    import asyncio
+
+    from storage import migrate
+
+    url = await asyncio.to_thread(resolve_database_url, settings)
+    if settings.db.migrate_on_start:
+        await asyncio.to_thread(migrate.upgrade, url)
+    return Database(url, settings.db)

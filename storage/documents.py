@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.collections import RESERVED_NAME, get_collection, is_reserved
 from storage.errors import InvalidError
 from storage.ids import new_id
-from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, row_keys, update_one
+from storage.query import (
+    Keys,
+    Page,
+    Record,
+    fetch_one,
+    fetch_page,
+    insert_under_parent,
+    record_columns,
+    row_keys,
+    update_one,
+)
 from storage.tables import Collection, Document
-from storage.validation import DOCUMENT_CONTENT_MAX, check_ids, check_metadata, check_text
+from storage.validation import DOCUMENT_CONTENT_MAX, check_filter, check_ids, check_metadata, check_text
 
 
 def _where(app_id: str, user_id: str, collection_id: str, document_id: str) -> Keys:
@@ -101,3 +112,29 @@ async def list_documents(
     await get_collection(db, app_id, user_id, collection_id)
     where = {"collection_id": collection_id}
     return await fetch_page(db, Document, where, filter=filter, reverse=reverse, page=page, size=size)
+
+
+async def fetch_many(
+    db: AsyncConnection,
+    ids: Sequence[str],
+    *,
+    app_id: str,
+    user_id: str,
+    collection_id: str,
+    filter: dict[str, Any] | None = None,
+) -> dict[str, Record]:
+    """The documents among ``ids`` in this collection whose metadata contains ``filter``, by id."""
+    if not ids:
+        return {}
+    check_ids(app=app_id, user=user_id, collection=collection_id)
+    conditions = [
+        Document.id.in_(list(ids)),
+        Document.collection_id == collection_id,
+        Document.user_id == user_id,
+        Document.app_id == app_id,
+    ]
+    metadata_filter = check_filter(filter)
+    if metadata_filter is not None:
+        conditions.append(Document.metadata_.contains(metadata_filter))
+    rows = await db.execute(select(*record_columns(Document)).where(*conditions))
+    return {row.id: row for row in rows}

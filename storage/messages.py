@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
@@ -21,7 +23,7 @@ from storage.query import (
 )
 from storage.sessions import get_session
 from storage.tables import Message, Session
-from storage.validation import MESSAGE_CONTENT_MAX, check_ids, check_metadata, check_text
+from storage.validation import MESSAGE_CONTENT_MAX, check_filter, check_ids, check_metadata, check_text
 
 BATCH_MAX = 100
 
@@ -115,3 +117,54 @@ async def list_messages(
     await get_session(db, app_id, user_id, session_id)
     where = {"session_id": session_id}
     return await fetch_page(db, Message, where, filter=filter, reverse=reverse, page=page, size=size)
+
+
+async def fetch_with_neighbours(
+    db: AsyncConnection,
+    ids: Sequence[str],
+    *,
+    app_id: str,
+    user_id: str,
+    session_id: str | None = None,
+    filter: dict[str, Any] | None = None,
+) -> dict[str, tuple[Record, str | None, str | None]]:
+    """The messages among ``ids`` in this scope (and matching ``filter``), each with the ids of the
+    messages just before and after it in its session."""
+    if not ids:
+        return {}
+    check_ids(app=app_id, user=user_id, **({"session": session_id} if session_id else {}))
+    m = Message.__table__.alias("m")
+    before = Message.__table__.alias("before")
+    after = Message.__table__.alias("after")
+    previous_id = (
+        select(before.c.id)
+        .where(before.c.session_id == m.c.session_id, before.c.seq < m.c.seq)
+        .order_by(before.c.seq.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    next_id = (
+        select(after.c.id)
+        .where(after.c.session_id == m.c.session_id, after.c.seq > m.c.seq)
+        .order_by(after.c.seq)
+        .limit(1)
+        .scalar_subquery()
+    )
+    columns = [m.c[column.key].label(name) for name, column in Message.__mapper__.columns.items()]
+    conditions = [m.c.id.in_(list(ids)), m.c.app_id == app_id, m.c.user_id == user_id]
+    if session_id is not None:
+        conditions.append(m.c.session_id == session_id)
+    metadata_filter = check_filter(filter)
+    if metadata_filter is not None:
+        conditions.append(m.c.metadata.contains(metadata_filter))
+    stmt = select(*columns, previous_id.label("previous_id"), next_id.label("next_id")).where(*conditions)
+    found: dict[str, tuple[Record, str | None, str | None]] = {}
+    for row in await db.execute(stmt):
+        found[row.id] = (cast(Record, row), row.previous_id, row.next_id)
+    return found
+
+
+async def list_ids(db: AsyncConnection, session_id: str) -> list[str]:
+    """Every message id of a session, in order."""
+    rows = await db.execute(select(Message.id).where(Message.session_id == session_id).order_by(Message.seq))
+    return [row[0] for row in rows]

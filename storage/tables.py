@@ -207,3 +207,31 @@ class Document(Base):
         Index("ix_documents_collection_id_seq", "collection_id", "seq"),
         *_metadata_checks("documents"),
     )
+
+
+class IndexOutbox(Base):
+    """Index work written in the same transaction as the rows it is about, so a crash between the
+    commit and the LanceDB write loses nothing: whatever is here is applied (again) until it sticks."""
+
+    __tablename__ = "index_outbox"
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)  # document | message
+    action: Mapped[str] = mapped_column(Text, nullable=False)  # upsert | delete
+    target_id: Mapped[str | None] = mapped_column(Text)  # the row, for upserts and single deletes
+    scope: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONB
+    )  # e.g. {"collection_id": ...} for bulk deletes
+    attempts: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    parked: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("false"))
+    available_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('document', 'message')", name="kind"),
+        CheckConstraint("action IN ('upsert', 'delete')", name="action"),
+        CheckConstraint("target_id IS NOT NULL OR scope IS NOT NULL", name="has_target"),
+        Index("ix_index_outbox_due", "available_at", "id", postgresql_where=text("NOT parked")),
+    )

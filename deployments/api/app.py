@@ -1,11 +1,12 @@
-"""The FastAPI application: Honcho v1.1.0's routes plus /health, limits and error mapping."""
+"""The FastAPI application: Honcho v1.1.0's routes plus /health and search, limits and error mapping."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,35 +23,63 @@ from deployments.api.routers import (
     keys,
     messages,
     metamessages,
+    search,
     sessions,
     users,
 )
+from pipelines.memory import Memory
 from rapport.settings import Settings
-from storage import migrate
-from storage.db import Database, resolve_database_url
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (apps, users, sessions, messages, metamessages, collections, documents, keys, health)
+ROUTERS = (apps, users, sessions, messages, metamessages, collections, documents, search, keys, health)
+
+MemoryFactory = Callable[[Settings], AbstractAsyncContextManager[Memory]]
 
 
-def create_api(settings: Settings, database: Database | None = None) -> FastAPI:
-    """Build the API. Without ``database``, it connects (and migrates) at start-up from ``settings``."""
+@asynccontextmanager
+async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
+    """Everything in this process: the database, the embedding model, the index and its sync loop."""
+    from models.embedding import load_embedder
+    from pipelines.indexing import IndexSync
+    from storage.db import open_database
+    from storage.index import VectorIndex
+
+    database = await open_database(settings)
+    embedding = settings.embedding
+    embedder = await asyncio.to_thread(load_embedder, embedding.model, embedding.device, embedding.batch_size)
+    store = settings.vector_store
+    index = await VectorIndex.open(
+        settings.vector_store_uri, embedder.dimension, ann_min_rows=store.ann_min_rows
+    )
+    sync = IndexSync(database, index, embedder, batch_size=store.sync_batch, max_attempts=store.max_attempts)
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        sync.run(stop, interval_s=store.sync_interval_s, maintain_every_s=store.maintain_interval_s)
+    )
+    try:
+        yield Memory(database, embedder, index, sync)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=30)
+        await database.dispose()
+
+
+def create_api(
+    settings: Settings, memory: Memory | None = None, make_memory: MemoryFactory = local_memory
+) -> FastAPI:
+    """Build the API around ``memory``, or around one ``make_memory`` builds at start-up."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if database is not None:
+        if memory is not None:
             yield
             return
-        url = await asyncio.to_thread(resolve_database_url, settings)
-        if settings.db.migrate_on_start:
-            await asyncio.to_thread(migrate.upgrade, url)
-        app.state.database = Database(url, settings.db)
-        log.info("API ready on %r", app.state.database)
-        try:
+        async with make_memory(settings) as built:
+            app.state.memory = built
+            log.info("API ready on %r", built.database)
             yield
-        finally:
-            await app.state.database.dispose()
 
     app = FastAPI(
         title="Rapport",
@@ -59,8 +88,8 @@ def create_api(settings: Settings, database: Database | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    if database is not None:
-        app.state.database = database
+    if memory is not None:
+        app.state.memory = memory
     for module in ROUTERS:
         app.include_router(module.router)
     install_error_handlers(app)

@@ -6,14 +6,20 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from pipelines.memory import Memory
 from storage.db import Database
 
 
+async def get_memory(request: Request) -> Memory:
+    return request.app.state.memory  # type: ignore[no-any-return]
+
+
 async def get_database(request: Request) -> Database:
-    return request.app.state.database  # type: ignore[no-any-return]
+    return request.app.state.memory.database  # type: ignore[no-any-return]
 
 
 DB = Annotated[Database, Depends(get_database)]
+Mem = Annotated[Memory, Depends(get_memory)]
 
 AppId = Annotated[str, Path(description="ID of the app")]
 UserId = Annotated[str, Path(description="ID of the user")]

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from deployments.api import create_api
+from pipelines.memory import Memory
 from rapport.settings import Settings
 from storage.db import Database
 from storage.tables import Base
@@ -23,11 +24,11 @@ def make_settings(**sections: dict[str, Any]) -> Settings:
 
 
 @pytest.fixture
-def api_client(database: Database) -> Callable[..., httpx.AsyncClient]:
-    """Build a client for an API made from the given settings sections."""
+def api_client(memory: Memory) -> Callable[..., httpx.AsyncClient]:
+    """Build a client for an API made from the given settings sections, over the test's Memory."""
 
     def build(**sections: dict[str, Any]) -> httpx.AsyncClient:
-        app = create_api(make_settings(**sections), database=database)
+        app = create_api(make_settings(**sections), memory=memory)
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rapport.test")
 
     return build
@@ -44,6 +45,6 @@ async def snapshot(database: Database) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     async with database.transaction() as db:
         for table in Base.metadata.sorted_tables:
-            rows = await db.execute(text(f"SELECT t::text FROM {table.name} t ORDER BY seq"))
+            rows = await db.execute(text(f"SELECT t::text FROM {table.name} t ORDER BY 1"))
             result[table.name] = [row[0] for row in rows]
     return result

@@ -158,6 +158,16 @@ CASES: list[tuple[str, str, Any, int]] = [
     ("POST", C + "/documents/list", {"filter": 3}, 422),
     ("POST", C + "/documents/query", {"query": ""}, 422),
     ("POST", C + "/documents/query", {"query": "q", "top_k": 51}, 422),
+    ("POST", C + "/documents/query", {"query": "q", "filter": "text"}, 422),
+    ("POST", U + "/collections/no-such/documents/query", {"query": "q"}, 404),
+    # search (a Rapport extension)
+    ("POST", U + "/search", {"query": ""}, 422),
+    ("POST", U + "/search", {"query": "x" * 1001}, 422),
+    ("POST", U + "/search", {"query": "x", "mode": "magic"}, 422),
+    ("POST", U + "/search", {"query": "x", "top_k": 101}, 422),
+    ("POST", U + "/search", {"query": "x", "filter": []}, 422),
+    ("POST", U + "/sessions/{w.other_session}/search", {"query": "x"}, 404),
+    ("POST", "/v1/apps/{w.other_app}/users/{w.user}/search", {"query": "x"}, 404),
 ]
 
 
@@ -210,9 +220,7 @@ async def test_chunked_body_over_the_limit_is_413(client: httpx.AsyncClient, dat
     assert await snapshot(database) == before
 
 
-async def test_unfinished_features_say_what_is_missing(client: httpx.AsyncClient, world: World) -> None:
+async def test_the_dialectic_says_what_is_missing(client: httpx.AsyncClient, world: World) -> None:
     chat = await client.post(S.format(w=world) + "/chat", json={"queries": "what does the user like?"})
-    query = await client.post(C.format(w=world) + "/documents/query", json={"query": "tea"})
-    for response in (chat, query):
-        assert response.status_code == 501
-        assert "does not ship yet" in response.json()["detail"]
+    assert chat.status_code == 501
+    assert "does not ship yet" in chat.json()["detail"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import honcho
+import httpx
 import pytest
 from honcho import Honcho
 
@@ -125,6 +127,34 @@ def test_sessions_messages_and_metamessages(client: Honcho) -> None:
         sessions.chat(**s, queries="what does alice like?")
 
 
+def test_message_search_through_serve(client: Honcho) -> None:
+    """The search extension, through the Embedder and IndexWriter deployments."""
+    app = client.apps.get_or_create(name="search-app")
+    user = client.apps.users.get_or_create(app_id=app.id, name="carol")
+    ids = {"app_id": app.id, "user_id": user.id}
+    session = client.apps.users.sessions.create(**ids)
+    turns = [
+        "I adopted a greyhound called Pixel",
+        "Nice! How old is Pixel?",
+        "Three, and she loves the beach",
+    ]
+    created = client.apps.users.sessions.messages.batch(
+        **ids,
+        session_id=session.id,
+        messages=[{"content": t, "is_user": i != 1} for i, t in enumerate(turns)],
+    )
+    http = httpx.Client(base_url=str(client.base_url), timeout=30)
+    deadline = time.monotonic() + 60
+    while http.get("/health").json()["index"]["pending"]:
+        assert time.monotonic() < deadline, "the index sync did not catch up"
+        time.sleep(0.2)
+    hits = http.post(
+        f"/v1/apps/{app.id}/users/{user.id}/search", json={"query": "dog adoption", "top_k": 3}
+    ).json()
+    assert hits[0]["message"]["id"] == created[0].id
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+
+
 def test_collections_and_documents(client: Honcho) -> None:
     app = client.apps.get_or_create(name="docs-app")
     user = client.apps.users.get_or_create(app_id=app.id, name="bob")
@@ -151,6 +181,9 @@ def test_collections_and_documents(client: Honcho) -> None:
     assert docs.update(**c, document_id=d2.id, content="Bob runs ultramarathons").content.endswith(
         "ultramarathons"
     )
+    found = docs.query(**c, query="what does Bob drink?", top_k=2)
+    assert [d.id for d in found][0] == d1.id and len(found) == 2
+    assert [d.id for d in docs.query(**c, query="what does Bob drink?", filter={"topic": "sport"})] == [d2.id]
     docs.delete(**c, document_id=d1.id)
     with pytest.raises(honcho.NotFoundError):
         docs.get(**c, document_id=d1.id)

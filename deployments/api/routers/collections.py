@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_scope
-from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, UserId
+from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, UserId
 from storage import collections as store
 
 router = APIRouter(
@@ -98,12 +98,11 @@ async def update_collection(
 
 @router.delete("/{collection_id}", response_model=None)
 async def delete_collection(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     collection_id: Annotated[str, Path(description="ID of the collection to delete")],
 ) -> dict[str, Any]:
     """Delete a Collection and its documents"""
-    async with database.transaction() as db:
-        await store.delete_collection(db, app_id, user_id, collection_id)
+    await memory.delete_collection(app_id, user_id, collection_id)
     return {"message": "Collection deleted successfully"}

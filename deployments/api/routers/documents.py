@@ -8,8 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path
 
 from deployments.api import schemas
 from deployments.api.auth import require_scope
-from deployments.api.errors import APIError
-from deployments.api.params import DB, AppId, CollectionId, PageNumber, PageSize, Reverse, UserId
+from deployments.api.params import DB, AppId, CollectionId, Mem, PageNumber, PageSize, Reverse, UserId
 from storage import documents as store
 
 router = APIRouter(
@@ -57,7 +56,7 @@ async def get_document(
 
 @router.put("/{document_id}", response_model=schemas.Document)
 async def update_document(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     collection_id: CollectionId,
@@ -65,59 +64,56 @@ async def update_document(
     document: Annotated[schemas.DocumentUpdate, Body(description="Updated document parameters")],
 ) -> schemas.Document:
     """Update the content and/or the metadata of a Document"""
-    async with database.transaction() as db:
-        updated = await store.update_document(
-            db,
-            app_id,
-            user_id,
-            collection_id,
-            document_id,
-            content=document.content,
-            metadata=document.metadata,
-        )
+    updated = await memory.update_document(
+        app_id, user_id, collection_id, document_id, content=document.content, metadata=document.metadata
+    )
     return schemas.Document.from_row(updated)
 
 
 @router.delete("/{document_id}", response_model=None)
 async def delete_document(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     collection_id: CollectionId,
     document_id: Annotated[str, Path(description="ID of the document to delete")],
 ) -> dict[str, Any]:
     """Delete a Document by ID"""
-    async with database.transaction() as db:
-        await store.delete_document(db, app_id, user_id, collection_id, document_id)
+    await memory.delete_document(app_id, user_id, collection_id, document_id)
     return {"message": "Document deleted successfully"}
 
 
 @router.post("/query", response_model=list[schemas.Document])
 async def query_documents(
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     collection_id: CollectionId,
     options: Annotated[schemas.DocumentQuery, Body(description="Query parameters for document search")],
 ) -> list[schemas.Document]:
-    """Cosine Similarity Search for Documents"""
-    raise APIError(
-        501,
-        "document query needs the embedding model and vector index, which this Rapport version does not "
-        "ship yet; documents are stored and can be listed and fetched",
+    """Cosine Similarity Search for Documents: the ``top_k`` closest to ``query``, best first, among those
+    whose metadata contains ``filter``."""
+    found = await memory.query_documents(
+        app_id=app_id,
+        user_id=user_id,
+        collection_id=collection_id,
+        query=options.query,
+        top_k=options.top_k,
+        filter=options.filter,
     )
+    return [schemas.Document.from_row(d) for d in found]
 
 
 @router.post("", response_model=schemas.Document)
 async def create_document(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     collection_id: CollectionId,
     document: Annotated[schemas.DocumentCreate, Body(description="Document creation parameters")],
 ) -> schemas.Document:
-    """Create a Document"""
-    async with database.transaction() as db:
-        created = await store.create_document(
-            db, app_id, user_id, collection_id, content=document.content, metadata=document.metadata
-        )
+    """Embed text as a vector and create a Document (queryable as soon as this returns)"""
+    created = await memory.add_document(
+        app_id, user_id, collection_id, content=document.content, metadata=document.metadata
+    )
     return schemas.Document.from_row(created)

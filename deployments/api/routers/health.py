@@ -1,4 +1,4 @@
-"""Readiness."""
+"""Readiness, and how far the index is behind."""
 
 from __future__ import annotations
 
@@ -7,20 +7,23 @@ import logging
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from deployments.api.params import DB
+from deployments.api.params import Mem
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-async def health(database: DB) -> JSONResponse:
-    """Ready when the database answers: 200 ``{"status": "ok"}``, else 503 with the reason."""
+async def health(memory: Mem) -> JSONResponse:
+    """200 when the database answers, else 503. ``index`` tells how many writes wait to reach the search
+    index (``pending``), how old the oldest is (``oldest_s``), and how many failed for good (``parked``)."""
     try:
-        await database.ping()
+        await memory.database.ping()
+        lag = await memory.index_lag()
     except Exception:
         log.exception("health check: the database did not answer")
         return JSONResponse(
             {"status": "unavailable", "detail": "database unreachable; see the server log"}, 503
         )
-    return JSONResponse({"status": "ok", "database": "ok"})
+    index = {"pending": lag.pending, "parked": lag.parked, "oldest_s": round(lag.oldest_s, 3)}
+    return JSONResponse({"status": "ok", "database": "ok", "index": index})

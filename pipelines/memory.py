@@ -1,0 +1,159 @@
+"""What the API does with messages and documents: store them and keep the index in step.
+
+Each write commits its rows and its outbox entries in one transaction. Documents are then written to the
+index before the call returns (so they are queryable at once); if that write fails the document is still
+stored and the index sync repairs the index from the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from models.embedding import TextEmbedder
+from pipelines import retrieval
+from pipelines.indexing import IndexWriter
+from storage import collections, documents, messages, outbox, sessions
+from storage.db import Database
+from storage.index import VectorIndex
+from storage.query import Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Memory:
+    """The stores and models a request works with."""
+
+    database: Database
+    embedder: TextEmbedder
+    index: VectorIndex
+    writer: IndexWriter
+
+    # --- messages (indexed in the background) ---------------------------------------------------------
+
+    async def add_message(
+        self,
+        app_id: str,
+        user_id: str,
+        session_id: str,
+        *,
+        content: str,
+        is_user: bool,
+        metadata: dict[str, Any],
+    ) -> Record:
+        async with self.database.transaction() as db:
+            message = await messages.create_message(
+                db, app_id, user_id, session_id, content=content, is_user=is_user, metadata=metadata
+            )
+            await outbox.enqueue_upserts(db, "message", [message.id])
+        return message
+
+    async def add_messages(
+        self, app_id: str, user_id: str, session_id: str, items: list[dict[str, Any]]
+    ) -> list[Record]:
+        async with self.database.transaction() as db:
+            created = await messages.create_messages(db, app_id, user_id, session_id, items)
+            await outbox.enqueue_upserts(db, "message", [m.id for m in created])
+        return created
+
+    async def update_message(
+        self, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
+    ) -> Record:
+        """New metadata can change what is indexed (speaker, date), so the message is re-indexed."""
+        async with self.database.transaction() as db:
+            message = await messages.update_message(db, app_id, user_id, session_id, message_id, metadata)
+            await outbox.enqueue_upserts(db, "message", [message.id])
+        return message
+
+    async def clone_session(
+        self, app_id: str, user_id: str, session_id: str, *, message_id: str | None, deep_copy: bool
+    ) -> Record:
+        async with self.database.transaction() as db:
+            clone = await sessions.clone_session(
+                db, app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy
+            )
+            copied = await messages.list_ids(db, clone.id)
+            await outbox.enqueue_upserts(db, "message", copied)
+        return clone
+
+    async def search_messages(self, **query: Any) -> list[tuple[Record, float]]:
+        return await retrieval.search_messages(self.database, self.index, self.embedder, **query)
+
+    # --- documents (queryable when the call returns) ---------------------------------------------------
+
+    async def add_document(
+        self, app_id: str, user_id: str, collection_id: str, *, content: str, metadata: dict[str, Any]
+    ) -> Record:
+        vector = await self.embedder.embed([content])
+        async with self.database.transaction() as db:
+            document = await documents.create_document(
+                db, app_id, user_id, collection_id, content=content, metadata=metadata
+            )
+            entries = await outbox.enqueue_upserts(
+                db, "document", [document.id], delay_s=outbox.INLINE_GRACE_S
+            )
+        await self._write_documents([document], vector, entries)
+        return document
+
+    async def update_document(
+        self,
+        app_id: str,
+        user_id: str,
+        collection_id: str,
+        document_id: str,
+        *,
+        content: str | None,
+        metadata: dict[str, Any] | None,
+    ) -> Record:
+        vector = await self.embedder.embed([content]) if content is not None else None
+        async with self.database.transaction() as db:
+            document = await documents.update_document(
+                db, app_id, user_id, collection_id, document_id, content=content, metadata=metadata
+            )
+            entries = (
+                await outbox.enqueue_upserts(db, "document", [document.id], delay_s=outbox.INLINE_GRACE_S)
+                if vector is not None
+                else []
+            )
+        if vector is not None:
+            await self._write_documents([document], vector, entries)
+        return document
+
+    async def delete_document(self, app_id: str, user_id: str, collection_id: str, document_id: str) -> None:
+        async with self.database.transaction() as db:
+            await documents.delete_document(db, app_id, user_id, collection_id, document_id)
+            entry = await outbox.enqueue_delete(db, "document", target_id=document_id)
+        await self._apply([entry])
+
+    async def delete_collection(self, app_id: str, user_id: str, collection_id: str) -> None:
+        async with self.database.transaction() as db:
+            await collections.delete_collection(db, app_id, user_id, collection_id)
+            entry = await outbox.enqueue_delete(db, "document", scope={"collection_id": collection_id})
+        await self._apply([entry])
+
+    async def query_documents(self, **query: Any) -> list[Record]:
+        return await retrieval.query_documents(self.database, self.index, self.embedder, **query)
+
+    # --- the index -------------------------------------------------------------------------------------
+
+    async def index_lag(self) -> outbox.Lag:
+        async with self.database.transaction() as db:
+            return await outbox.lag(db)
+
+    async def _write_documents(self, rows: Sequence[Record], vectors: Any, entries: Sequence[int]) -> None:
+        try:
+            await self.writer.write_documents(rows, vectors, entries)
+        except Exception:
+            # Stored and committed: the outbox entry stays, and the index sync applies it shortly.
+            log.exception(
+                "index write for documents %s failed; the index sync will repair it", [r.id for r in rows]
+            )
+
+    async def _apply(self, entries: Sequence[int]) -> None:
+        try:
+            await self.writer.apply(entries)
+        except Exception:
+            log.exception("index update %s failed; the index sync will repair it", list(entries))

@@ -1,0 +1,160 @@
+"""Finding things again: document query (Honcho's cosine search) and hybrid search over messages.
+
+Search strategies are data: a mode names a `SearchRecipe`, and one function runs any recipe. Results
+come back from PostgreSQL (the source of truth), in the order the index ranked them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from models.embedding import TextEmbedder
+from storage import collections, documents, messages, sessions, users
+from storage.db import Database
+from storage.index import DOCUMENTS, MESSAGES, Hit, VectorIndex
+from storage.query import Record
+
+Mode = Literal["semantic", "fulltext", "hybrid"]
+MAX_CANDIDATES = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class SearchRecipe:
+    """How one search mode ranks messages.
+
+    semantic/fulltext: which retrievers run. With both, each list's scores are scaled to [0, 1] and
+    mixed as ``alpha * semantic + (1 - alpha) * fulltext``. ``neighbour_boost`` then adds that share of
+    the best score among a message's session neighbours (the turns just before and after it), since the
+    evidence for an answer is often spread over adjacent turns. ``candidates`` is how many each
+    retriever returns before fusion.
+    """
+
+    semantic: bool
+    fulltext: bool
+    alpha: float = 0.5
+    neighbour_boost: float = 0.0
+    candidates: int = 100
+
+
+# Tuned on LoCoMo (bench/locomo_retrieval.py; figures in docs/benchmarks.md).
+RECIPES: dict[Mode, SearchRecipe] = {
+    "semantic": SearchRecipe(semantic=True, fulltext=False),
+    "fulltext": SearchRecipe(semantic=False, fulltext=True),
+    "hybrid": SearchRecipe(semantic=True, fulltext=True, alpha=0.5, neighbour_boost=0.3),
+}
+
+
+def _scaled(hits: Sequence[Hit]) -> dict[str, float]:
+    """Scores scaled to [0, 1] within the list (all 1 when they are equal)."""
+    if not hits:
+        return {}
+    low, high = min(h.score for h in hits), max(h.score for h in hits)
+    span = high - low
+    return {h.id: (h.score - low) / span if span > 0 else 1.0 for h in hits}
+
+
+def fuse(semantic: Sequence[Hit], fulltext: Sequence[Hit], recipe: SearchRecipe) -> dict[str, float]:
+    """One score per candidate: a single retriever's own score, or the scaled mix of both."""
+    if not (recipe.semantic and recipe.fulltext):
+        return {h.id: h.score for h in (semantic or fulltext)}
+    scores: dict[str, float] = {}
+    for weight, hits in ((recipe.alpha, semantic), (1 - recipe.alpha, fulltext)):
+        for hit_id, value in _scaled(hits).items():
+            scores[hit_id] = scores.get(hit_id, 0.0) + weight * value
+    return scores
+
+
+def boost_neighbours(
+    scores: dict[str, float], neighbours: dict[str, tuple[str | None, str | None]], share: float
+) -> dict[str, float]:
+    if not share:
+        return scores
+    boosted = {}
+    for message_id, score in scores.items():
+        before, after = neighbours.get(message_id, (None, None))
+        best_neighbour = max(scores.get(before or "", 0.0), scores.get(after or "", 0.0))
+        boosted[message_id] = score + share * best_neighbour
+    return boosted
+
+
+async def search_messages(
+    database: Database,
+    index: VectorIndex,
+    embedder: TextEmbedder,
+    *,
+    app_id: str,
+    user_id: str,
+    session_id: str | None = None,
+    query: str,
+    top_k: int = 10,
+    mode: Mode = "hybrid",
+    filter: dict[str, Any] | None = None,
+) -> list[tuple[Record, float]]:
+    """A user's (or one session's) messages that best answer ``query``, best first, with their scores."""
+    recipe = RECIPES[mode]
+    async with database.transaction() as db:  # a clear 404 for an unknown user or session
+        if session_id is None:
+            await users.get_user(db, app_id, user_id)
+        else:
+            await sessions.get_session(db, app_id, user_id, session_id)
+    scope: dict[str, str | None] = {"app_id": app_id, "user_id": user_id, "session_id": session_id}
+    vector = (await embedder.embed([query]))[0] if recipe.semantic else None
+
+    candidates = max(recipe.candidates, 5 * top_k)
+    while True:
+        semantic = (
+            await index.nearest(MESSAGES, vector, scope=scope, limit=candidates) if vector is not None else []
+        )
+        fulltext = (
+            await index.matching(MESSAGES, query, scope=scope, limit=candidates) if recipe.fulltext else []
+        )
+        scores = fuse(semantic, fulltext, recipe)
+        async with database.transaction() as db:
+            found = await messages.fetch_with_neighbours(
+                db, list(scores), app_id=app_id, user_id=user_id, session_id=session_id, filter=filter
+            )
+        scores = boost_neighbours(
+            scores, {i: (p, n) for i, (_, p, n) in found.items()}, recipe.neighbour_boost
+        )
+        ranked = sorted((i for i in scores if i in found), key=lambda i: scores[i], reverse=True)
+        exhausted = max(len(semantic), len(fulltext)) < candidates
+        if len(ranked) >= top_k or exhausted or candidates >= MAX_CANDIDATES:
+            return [(found[i][0], scores[i]) for i in ranked[:top_k]]
+        candidates *= 4  # the filter (or stale index rows) took too many: look further down the lists
+
+
+async def query_documents(
+    database: Database,
+    index: VectorIndex,
+    embedder: TextEmbedder,
+    *,
+    app_id: str,
+    user_id: str,
+    collection_id: str,
+    query: str,
+    top_k: int = 5,
+    filter: dict[str, Any] | None = None,
+) -> list[Record]:
+    """The collection's documents closest to ``query`` by cosine similarity, best first."""
+    async with database.transaction() as db:
+        await collections.get_collection(db, app_id, user_id, collection_id)
+    vector = (await embedder.embed([query]))[0]
+    scope: dict[str, str | None] = {"app_id": app_id, "user_id": user_id, "collection_id": collection_id}
+    candidates = top_k if not filter else max(10 * top_k, 100)
+    while True:
+        hits = await index.nearest(DOCUMENTS, vector, scope=scope, limit=candidates)
+        async with database.transaction() as db:
+            found = await documents.fetch_many(
+                db,
+                [h.id for h in hits],
+                app_id=app_id,
+                user_id=user_id,
+                collection_id=collection_id,
+                filter=filter,
+            )
+        ranked = [found[h.id] for h in hits if h.id in found]
+        if len(ranked) >= top_k or len(hits) < candidates or candidates >= MAX_CANDIDATES:
+            return ranked[:top_k]
+        candidates *= 4

@@ -1,0 +1,201 @@
+"""The LanceDB index: vectors and full-text for documents and messages, rebuildable from PostgreSQL.
+
+Two tables, their Arrow schemas declared once below. Rows hold only what search needs (ids to scope
+and join back, the indexed text, the vector); PostgreSQL remains the source of truth, and search
+results are read back from it. Writes arrive in batches from one writer (the index sync); `maintain`
+compacts small fragments and builds the ANN index once a table passes `vector_store.ann_min_rows`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final, Literal
+
+import numpy as np
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS: Final = "documents"
+MESSAGES: Final = "messages"
+Table = Literal["documents", "messages"]
+
+# Scope columns each table can be filtered and deleted by.
+SCOPES: dict[str, tuple[str, ...]] = {
+    DOCUMENTS: ("id", "app_id", "user_id", "collection_id"),
+    MESSAGES: ("id", "app_id", "user_id", "session_id"),
+}
+
+
+def schema(table: Table, dimension: int) -> pa.Schema:
+    """The one declaration of each table's columns."""
+    vector = pa.field("vector", pa.list_(pa.float32(), dimension), nullable=False)
+    created_at = pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False)
+    ids = [pa.field(name, pa.string(), nullable=False) for name in SCOPES[table]]
+    if table == DOCUMENTS:
+        return pa.schema([*ids, vector, created_at])
+    return pa.schema([*ids, pa.field("text", pa.string(), nullable=False), vector, created_at])
+
+
+Scope = Mapping[str, str | None]
+"""Equality filters on a table's scope columns; None leaves a column unconstrained."""
+
+
+class IndexDimensionMismatch(RuntimeError):
+    """The index was built with another embedding model than the configured one."""
+
+
+def quote(value: str) -> str:
+    """A SQL string literal for LanceDB filters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def where(**equals: str | None) -> str:
+    """``a = 'x' AND b = 'y'`` for the values given (None means unconstrained)."""
+    parts = [f"{column} = {quote(value)}" for column, value in equals.items() if value is not None]
+    return " AND ".join(parts) if parts else "true"
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: str
+    score: float
+
+
+class VectorIndex:
+    """One LanceDB database (a directory or any LanceDB URI) holding Rapport's two tables."""
+
+    def __init__(
+        self, uri: str, connection: Any, tables: dict[str, Any], dimension: int, ann_min_rows: int
+    ) -> None:
+        self.uri = uri
+        self._db = connection
+        self._tables = tables
+        self.dimension = dimension
+        self.ann_min_rows = ann_min_rows
+
+    @classmethod
+    async def open(cls, uri: str, dimension: int, *, ann_min_rows: int = 100_000) -> VectorIndex:
+        """Open (creating if needed) both tables. Readers always see the latest committed version."""
+        import lancedb
+        from lancedb.index import FTS
+
+        db = await lancedb.connect_async(uri, read_consistency_interval=timedelta(0))
+        tables: dict[str, Any] = {}
+        for name in (DOCUMENTS, MESSAGES):
+            expected = schema(name, dimension)  # type: ignore[arg-type]
+            existing = set((await db.list_tables()).tables)
+            if name in existing:
+                table = await db.open_table(name)
+                found = (await table.schema()).field("vector").type.list_size
+                if found != dimension:
+                    raise IndexDimensionMismatch(
+                        f"the {name} index at {uri} holds {found}-dimensional vectors but the embedding model "
+                        f"makes {dimension}: run `rapport reindex --recreate` after changing embedding.model"
+                    )
+            else:
+                table = await db.create_table(name, schema=expected, exist_ok=True)
+            if name == MESSAGES and not any(i.index_type == "FTS" for i in await table.list_indices()):
+                # Full-text search needs the index to exist; rows added later are searched unindexed
+                # until `maintain` folds them in.
+                await table.create_index("text", config=FTS(with_position=False))
+            tables[name] = table
+        return cls(uri, db, tables, dimension, ann_min_rows)
+
+    async def truncate(self) -> None:
+        """Remove every row of both tables (keeping their schemas and indexes)."""
+        for table in self._tables.values():
+            await table.delete("true")
+
+    async def recreate(self) -> None:
+        """Drop both tables and create them empty (for a rebuild with a new model)."""
+        for name in (DOCUMENTS, MESSAGES):
+            await self._db.drop_table(name, ignore_missing=True)
+        fresh = await VectorIndex.open(self.uri, self.dimension, ann_min_rows=self.ann_min_rows)
+        self._tables = fresh._tables
+
+    # --- writes ----------------------------------------------------------------------------------------
+
+    async def upsert(self, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert or replace rows by id. Each row carries the table's columns; ``vector`` a numpy row."""
+        if not rows:
+            return
+        unique = {row["id"]: row for row in rows}  # LanceDB refuses two rows for one id in a batch
+        data = pa.Table.from_pylist(list(unique.values()), schema=schema(table, self.dimension))
+        await (
+            self._tables[table]
+            .merge_insert("id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(data)
+        )
+
+    async def delete(self, table: Table, *, ids: Sequence[str] = (), scope: Scope | None = None) -> None:
+        """Remove rows by id, and/or every row matching ``scope`` (e.g. ``{"collection_id": ...}``)."""
+        if ids:
+            await self._tables[table].delete(f"id IN ({', '.join(quote(i) for i in ids)})")
+        if scope and any(value is not None for value in scope.values()):
+            self._check_scope(table, scope)
+            await self._tables[table].delete(where(**scope))
+
+    # --- reads -----------------------------------------------------------------------------------------
+
+    async def nearest(
+        self, table: Table, vector: np.ndarray, *, scope: Scope, limit: int, exact: bool = False
+    ) -> list[Hit]:
+        """The rows closest to ``vector`` by cosine similarity (1 = same direction), within the scope."""
+        self._check_scope(table, scope)
+        query = (
+            self._tables[table]
+            .vector_search(np.asarray(vector, dtype=np.float32))
+            .distance_type("cosine")
+            .where(where(**scope))
+            .select(["id", "_distance"])
+            .limit(limit)
+        )
+        # refine_factor(1) re-ranks ANN candidates on the full vectors, so `_distance` is always 1 - cos.
+        query = query.bypass_vector_index() if exact else query.refine_factor(1)
+        rows = await query.to_list()
+        return [Hit(row["id"], 1.0 - float(row["_distance"])) for row in rows]
+
+    async def matching(self, table: Table, text: str, *, scope: Scope, limit: int) -> list[Hit]:
+        """Rows whose indexed text best matches ``text`` (BM25; stemmed, stop words dropped)."""
+        self._check_scope(table, scope)
+        search = await self._tables[table].search(text, query_type="fts")
+        rows = await search.where(where(**scope)).select(["id", "_score"]).limit(limit).to_list()
+        return [Hit(row["id"], float(row["_score"])) for row in rows]
+
+    async def count(self, table: Table, scope: Scope | None = None) -> int:
+        filter = where(**(scope or {}))
+        return int(await self._tables[table].count_rows(None if filter == "true" else filter))
+
+    # --- upkeep ----------------------------------------------------------------------------------------
+
+    async def maintain(self) -> dict[str, Any]:
+        """Compact small fragments, fold new rows into the indexes, prune versions older than an hour,
+        and build the ANN and scalar indexes once a table is big enough for them to pay."""
+        from lancedb.index import BTree, HnswSq
+
+        report: dict[str, Any] = {}
+        for name, table in self._tables.items():
+            started = time.monotonic()
+            rows = await table.count_rows()
+            indices = {i.name: i for i in await table.list_indices()}
+            if rows >= self.ann_min_rows and "vector_idx" not in indices:
+                log.info("building the ANN index on %s (%d rows)", name, rows)
+                await table.create_index("vector", config=HnswSq(distance_type="cosine"))
+                scope = "collection_id" if name == DOCUMENTS else "user_id"
+                await table.create_index(scope, config=BTree())
+            await table.optimize(cleanup_older_than=timedelta(hours=1))
+            report[name] = {"rows": rows, "seconds": round(time.monotonic() - started, 3)}
+        return report
+
+    @staticmethod
+    def _check_scope(table: Table, scope: Scope) -> None:
+        unknown = set(scope) - set(SCOPES[table])
+        if unknown:
+            raise ValueError(f"{table} rows cannot be scoped by {sorted(unknown)}")

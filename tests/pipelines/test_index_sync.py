@@ -1,0 +1,159 @@
+"""Consistency between PostgreSQL and the index: repair after failures, rebuild from scratch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from models.embedding import SentenceTransformerEmbedder
+from pipelines.indexing import IndexSync, message_text
+from pipelines.memory import Memory
+from storage import collections
+from storage.db import Database
+from storage.index import DOCUMENTS, MESSAGES, VectorIndex
+from storage.query import Record
+from tests.storage.factories import make_tree
+
+
+class CrashBeforeIndexWrite(IndexSync):
+    """A writer that dies after PostgreSQL committed and before LanceDB was written."""
+
+    async def write_documents(
+        self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
+    ) -> None:
+        raise ConnectionError("simulated crash between the commit and the index write")
+
+
+async def _make_due(database: Database) -> None:
+    """Skip the grace period the outbox gives inline writes (as if it had passed)."""
+    async with database.transaction() as db:
+        await db.execute(text("UPDATE index_outbox SET available_at = now()"))
+
+
+async def test_a_failed_index_write_is_repaired_from_the_outbox(
+    database: Database, embedder: SentenceTransformerEmbedder, vector_index: VectorIndex
+) -> None:
+    crashing = Memory(
+        database, embedder, vector_index, CrashBeforeIndexWrite(database, vector_index, embedder)
+    )
+    t = await make_tree(database)
+    async with database.transaction() as db:
+        cid = (await collections.create_collection(db, t.app_id, t.user_id, "facts")).id
+    scope = {"app_id": t.app_id, "user_id": t.user_id, "collection_id": cid}
+
+    document = await crashing.add_document(t.app_id, t.user_id, cid, content="Bo keeps bees", metadata={})
+    assert await crashing.query_documents(**scope, query="bees", top_k=1) == [], (
+        "the index write never happened"
+    )
+
+    sync = IndexSync(database, vector_index, embedder)
+    assert await sync.drain() == 0, "the entry waits out the inline grace period first"
+    await _make_due(database)
+    assert await sync.drain() == 1
+    found = await crashing.query_documents(**scope, query="bees", top_k=1)
+    assert [d.id for d in found] == [document.id]
+
+
+async def test_failing_entries_are_retried_then_parked_without_blocking_others(
+    database: Database, embedder: SentenceTransformerEmbedder, vector_index: VectorIndex
+) -> None:
+    class PickyEmbedder:
+        dimension = embedder.dimension
+
+        async def embed(self, texts: Sequence[str]) -> np.ndarray:
+            if any("poison" in t for t in texts):
+                raise ValueError("cannot embed this")
+            return await embedder.embed(texts)
+
+    memory = Memory(database, embedder, vector_index, IndexSync(database, vector_index, embedder))
+    sync = IndexSync(database, vector_index, PickyEmbedder(), max_attempts=2)  # type: ignore[arg-type]
+    t = await make_tree(database)
+    items = [{"content": c, "is_user": True} for c in ("fine one", "poison pill", "fine two")]
+    await memory.add_messages(t.app_id, t.user_id, t.session_id, items)
+
+    assert await sync.drain() == 3
+    assert await vector_index.count(MESSAGES) == 2, "the good entries went through"
+    lag = await memory.index_lag()
+    assert (lag.pending, lag.parked) == (1, 0), "the bad one waits for a retry"
+
+    await _make_due(database)
+    await sync.drain()
+    lag = await memory.index_lag()
+    assert (lag.pending, lag.parked) == (0, 1), "after max_attempts it is parked, and reported"
+    async with database.transaction() as db:
+        error = (await db.execute(text("SELECT last_error FROM index_outbox"))).scalar_one()
+    assert "cannot embed this" in error
+
+
+async def test_reindex_from_an_empty_index_gives_the_same_results(memory: Memory, database: Database) -> None:
+    t = await make_tree(database)
+    async with database.transaction() as db:
+        cid = (await collections.create_collection(db, t.app_id, t.user_id, "facts")).id
+    for fact in ("likes jazz", "has two cats", "studies marine biology", "hates mornings", "cooks ramen"):
+        await memory.add_document(t.app_id, t.user_id, cid, content=f"Ren {fact}", metadata={})
+    await memory.add_messages(
+        t.app_id,
+        t.user_id,
+        t.session_id,
+        [{"content": f"turn about {w}", "is_user": True} for w in ("fish", "music", "food")],
+    )
+    await memory.writer.drain()  # type: ignore[attr-defined]
+
+    async def results() -> tuple[list, list]:
+        docs = await memory.query_documents(
+            app_id=t.app_id, user_id=t.user_id, collection_id=cid, query="pets", top_k=5
+        )
+        hits = await memory.search_messages(app_id=t.app_id, user_id=t.user_id, query="music", top_k=3)
+        return [d.id for d in docs], [(m.id, round(s, 4)) for m, s in hits]
+
+    before = await results()
+    await memory.index.truncate()
+    assert await memory.index.count(DOCUMENTS) == await memory.index.count(MESSAGES) == 0
+    assert (await results())[0] == []
+
+    counts = await memory.writer.reindex()  # type: ignore[attr-defined]
+    assert counts == {DOCUMENTS: 5, MESSAGES: 3}
+    assert await results() == before
+
+
+def test_message_text_names_speaker_and_date() -> None:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    row = SimpleNamespace(
+        content="hi",
+        is_user=True,
+        metadata_={"speaker": "Caroline", "date": "8 May 2023"},
+        created_at=datetime.now(UTC),
+    )
+    assert message_text(row) == "Caroline (8 May 2023): hi"  # type: ignore[arg-type]
+    bare = SimpleNamespace(
+        content="yo",
+        is_user=False,
+        metadata_={"speaker": {"no": "dicts"}},
+        created_at=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    assert message_text(bare) == "assistant (2026-01-02): yo"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("recreate", [True, False])
+async def test_reindex_of_one_app_leaves_the_others(
+    memory: Memory, database: Database, recreate: bool
+) -> None:
+    a = await make_tree(database, "a", "u")
+    b = await make_tree(database, "b", "u")
+    for tree in (a, b):
+        await memory.add_message(
+            tree.app_id, tree.user_id, tree.session_id, content="hello", is_user=True, metadata={}
+        )
+    await memory.writer.drain()  # type: ignore[attr-defined]
+    if recreate:
+        counts = await memory.writer.reindex(recreate=True)  # type: ignore[attr-defined]
+        assert counts[MESSAGES] == 2
+    else:
+        counts = await memory.writer.reindex(app_id=a.app_id)  # type: ignore[attr-defined]
+        assert counts[MESSAGES] == 1
+    assert await memory.index.count(MESSAGES) == 2

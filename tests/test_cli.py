@@ -1,0 +1,56 @@
+"""The `rapport` command against real services: reindex and its errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rapport.settings import DBSettings
+from storage import collections, documents, messages
+from storage.db import Database
+from tests.db import scratch_database
+from tests.storage.factories import make_tree
+
+
+def _rapport(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rapport.cli", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_reindex_rebuilds_from_postgres(tmp_path: Path) -> None:
+    with scratch_database("rapport_cli") as url:
+        env = {
+            "DB_CONNECTION_URI": url,
+            "VECTOR_STORE_URI": str(tmp_path / "lance"),
+            "RAPPORT_HOME": str(tmp_path),
+        }
+        assert _rapport("db", "upgrade", env=env).returncode == 0
+
+        async def seed() -> str:
+            database = Database(url, DBSettings())
+            t = await make_tree(database)
+            async with database.transaction() as db:
+                cid = (await collections.create_collection(db, t.app_id, t.user_id, "c")).id
+                await documents.create_document(db, t.app_id, t.user_id, cid, content="a fact")
+                for word in ("one", "two"):
+                    await messages.create_message(
+                        db, t.app_id, t.user_id, t.session_id, content=word, is_user=True
+                    )
+            await database.dispose()
+            return t.app_id
+
+        app_id = asyncio.run(seed())
+        done = _rapport("reindex", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "re-indexed 1 documents, 2 messages" in done.stdout
+        assert "re-indexed 1 documents, 2 messages" in _rapport("reindex", "--app", app_id, env=env).stdout
+
+        unknown = _rapport("reindex", "--app", "no-such-app", env=env)
+        assert unknown.returncode == 1 and "not found" in unknown.stderr
+        both = _rapport("reindex", "--app", app_id, "--recreate", env=env)
+        assert both.returncode == 2
