@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.db import scratch_database  # noqa: E402
-from tests.served import free_port, wait_healthy  # noqa: E402
+from tests.served import free_port, haproxy_ports, wait_healthy  # noqa: E402
 
 
 @dataclass
@@ -77,6 +77,7 @@ def start_target(kind: str, db_url: str, work: Path, args: argparse.Namespace) -
         "APP_LOG_LEVEL": "WARNING",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_worker_niceness": "0",
+        **haproxy_ports(),
     }
     if kind == "serve":
         config = yaml.safe_load((REPO / "serve_config.yaml").read_text())

@@ -24,16 +24,21 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] | None = None) -> Application:
-    """The application: the API ingress, the batched Embedder and the index's single writer.
+    """The application: the API ingress, two batched embedders (requests; background indexing, at low
+    priority) and the index's single writer.
 
     ``options`` maps a deployment name to Serve deployment options (autoscaling, resources...).
     """
     options = options or {}
+
+    def configured(deployment: Any, name: str) -> Any:
+        return deployment.options(name=name, **options.get(name, {}))
+
     payload = settings.model_dump()
-    embedder = Embedder.options(**options.get("Embedder", {})).bind(payload)  # type: ignore[attr-defined]
-    writer = IndexWriter.options(**options.get("IndexWriter", {})).bind(payload, embedder)  # type: ignore[attr-defined]
-    api = RapportAPI.options(**options.get("RapportAPI", {}))  # type: ignore[attr-defined]
-    return api.bind(payload, embedder, writer)
+    embedder = configured(Embedder, "Embedder").bind(payload)
+    background = configured(Embedder, "BackgroundEmbedder").bind(payload, True)
+    writer = configured(IndexWriter, "IndexWriter").bind(payload, background)
+    return configured(RapportAPI, "RapportAPI").bind(payload, embedder, writer)  # type: ignore[no-any-return]
 
 
 def read_serve_config(path: Path) -> tuple[ServeApplicationSchema, dict[str, dict[str, Any]]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,17 +19,32 @@ from rapport.settings import Settings
 # a batch hostage while queries wait behind it.
 TEXTS_PER_REQUEST = 32
 
+log = logging.getLogger(__name__)
+
+
+def run_only_when_idle() -> None:
+    """Put every thread of this process in Linux's SCHED_IDLE class (new threads inherit it): it runs
+    only on CPU time nothing else wants. The embedder that indexes messages in the background runs
+    so; without it, indexing 380 new messages/s halved the API's throughput on a 2-core box. The
+    index lags instead, and /health shows by how much."""
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted: run at normal priority
+        log.warning("could not lower this embedder's priority (%s); it runs at normal priority", exc)
+
 
 @serve.deployment(name="Embedder", max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
 class Embedder:
     """Each request is a list of texts; `@serve.batch` merges concurrent requests into one model call."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], background: bool = False) -> None:
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
-        self.model = load_embedder(
-            config.embedding.model, config.embedding.device, config.embedding.batch_size
-        )
+        self.model = load_embedder(config.embedding.model, config.embedding.device)
+        if background:
+            self.model.embed_sync(["warm-up"])  # let torch start its threads, so they are reniced too
+            run_only_when_idle()
         self.embed_batch.set_max_batch_size(config.embedding.batch_size)  # type: ignore[attr-defined]
         self.embed_batch.set_batch_wait_timeout_s(config.embedding.batch_wait_s)  # type: ignore[attr-defined]
 

@@ -18,7 +18,7 @@ from pipelines.indexing import IndexSync
 from rapport.logs import configure_logging
 from rapport.settings import Settings
 from storage.db import open_database
-from storage.index import VectorIndex
+from storage.index import open_index
 from storage.query import Record
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,7 @@ class IndexWriter:
         store = config.vector_store
         self.database = await open_database(config)
         model = await ServeEmbedder.connect(embedder)
-        index = await VectorIndex.open(
-            config.vector_store_uri, model.dimension, ann_min_rows=store.ann_min_rows
-        )
+        index = await open_index(config, model.dimension)
         self.sync = IndexSync(
             self.database, index, model, batch_size=store.sync_batch, max_attempts=store.max_attempts
         )

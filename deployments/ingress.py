@@ -17,7 +17,7 @@ from pipelines.memory import Memory
 from rapport.logs import configure_logging
 from rapport.settings import Settings
 from storage.db import open_database
-from storage.index import VectorIndex
+from storage.index import open_index
 
 
 @serve.deployment(
@@ -44,9 +44,7 @@ class RapportAPI:
     async def _memory(self, settings: Settings) -> AsyncIterator[Memory]:
         database = await open_database(settings)
         embedder = await ServeEmbedder.connect(self.embedder)
-        index = await VectorIndex.open(
-            settings.vector_store_uri, embedder.dimension, ann_min_rows=settings.vector_store.ann_min_rows
-        )
+        index = await open_index(settings, embedder.dimension)
         try:
             yield Memory(database, embedder, index, ServeIndexWriter(self.index_writer))
         finally:

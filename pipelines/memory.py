@@ -33,6 +33,8 @@ class Memory:
     writer: IndexWriter
 
     # --- messages (indexed in the background) ---------------------------------------------------------
+    # A trigger (migration 0003) writes the outbox entry of every inserted or updated message, in the
+    # same statement: nothing here has to remember to.
 
     async def add_message(
         self,
@@ -45,39 +47,30 @@ class Memory:
         metadata: dict[str, Any],
     ) -> Record:
         async with self.database.transaction() as db:
-            message = await messages.create_message(
+            return await messages.create_message(
                 db, app_id, user_id, session_id, content=content, is_user=is_user, metadata=metadata
             )
-            await outbox.enqueue_upserts(db, "message", [message.id])
-        return message
 
     async def add_messages(
         self, app_id: str, user_id: str, session_id: str, items: list[dict[str, Any]]
     ) -> list[Record]:
         async with self.database.transaction() as db:
-            created = await messages.create_messages(db, app_id, user_id, session_id, items)
-            await outbox.enqueue_upserts(db, "message", [m.id for m in created])
-        return created
+            return await messages.create_messages(db, app_id, user_id, session_id, items)
 
     async def update_message(
         self, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
     ) -> Record:
-        """New metadata can change what is indexed (speaker, date), so the message is re-indexed."""
+        """New metadata can change what is indexed (speaker, date): the trigger re-indexes the message."""
         async with self.database.transaction() as db:
-            message = await messages.update_message(db, app_id, user_id, session_id, message_id, metadata)
-            await outbox.enqueue_upserts(db, "message", [message.id])
-        return message
+            return await messages.update_message(db, app_id, user_id, session_id, message_id, metadata)
 
     async def clone_session(
         self, app_id: str, user_id: str, session_id: str, *, message_id: str | None, deep_copy: bool
     ) -> Record:
         async with self.database.transaction() as db:
-            clone = await sessions.clone_session(
+            return await sessions.clone_session(
                 db, app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy
             )
-            copied = await messages.list_ids(db, clone.id)
-            await outbox.enqueue_upserts(db, "message", copied)
-        return clone
 
     async def search_messages(self, **query: Any) -> list[tuple[Record, float]]:
         return await retrieval.search_messages(self.database, self.index, self.embedder, **query)

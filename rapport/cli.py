@@ -156,7 +156,7 @@ def reindex(
     from models.embedding import load_embedder
     from pipelines.indexing import IndexSync
     from storage.db import open_database
-    from storage.index import VectorIndex
+    from storage.index import open_index
 
     settings = _settings()
     if app_id and recreate:
@@ -171,12 +171,8 @@ def reindex(
 
                 async with database.transaction() as db:
                     await get_app(db, app_id)
-            embedder = load_embedder(
-                settings.embedding.model, settings.embedding.device, settings.embedding.batch_size
-            )
-            index = await VectorIndex.open(
-                settings.vector_store_uri, embedder.dimension, ann_min_rows=settings.vector_store.ann_min_rows
-            )
+            embedder = load_embedder(settings.embedding.model, settings.embedding.device)
+            index = await open_index(settings, embedder.dimension)
             sync = IndexSync(database, index, embedder, batch_size=settings.vector_store.sync_batch)
             bars: list[tqdm] = []
 

@@ -88,8 +88,13 @@ class EmbeddingSettings(_Section):
         description="An installed model package name or a local sentence-transformers model directory.",
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
-    batch_size: int = Field(default=64, ge=1, le=4096)
-    batch_wait_s: float = Field(default=0.005, ge=0, le=5)
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Most concurrent requests the Embedder deployment batches into one call.",
+    )
+    batch_wait_s: float = Field(default=0.005, ge=0, le=5, description="How long a batch waits to fill up.")
 
 
 class LLMSettings(_Section):
@@ -118,6 +123,15 @@ class VectorStoreSettings(_Section):
         default=100_000,
         ge=1,
         description="Build the ANN index once a table has this many rows; below, search is exact.",
+    )
+    ann_ef: int = Field(
+        default=100, ge=10, le=10_000, description="HNSW search breadth: higher finds more, slower."
+    )
+    ann_refine_factor: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="ANN candidates re-ranked on full vectors, as a multiple of top_k.",
     )
     sync_batch: int = Field(default=256, ge=1, le=10_000, description="Outbox entries applied per round.")
     sync_interval_s: float = Field(

@@ -18,6 +18,8 @@ from typing import Any, Final, Literal
 import numpy as np
 import pyarrow as pa
 
+from rapport.settings import Settings
+
 log = logging.getLogger(__name__)
 
 DOCUMENTS: Final = "documents"
@@ -61,6 +63,15 @@ def where(**equals: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnOptions:
+    """When the ANN index is built and how it is searched (vector_store.ann_* settings)."""
+
+    min_rows: int = 100_000
+    ef: int = 100
+    refine_factor: int = 5
+
+
+@dataclass(frozen=True, slots=True)
 class Hit:
     id: str
     score: float
@@ -70,16 +81,16 @@ class VectorIndex:
     """One LanceDB database (a directory or any LanceDB URI) holding Rapport's two tables."""
 
     def __init__(
-        self, uri: str, connection: Any, tables: dict[str, Any], dimension: int, ann_min_rows: int
+        self, uri: str, connection: Any, tables: dict[str, Any], dimension: int, ann: AnnOptions
     ) -> None:
         self.uri = uri
         self._db = connection
         self._tables = tables
         self.dimension = dimension
-        self.ann_min_rows = ann_min_rows
+        self.ann = ann
 
     @classmethod
-    async def open(cls, uri: str, dimension: int, *, ann_min_rows: int = 100_000) -> VectorIndex:
+    async def open(cls, uri: str, dimension: int, ann: AnnOptions | None = None) -> VectorIndex:
         """Open (creating if needed) both tables. Readers always see the latest committed version."""
         import lancedb
         from lancedb.index import FTS
@@ -104,7 +115,7 @@ class VectorIndex:
                 # until `maintain` folds them in.
                 await table.create_index("text", config=FTS(with_position=False))
             tables[name] = table
-        return cls(uri, db, tables, dimension, ann_min_rows)
+        return cls(uri, db, tables, dimension, ann or AnnOptions())
 
     async def truncate(self) -> None:
         """Remove every row of both tables (keeping their schemas and indexes)."""
@@ -115,7 +126,7 @@ class VectorIndex:
         """Drop both tables and create them empty (for a rebuild with a new model)."""
         for name in (DOCUMENTS, MESSAGES):
             await self._db.drop_table(name, ignore_missing=True)
-        fresh = await VectorIndex.open(self.uri, self.dimension, ann_min_rows=self.ann_min_rows)
+        fresh = await VectorIndex.open(self.uri, self.dimension, self.ann)
         self._tables = fresh._tables
 
     # --- writes ----------------------------------------------------------------------------------------
@@ -157,8 +168,12 @@ class VectorIndex:
             .select(["id", "_distance"])
             .limit(limit)
         )
-        # refine_factor(1) re-ranks ANN candidates on the full vectors, so `_distance` is always 1 - cos.
-        query = query.bypass_vector_index() if exact else query.refine_factor(1)
+        # Re-ranking ANN candidates on the full vectors makes `_distance` exactly 1 - cos in every plan
+        # (the index alone reports its own, quantised scale) and lifts recall.
+        if exact:
+            query = query.bypass_vector_index()
+        else:
+            query = query.ef(self.ann.ef).refine_factor(self.ann.refine_factor)
         rows = await query.to_list()
         return [Hit(row["id"], 1.0 - float(row["_distance"])) for row in rows]
 
@@ -185,7 +200,7 @@ class VectorIndex:
             started = time.monotonic()
             rows = await table.count_rows()
             indices = {i.name: i for i in await table.list_indices()}
-            if rows >= self.ann_min_rows and "vector_idx" not in indices:
+            if rows >= self.ann.min_rows and "vector_idx" not in indices:
                 log.info("building the ANN index on %s (%d rows)", name, rows)
                 await table.create_index("vector", config=HnswSq(distance_type="cosine"))
                 scope = "collection_id" if name == DOCUMENTS else "user_id"
@@ -199,3 +214,10 @@ class VectorIndex:
         unknown = set(scope) - set(SCOPES[table])
         if unknown:
             raise ValueError(f"{table} rows cannot be scoped by {sorted(unknown)}")
+
+
+async def open_index(settings: Settings, dimension: int) -> VectorIndex:
+    """The index the settings name (vector_store.uri, else <app.home>/lancedb), with their ANN options."""
+    store = settings.vector_store
+    ann = AnnOptions(min_rows=store.ann_min_rows, ef=store.ann_ef, refine_factor=store.ann_refine_factor)
+    return await VectorIndex.open(settings.vector_store_uri, dimension, ann)

@@ -162,9 +162,3 @@ async def fetch_with_neighbours(
     for row in await db.execute(stmt):
         found[row.id] = (cast(Record, row), row.previous_id, row.next_id)
     return found
-
-
-async def list_ids(db: AsyncConnection, session_id: str) -> list[str]:
-    """Every message id of a session, in order."""
-    rows = await db.execute(select(Message.id).where(Message.session_id == session_id).order_by(Message.seq))
-    return [row[0] for row in rows]

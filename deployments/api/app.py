@@ -43,15 +43,13 @@ async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
     from models.embedding import load_embedder
     from pipelines.indexing import IndexSync
     from storage.db import open_database
-    from storage.index import VectorIndex
+    from storage.index import open_index
 
     database = await open_database(settings)
     embedding = settings.embedding
-    embedder = await asyncio.to_thread(load_embedder, embedding.model, embedding.device, embedding.batch_size)
+    embedder = await asyncio.to_thread(load_embedder, embedding.model, embedding.device)
     store = settings.vector_store
-    index = await VectorIndex.open(
-        settings.vector_store_uri, embedder.dimension, ann_min_rows=store.ann_min_rows
-    )
+    index = await open_index(settings, embedder.dimension)
     sync = IndexSync(database, index, embedder, batch_size=store.sync_batch, max_attempts=store.max_attempts)
     stop = asyncio.Event()
     task = asyncio.create_task(

@@ -14,6 +14,6 @@ __all__ = [
 ]
 
 
-def load_embedder(source: str, device: str = "auto", batch_size: int = 64) -> SentenceTransformerEmbedder:
+def load_embedder(source: str, device: str = "auto") -> SentenceTransformerEmbedder:
     """The configured model, loaded in this process."""
-    return SentenceTransformerEmbedder(source, device=device, batch_size=batch_size)
+    return SentenceTransformerEmbedder(source, device=device)
