@@ -3,8 +3,6 @@ background and serves the API's inline document writes."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -31,19 +29,11 @@ class IndexWriter:
     async def __init__(self, settings: dict[str, Any], embedder: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
-        store = config.vector_store
         self.database = await open_database(config)
         model = await ServeEmbedder.connect(embedder)
         index = await open_index(config, model.dimension)
-        self.sync = IndexSync(
-            self.database, index, model, batch_size=store.sync_batch, max_attempts=store.max_attempts
-        )
-        self._stop = asyncio.Event()
-        self._loop = asyncio.create_task(
-            self.sync.run(
-                self._stop, interval_s=store.sync_interval_s, maintain_every_s=store.maintain_interval_s
-            )
-        )
+        self.sync = IndexSync.configured(self.database, index, model, config.vector_store)
+        self.sync.start(config.vector_store)
 
     async def write_documents(
         self, rows: list[dict[str, Any]], vectors: np.ndarray, outbox_ids: list[int]
@@ -55,14 +45,12 @@ class IndexWriter:
         await self.sync.apply(outbox_ids)
 
     async def check_health(self) -> None:
-        if self._loop.done():
+        if not self.sync.running:
             raise RuntimeError("the index sync loop stopped; the replica will be restarted")
 
     async def __del__(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._loop, timeout=30)
-            await self.database.dispose()
+        await self.sync.stop()
+        await self.database.dispose()
 
 
 class ServeIndexWriter:

@@ -21,6 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.embedding import TextEmbedder
+from rapport.settings import VectorStoreSettings
 from storage import outbox
 from storage.db import Database
 from storage.index import DOCUMENTS, MESSAGES, Table, VectorIndex
@@ -129,6 +130,35 @@ class IndexSync:
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self._writes_since_upkeep = 0
+        self._stop = asyncio.Event()
+        self._loop: asyncio.Task[None] | None = None
+
+    @classmethod
+    def configured(
+        cls, database: Database, index: VectorIndex, embedder: TextEmbedder, settings: VectorStoreSettings
+    ) -> IndexSync:
+        return cls(
+            database, index, embedder, batch_size=settings.sync_batch, max_attempts=settings.max_attempts
+        )
+
+    def start(self, settings: VectorStoreSettings) -> None:
+        """Run the sync loop as a background task of the current event loop."""
+        self._loop = asyncio.create_task(
+            self.run(
+                self._stop, interval_s=settings.sync_interval_s, maintain_every_s=settings.maintain_interval_s
+            )
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._loop is not None and not self._loop.done()
+
+    async def stop(self, timeout_s: float = 30) -> None:
+        """Ask the loop to finish its round and wait for it (at most ``timeout_s``)."""
+        self._stop.set()
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._loop, timeout=timeout_s)
 
     # --- inline writes (the API awaits these) ----------------------------------------------------------
 

@@ -173,7 +173,7 @@ def reindex(
                     await get_app(db, app_id)
             embedder = load_embedder(settings.embedding.model, settings.embedding.device)
             index = await open_index(settings, embedder.dimension)
-            sync = IndexSync(database, index, embedder, batch_size=settings.vector_store.sync_batch)
+            sync = IndexSync.configured(database, index, embedder, settings.vector_store)
             bars: list[tqdm] = []
 
             def progress(table: str, total: int) -> tqdm:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -48,19 +47,13 @@ async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
     database = await open_database(settings)
     embedding = settings.embedding
     embedder = await asyncio.to_thread(load_embedder, embedding.model, embedding.device)
-    store = settings.vector_store
     index = await open_index(settings, embedder.dimension)
-    sync = IndexSync(database, index, embedder, batch_size=store.sync_batch, max_attempts=store.max_attempts)
-    stop = asyncio.Event()
-    task = asyncio.create_task(
-        sync.run(stop, interval_s=store.sync_interval_s, maintain_every_s=store.maintain_interval_s)
-    )
+    sync = IndexSync.configured(database, index, embedder, settings.vector_store)
+    sync.start(settings.vector_store)
     try:
         yield Memory(database, embedder, index, sync)
     finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, timeout=30)
+        await sync.stop()
         await database.dispose()
 
 
