@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 
@@ -13,6 +15,7 @@ from rapport.logs import configure_logging
 from rapport.settings import Settings, get_settings, mask_url_password
 
 log = logging.getLogger("rapport")
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Rapport: memory and user models for LLM apps.",
@@ -34,6 +37,19 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
     configure_logging(settings.app.log_level)
     return settings
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run an async command body; a domain error (unknown id...) is a message and exit code 1."""
+    import asyncio
+
+    from storage.errors import StorageError
+
+    try:
+        return asyncio.run(coroutine)
+    except StorageError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
 
 
 def _database_url(settings: Settings) -> str:
@@ -96,12 +112,10 @@ def keys_create(
     ),
 ) -> None:
     """Print a new API key. `rapport keys create --admin` bootstraps the first one."""
-    import asyncio
     from datetime import UTC, datetime, timedelta
 
     from deployments.api.auth import mint_key
     from storage.db import Database
-    from storage.errors import StorageError
     from storage.scopes import Scope, resolve_scope
 
     settings = _settings()
@@ -130,11 +144,7 @@ def keys_create(
             finally:
                 await database.dispose()
 
-        try:
-            scope = asyncio.run(lookup())
-        except StorageError as exc:
-            typer.echo(f"error: {exc.detail}", err=True)
-            raise typer.Exit(1) from exc
+        scope = _run(lookup())
     typer.echo(mint_key(settings.auth.jwt_secret.get_secret_value(), scope, expires_at=expires_at))
 
 
@@ -149,7 +159,6 @@ def reindex(
 
     Run it with the service stopped, or expect writes made meanwhile to be applied again by the sync.
     """
-    import asyncio
 
     from tqdm import tqdm
 
@@ -188,13 +197,7 @@ def reindex(
         finally:
             await database.dispose()
 
-    from storage.errors import StorageError
-
-    try:
-        counts = asyncio.run(run())
-    except StorageError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
+    counts = _run(run())
     typer.echo("re-indexed " + ", ".join(f"{n} {table}" for table, n in counts.items()))
 
 
