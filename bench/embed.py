@@ -3,8 +3,10 @@
     python -m bench.embed [--callers 64] [--duration 10] [--batch-sizes 64,1] [--device auto]
 
 Deploys the Embedder once per batch size (embedding.batch_size; 1 turns batching off) and drives it
-through a deployment handle from --callers concurrent callers, one text per call, as the API and the
-index sync do. Reports texts/s and per-call p50/p95 latency, and the batched/unbatched ratio. Texts are
+through `ServeEmbedder`, the client the API replicas and the index sync use, from --callers concurrent
+callers, one text per call. With batching on, the client coalesces concurrent calls into requests of up
+to batch_size texts and the deployment's `@serve.batch` merges requests from several clients; with 1,
+every text is its own request and its own forward pass. Reports texts/s and per-call p50/p95 latency, and the batched/unbatched ratio. Texts are
 LoCoMo turns when the data set is beside the checkout, else generated sentences.
 """
 
@@ -57,7 +59,7 @@ def texts() -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(6, 30))) for _ in range(3000)]
 
 
-async def drive(handle, corpus: list[str], callers: int, seconds: float) -> tuple[int, list[float]]:
+async def drive(embedder, corpus: list[str], callers: int, seconds: float) -> tuple[int, list[float]]:
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
@@ -65,7 +67,7 @@ async def drive(handle, corpus: list[str], callers: int, seconds: float) -> tupl
         i = offset
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
-            await handle.embed.remote([corpus[i % len(corpus)]])
+            await embedder.embed([corpus[i % len(corpus)]])
             latencies.append((time.perf_counter() - started) * 1000)
             i += callers
 
@@ -92,7 +94,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from deployments.embedder import Embedder
+    from deployments.embedder import Embedder, ServeEmbedder
     from rapport.settings import Settings
 
     corpus = texts()
@@ -111,8 +113,13 @@ def main() -> None:
                 name=f"Embedder{size}", ray_actor_options={"num_cpus": args.num_cpus}
             )
             handle = serve.run(deployment.bind(settings.model_dump()), name=app, route_prefix=None)
-            asyncio.run(drive(handle, corpus, args.callers, args.warmup))
-            rate, latencies = asyncio.run(drive(handle, corpus, args.callers, args.duration))
+
+            async def measure(handle=handle, settings=settings) -> tuple[int, list[float]]:
+                embedder = await ServeEmbedder.connect(handle, settings.embedding)
+                await drive(embedder, corpus, args.callers, args.warmup)
+                return await drive(embedder, corpus, args.callers, args.duration)
+
+            rate, latencies = asyncio.run(measure())
             latencies.sort()
             p50, p95 = latencies[len(latencies) // 2], latencies[int(0.95 * len(latencies))]
             print(f"{size:>10} {rate:>9} {p50:>8.1f} {p95:>8.1f}", flush=True)

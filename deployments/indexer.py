@@ -30,7 +30,7 @@ class IndexWriter:
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
         self.database = await open_database(config)
-        model = await ServeEmbedder.connect(embedder)
+        model = await ServeEmbedder.connect(embedder, config.embedding)
         index = await open_index(config, model.dimension)
         self.sync = IndexSync.configured(self.database, index, model, config.vector_store)
         self.sync.start(config.vector_store)

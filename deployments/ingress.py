@@ -43,7 +43,7 @@ class RapportAPI:
     @asynccontextmanager
     async def _memory(self, settings: Settings) -> AsyncIterator[Memory]:
         database = await open_database(settings)
-        embedder = await ServeEmbedder.connect(self.embedder)
+        embedder = await ServeEmbedder.connect(self.embedder, settings.embedding)
         index = await open_index(settings, embedder.dimension)
         try:
             yield Memory(database, embedder, index, ServeIndexWriter(self.index_writer))

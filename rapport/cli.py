@@ -180,7 +180,9 @@ def reindex(
 
                 async with database.transaction() as db:
                     await get_app(db, app_id)
-            embedder = load_embedder(settings.embedding.model, settings.embedding.device)
+            embedder = load_embedder(
+                settings.embedding.model, settings.embedding.device, settings.embedding.precision
+            )
             index = await open_index(settings, embedder.dimension)
             sync = IndexSync.configured(database, index, embedder, settings.vector_store)
             bars: list[tqdm] = []

@@ -88,6 +88,10 @@ class EmbeddingSettings(_Section):
         description="An installed model package name or a local sentence-transformers model directory.",
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="auto: float16 on GPUs, bfloat16 on CPUs with native bf16 (AMX or AVX512-BF16), else float32.",
+    )
     batch_size: int = Field(
         default=64,
         ge=1,

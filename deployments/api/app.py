@@ -46,7 +46,7 @@ async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
 
     database = await open_database(settings)
     embedding = settings.embedding
-    embedder = await asyncio.to_thread(load_embedder, embedding.model, embedding.device)
+    embedder = await asyncio.to_thread(load_embedder, embedding.model, embedding.device, embedding.precision)
     index = await open_index(settings, embedder.dimension)
     sync = IndexSync.configured(database, index, embedder, settings.vector_store)
     sync.start(settings.vector_store)

@@ -14,6 +14,6 @@ __all__ = [
 ]
 
 
-def load_embedder(source: str, device: str = "auto") -> SentenceTransformerEmbedder:
+def load_embedder(source: str, device: str = "auto", precision: str = "auto") -> SentenceTransformerEmbedder:
     """The configured model, loaded in this process."""
-    return SentenceTransformerEmbedder(source, device=device)
+    return SentenceTransformerEmbedder(source, device=device, precision=precision)

