@@ -80,7 +80,7 @@ class Memory:
     async def add_document(
         self, app_id: str, user_id: str, collection_id: str, *, content: str, metadata: dict[str, Any]
     ) -> Record:
-        vector = await self.embedder.embed([content])
+        vector = await self.embedder.embed([documents.check_content(content)])
         async with self.database.transaction() as db:
             document = await documents.create_document(
                 db, app_id, user_id, collection_id, content=content, metadata=metadata
@@ -101,7 +101,9 @@ class Memory:
         content: str | None,
         metadata: dict[str, Any] | None,
     ) -> Record:
-        vector = await self.embedder.embed([content]) if content is not None else None
+        vector = (
+            await self.embedder.embed([documents.check_content(content)]) if content is not None else None
+        )
         async with self.database.transaction() as db:
             document = await documents.update_document(
                 db, app_id, user_id, collection_id, document_id, content=content, metadata=metadata

@@ -15,9 +15,11 @@ from storage import collections, documents, messages, sessions, users
 from storage.db import Database
 from storage.index import DOCUMENTS, MESSAGES, Hit, VectorIndex
 from storage.query import Record
+from storage.validation import check_text
 
 Mode = Literal["semantic", "fulltext", "hybrid"]
 MAX_CANDIDATES = 5_000
+QUERY_MAX = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ async def search_messages(
     filter: dict[str, Any] | None = None,
 ) -> list[tuple[Record, float]]:
     """A user's (or one session's) messages that best answer ``query``, best first, with their scores."""
+    query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
     recipe = RECIPES[mode]
     async with database.transaction() as db:  # a clear 404 for an unknown user or session
         if session_id is None:
@@ -138,6 +141,7 @@ async def query_documents(
     filter: dict[str, Any] | None = None,
 ) -> list[Record]:
     """The collection's documents closest to ``query`` by cosine similarity, best first."""
+    query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
     async with database.transaction() as db:
         await collections.get_collection(db, app_id, user_id, collection_id)
     vector = (await embedder.embed([query]))[0]

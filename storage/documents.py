@@ -30,7 +30,8 @@ def _where(app_id: str, user_id: str, collection_id: str, document_id: str) -> K
     return row_keys("document", document_id, collection_id=collection_id, user_id=user_id, app_id=app_id)
 
 
-def _content(content: Any) -> str:
+def check_content(content: Any) -> str:
+    """A document's content: 1 to 100,000 storable characters."""
     return check_text(content, max_length=DOCUMENT_CONTENT_MAX, min_length=1)
 
 
@@ -49,7 +50,7 @@ async def create_document(
         "app_id": app_id,
         "user_id": user_id,
         "collection_id": collection_id,
-        "content": _content(content),
+        "content": check_content(content),
         "metadata_": check_metadata(metadata),
     }
     parent = {"id": collection_id, "user_id": user_id, "app_id": app_id}
@@ -79,7 +80,7 @@ async def update_document(
         raise InvalidError("give new content, new metadata, or both")
     values: dict[str, Any] = {}
     if content is not None:
-        values["content"] = _content(content)
+        values["content"] = check_content(content)
     if metadata is not None:
         values["metadata_"] = check_metadata(metadata)
     where = _where(app_id, user_id, collection_id, document_id)

@@ -36,6 +36,7 @@ _NOT_NULL_VIOLATION = "23502"
 _STRING_TOO_LONG = "22001"
 _UNTRANSLATABLE = "22P05"  # e.g. \u0000 in JSONB
 _INVALID_TEXT = "22021"  # e.g. NUL byte in TEXT
+_INVALID_TEXT_REPRESENTATION = "22P02"  # e.g. JSON that PostgreSQL's parser refuses
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -64,7 +65,7 @@ def translate_integrity_errors(
             raise InvalidError(f"the input breaks the rule {constraint or 'of the table'}") from exc
         raise
     except DBAPIError as exc:
-        if _sqlstate(exc) in (_STRING_TOO_LONG, _UNTRANSLATABLE, _INVALID_TEXT):
+        if _sqlstate(exc) in (_STRING_TOO_LONG, _UNTRANSLATABLE, _INVALID_TEXT, _INVALID_TEXT_REPRESENTATION):
             raise InvalidError(
                 "the input holds text PostgreSQL cannot store (too long or a NUL byte)"
             ) from exc

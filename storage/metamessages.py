@@ -16,6 +16,7 @@ from storage.users import get_user
 from storage.validation import (
     LABEL_MAX,
     MESSAGE_CONTENT_MAX,
+    check_id,
     check_metadata,
     check_name,
     check_text,
@@ -116,6 +117,9 @@ async def list_metamessages(
 ) -> Page[Record]:
     await get_user(db, app_id, user_id)
     keys: Keys = {"user_id": user_id, "app_id": app_id}
-    optional = {"session_id": session_id, "message_id": message_id, "label": label}
-    keys.update({k: v for k, v in optional.items() if v is not None})
+    for column, value in (("session_id", session_id), ("message_id", message_id)):
+        if value is not None:
+            keys[column] = check_id(value, what=column.removesuffix("_id"))
+    if label is not None:
+        keys["label"] = check_name(label, what="metamessage_type", max_length=LABEL_MAX)
     return await fetch_page(db, Metamessage, keys, filter=filter, reverse=reverse, page=page, size=size)

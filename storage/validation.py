@@ -16,8 +16,18 @@ PAGE_SIZE_MAX = 100
 ID_MAX = 64
 
 
-def _has_nul(text: str) -> bool:
-    return "\x00" in text
+def _storable(text: str) -> bool:
+    """PostgreSQL text holds neither NUL characters nor lone UTF-16 surrogates (which JSON allows)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
 
 
 def check_name(name: Any, *, what: str = "name", max_length: int = NAME_MAX) -> str:
@@ -26,8 +36,8 @@ def check_name(name: Any, *, what: str = "name", max_length: int = NAME_MAX) -> 
         raise InvalidError(f"{what} must be a string, got {type(name).__name__}")
     if not 1 <= len(name) <= max_length:
         raise InvalidError(f"{what} must be 1 to {max_length} characters long, got {len(name)}")
-    if _has_nul(name):
-        raise InvalidError(f"{what} must not contain NUL characters")
+    if not _storable(name):
+        raise InvalidError(f"{what} {UNSTORABLE}")
     return name
 
 
@@ -36,8 +46,8 @@ def check_text(text: Any, *, what: str = "content", max_length: int, min_length:
         raise InvalidError(f"{what} must be a string, got {type(text).__name__}")
     if not min_length <= len(text) <= max_length:
         raise InvalidError(f"{what} must be {min_length} to {max_length} characters long, got {len(text)}")
-    if _has_nul(text):
-        raise InvalidError(f"{what} must not contain NUL characters")
+    if not _storable(text):
+        raise InvalidError(f"{what} {UNSTORABLE}")
     return text
 
 
@@ -55,9 +65,9 @@ def check_metadata(metadata: Any, *, what: str = "metadata") -> dict[str, Any]:
         ) from exc
     if len(encoded) > METADATA_MAX_BYTES:
         raise InvalidError(f"{what} is {len(encoded)} bytes as JSON; the limit is {METADATA_MAX_BYTES}")
-    # JSONB cannot hold \u0000 anywhere, keys included.
-    if "\\u0000" in encoded:
-        raise InvalidError(f"{what} must not contain NUL characters")
+    # JSONB cannot hold \u0000 anywhere, keys included, nor text that is not valid UTF-8.
+    if "\\u0000" in encoded or not _storable(json.dumps(metadata, ensure_ascii=False)):
+        raise InvalidError(f"{what} {UNSTORABLE}")
     return metadata
 
 
@@ -78,7 +88,7 @@ def check_page(page: Any, size: Any) -> tuple[int, int]:
 
 def check_id(value: Any, *, what: str) -> str:
     """Ids are opaque strings; one that could never have been issued matches no row: not found."""
-    if not isinstance(value, str) or not value or len(value) > ID_MAX or _has_nul(value):
+    if not isinstance(value, str) or not value or len(value) > ID_MAX or not _storable(value):
         raise NotFoundError(f"{what} {str(value)[:40]!r} not found")
     return value
 

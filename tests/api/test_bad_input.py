@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +135,15 @@ CASES: list[tuple[str, str, Any, int]] = [
     ("PUT", U + "/metamessages/{w.metamessage}", {"metamessage_type": LONG}, 422),
     ("PUT", U + "/metamessages/no-such", {"metadata": {}}, 404),
     ("GET", U + "/metamessages/no-such", None, 404),
+    ("POST", U + "/metamessages/list", {"session_id": "bad\u0000id"}, 404),
+    ("POST", U + "/metamessages/list", {"metamessage_type": "x" * 51}, 422),
+    # text that JSON allows but PostgreSQL (UTF-8) cannot store: a lone surrogate
+    ("POST", "/v1/apps", {"name": "half \ud800 pair"}, 422),
+    ("POST", U + "/sessions", {"metadata": {"k": "\ud800"}}, 422),
+    ("POST", S + "/messages", {"content": "\udfff", "is_user": True}, 422),
+    ("POST", C + "/documents", {"content": "\ud800"}, 422),
+    ("POST", U + "/search", {"query": "\ud800"}, 422),
+    ("POST", C + "/documents/query", {"query": "\ud800"}, 422),
     # collections
     ("POST", U + "/collections", {"name": LONG}, 422),
     ("POST", U + "/collections", {"name": "honcho"}, 422),
@@ -188,7 +198,11 @@ async def test_bad_input_is_refused_and_changes_nothing(
         body = {k: v.format(w=world) if isinstance(v, str) and "{w." in v else v for k, v in body.items()}
     before = await snapshot(database)
 
-    response = await client.request(method, path, json=body)
+    # json.dumps escapes to ASCII, so a lone surrogate travels as the JSON escape a client would send.
+    content = None if body is None else json.dumps(body)
+    response = await client.request(
+        method, path, content=content, headers={"content-type": "application/json"}
+    )
 
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
