@@ -266,14 +266,11 @@ class IndexSync:
         self,
         *,
         app_id: str | None = None,
-        recreate: bool = False,
         progress: Callable[[str, int], Any] | None = None,
     ) -> dict[str, int]:
         """Rebuild the index from PostgreSQL: all of it, or one app's rows. ``progress(table, total)`` may
         return an object with ``update(n)`` (a tqdm bar, say) that is told of each batch."""
-        if recreate:
-            await self.index.recreate()
-        elif app_id is not None:
+        if app_id is not None:
             for table in (DOCUMENTS, MESSAGES):
                 await self.index.delete(table, scope={"app_id": app_id})
         else:

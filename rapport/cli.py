@@ -183,7 +183,7 @@ def reindex(
             embedder = load_embedder(
                 settings.embedding.model, settings.embedding.device, settings.embedding.precision
             )
-            index = await open_index(settings, embedder.dimension)
+            index = await open_index(settings, embedder.dimension, recreate=recreate)
             sync = IndexSync.configured(database, index, embedder, settings.vector_store)
             bars: list[tqdm] = []
 
@@ -192,7 +192,7 @@ def reindex(
                 return bars[-1]
 
             try:
-                return await sync.reindex(app_id=app_id, recreate=recreate, progress=progress)
+                return await sync.reindex(app_id=app_id, progress=progress)
             finally:
                 for bar in bars:
                     bar.close()

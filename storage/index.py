@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from rapport.settings import Settings
+from storage.errors import InvalidError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ Scope = Mapping[str, str | None]
 """Equality filters on a table's scope columns; None leaves a column unconstrained."""
 
 
-class IndexDimensionMismatch(RuntimeError):
+class IndexDimensionMismatch(InvalidError):
     """The index was built with another embedding model than the configured one."""
 
 
@@ -90,12 +91,20 @@ class VectorIndex:
         self.ann = ann
 
     @classmethod
-    async def open(cls, uri: str, dimension: int, ann: AnnOptions | None = None) -> VectorIndex:
-        """Open (creating if needed) both tables. Readers always see the latest committed version."""
+    async def open(
+        cls, uri: str, dimension: int, ann: AnnOptions | None = None, *, recreate: bool = False
+    ) -> VectorIndex:
+        """Open (creating if needed) both tables. Readers always see the latest committed version.
+
+        ``recreate`` drops the tables first, whatever they hold (a rebuild after changing the model).
+        """
         import lancedb
         from lancedb.index import FTS
 
         db = await lancedb.connect_async(uri, read_consistency_interval=timedelta(0))
+        if recreate:
+            for name in (DOCUMENTS, MESSAGES):
+                await db.drop_table(name, ignore_missing=True)
         tables: dict[str, Any] = {}
         for name in (DOCUMENTS, MESSAGES):
             expected = schema(name, dimension)  # type: ignore[arg-type]
@@ -121,13 +130,6 @@ class VectorIndex:
         """Remove every row of both tables (keeping their schemas and indexes)."""
         for table in self._tables.values():
             await table.delete("true")
-
-    async def recreate(self) -> None:
-        """Drop both tables and create them empty (for a rebuild with a new model)."""
-        for name in (DOCUMENTS, MESSAGES):
-            await self._db.drop_table(name, ignore_missing=True)
-        fresh = await VectorIndex.open(self.uri, self.dimension, self.ann)
-        self._tables = fresh._tables
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -216,8 +218,8 @@ class VectorIndex:
             raise ValueError(f"{table} rows cannot be scoped by {sorted(unknown)}")
 
 
-async def open_index(settings: Settings, dimension: int) -> VectorIndex:
+async def open_index(settings: Settings, dimension: int, *, recreate: bool = False) -> VectorIndex:
     """The index the settings name (vector_store.uri, else <app.home>/lancedb), with their ANN options."""
     store = settings.vector_store
     ann = AnnOptions(min_rows=store.ann_min_rows, ef=store.ann_ef, refine_factor=store.ann_refine_factor)
-    return await VectorIndex.open(settings.vector_store_uri, dimension, ann)
+    return await VectorIndex.open(settings.vector_store_uri, dimension, ann, recreate=recreate)

@@ -11,6 +11,7 @@ from pathlib import Path
 from rapport.settings import DBSettings
 from storage import collections, documents, messages
 from storage.db import Database
+from storage.index import VectorIndex
 from tests.db import scratch_database
 from tests.storage.factories import make_tree
 
@@ -49,6 +50,15 @@ def test_reindex_rebuilds_from_postgres(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert "re-indexed 1 documents, 2 messages" in done.stdout
         assert "re-indexed 1 documents, 2 messages" in _rapport("reindex", "--app", app_id, env=env).stdout
+
+        # After a model change the old index is refused, with the way out; --recreate takes it.
+        asyncio.run(VectorIndex.open(env["VECTOR_STORE_URI"], 768, recreate=True))
+        stale = _rapport("reindex", env=env)
+        assert stale.returncode == 1 and "--recreate" in stale.stderr
+        rebuilt = _rapport("reindex", "--recreate", env=env)
+        assert rebuilt.returncode == 0 and "re-indexed 1 documents, 2 messages" in rebuilt.stdout, (
+            rebuilt.stderr
+        )
 
         unknown = _rapport("reindex", "--app", "no-such-app", env=env)
         assert unknown.returncode == 1 and "not found" in unknown.stderr

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from pipelines.indexing import IndexSync, message_text
 from pipelines.memory import Memory
 from storage import collections
 from storage.db import Database
-from storage.index import DOCUMENTS, MESSAGES, VectorIndex
+from storage.index import DOCUMENTS, MESSAGES, IndexDimensionMismatch, VectorIndex
 from storage.query import Record
 from tests.storage.factories import make_tree
 
@@ -139,10 +141,7 @@ def test_message_text_names_speaker_and_date() -> None:
     assert message_text(bare) == "assistant (2026-01-02): yo"  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("recreate", [True, False])
-async def test_reindex_of_one_app_leaves_the_others(
-    memory: Memory, database: Database, recreate: bool
-) -> None:
+async def test_reindex_of_one_app_leaves_the_others(memory: Memory, database: Database) -> None:
     a = await make_tree(database, "a", "u")
     b = await make_tree(database, "b", "u")
     for tree in (a, b):
@@ -150,10 +149,17 @@ async def test_reindex_of_one_app_leaves_the_others(
             tree.app_id, tree.user_id, tree.session_id, content="hello", is_user=True, metadata={}
         )
     await memory.writer.drain()  # type: ignore[attr-defined]
-    if recreate:
-        counts = await memory.writer.reindex(recreate=True)  # type: ignore[attr-defined]
-        assert counts[MESSAGES] == 2
-    else:
-        counts = await memory.writer.reindex(app_id=a.app_id)  # type: ignore[attr-defined]
-        assert counts[MESSAGES] == 1
+    counts = await memory.writer.reindex(app_id=a.app_id)  # type: ignore[attr-defined]
+    assert counts[MESSAGES] == 1
     assert await memory.index.count(MESSAGES) == 2
+
+
+async def test_an_index_built_by_another_model_is_refused_until_recreated(tmp_path: Path) -> None:
+    uri = str(tmp_path / "lance")
+    old = await VectorIndex.open(uri, 8)
+    await old.upsert(MESSAGES, [{"id": "m", "app_id": "a", "user_id": "u", "session_id": "s", "text": "t",
+                                 "vector": np.ones(8, dtype=np.float32), "created_at": datetime.now(UTC)}])  # fmt: skip
+    with pytest.raises(IndexDimensionMismatch, match="reindex --recreate"):
+        await VectorIndex.open(uri, 16)
+    fresh = await VectorIndex.open(uri, 16, recreate=True)
+    assert fresh.dimension == 16 and await fresh.count(MESSAGES) == 0
