@@ -18,14 +18,18 @@ from rapport.settings import EmbeddingSettings, Settings
 log = logging.getLogger(__name__)
 
 
-def run_only_when_idle() -> None:
-    """Put every thread of this process in Linux's SCHED_IDLE class (new threads inherit it): it runs
-    only on CPU time nothing else wants. The embedder that indexes messages in the background runs
-    so; without it, indexing 380 new messages/s halved the API's throughput on a 2-core box. The
-    index lags instead, and /health shows by how much."""
+# Niceness of the embedder that indexes messages in the background. On a shared CPU it gets only a small
+# share while requests want the cores (without it, indexing 380 new messages/s halved the API's throughput
+# on a 2-core box) yet is never starved outright, so it still answers Serve's health checks; the index
+# lags instead, and /health shows by how much.
+BACKGROUND_NICENESS = 19
+
+
+def lower_priority(niceness: int = BACKGROUND_NICENESS) -> None:
+    """Renice every thread of this process (Linux nice values are per thread; new threads inherit)."""
     try:
         for tid in os.listdir("/proc/self/task"):
-            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
     except (OSError, AttributeError) as exc:  # not Linux, or not permitted: run at normal priority
         log.warning("could not lower this embedder's priority (%s); it runs at normal priority", exc)
 
@@ -42,7 +46,7 @@ class Embedder:
         )
         if background:
             self.model.embed_sync(["warm-up"])  # let torch start its threads, so they are reniced too
-            run_only_when_idle()
+            lower_priority()
         self.embed_batch.set_max_batch_size(config.embedding.batch_size)  # type: ignore[attr-defined]
         self.embed_batch.set_batch_wait_timeout_s(config.embedding.batch_wait_s)  # type: ignore[attr-defined]
 
@@ -79,6 +83,7 @@ class ServeEmbedder:
         self._max_texts = max_texts
         self._wait_s = wait_s
         self._pending: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()  # referenced, so the event loop cannot drop them
         self._sender: asyncio.Task[None] | None = None
 
     @classmethod
@@ -117,7 +122,9 @@ class ServeEmbedder:
                 texts, future = self._pending.pop(0)
                 group.append((texts, future))
                 size += len(texts)
-            asyncio.create_task(self._send(group))
+            task = asyncio.create_task(self._send(group))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
 
     async def _send(self, group: list[tuple[list[str], asyncio.Future[np.ndarray]]]) -> None:
         try:

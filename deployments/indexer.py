@@ -30,8 +30,12 @@ class IndexWriter:
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
         self.database = await open_database(config)
-        model = await ServeEmbedder.connect(embedder, config.embedding)
-        index = await open_index(config, model.dimension)
+        try:
+            model = await ServeEmbedder.connect(embedder, config.embedding)
+            index = await open_index(config, model.dimension)
+        except BaseException:
+            await self.database.dispose()
+            raise
         self.sync = IndexSync.configured(self.database, index, model, config.vector_store)
         self.sync.start(config.vector_store)
 
@@ -49,8 +53,9 @@ class IndexWriter:
             raise RuntimeError("the index sync loop stopped; the replica will be restarted")
 
     async def __del__(self) -> None:
-        await self.sync.stop()
-        await self.database.dispose()
+        if hasattr(self, "sync"):  # absent when __init__ failed part way
+            await self.sync.stop()
+            await self.database.dispose()
 
 
 class ServeIndexWriter:

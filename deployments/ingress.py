@@ -43,9 +43,9 @@ class RapportAPI:
     @asynccontextmanager
     async def _memory(self, settings: Settings) -> AsyncIterator[Memory]:
         database = await open_database(settings)
-        embedder = await ServeEmbedder.connect(self.embedder, settings.embedding)
-        index = await open_index(settings, embedder.dimension)
         try:
+            embedder = await ServeEmbedder.connect(self.embedder, settings.embedding)
+            index = await open_index(settings, embedder.dimension)
             yield Memory(database, embedder, index, ServeIndexWriter(self.index_writer))
         finally:
             await database.dispose()

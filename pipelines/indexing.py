@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.embedding import TextEmbedder
 from rapport.settings import VectorStoreSettings
@@ -29,6 +28,7 @@ from storage.query import Record, record_columns
 from storage.tables import Document, Message
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 METADATA_TEXT_MAX = 200  # characters of a speaker or date taken from metadata
 
@@ -98,7 +98,7 @@ def document_text(document: Record) -> str:
 class _Indexed:
     """One kind of indexed row: where it lives in each store and how it becomes an index row."""
 
-    kind: str
+    kind: outbox.Kind
     model: type[Document] | type[Message]
     table: Table
     to_row: Callable[[Record, np.ndarray], dict[str, Any]]
@@ -110,6 +110,16 @@ INDEXED = (
     _Indexed("message", Message, MESSAGES, message_row, message_text),
 )
 TABLE_OF_KIND: dict[str, Table] = {spec.kind: spec.table for spec in INDEXED}
+INDEXED_BY_KIND = {spec.kind: spec for spec in INDEXED}
+
+LEASE_S = 300  # a claimed entry comes back if its worker has not finished with it by then
+OUTAGE_RETRY_S = 10  # pause after a round in which nothing could be applied
+CALL_TIMEOUT_S = 120  # an embedding or index call that takes longer counts as failed
+
+
+async def _bounded(call: Awaitable[T]) -> T:
+    """Await a call to the embedder or the index, failing it (and so the round) if it hangs."""
+    return await asyncio.wait_for(call, timeout=CALL_TIMEOUT_S)
 
 
 class IndexSync:
@@ -130,6 +140,7 @@ class IndexSync:
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self._writes_since_upkeep = 0
+        self._outage = False
         self._stop = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
 
@@ -166,8 +177,11 @@ class IndexSync:
         self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
     ) -> None:
         """Write freshly stored documents with the vectors already computed, then retire their entries."""
-        await self.index.upsert(DOCUMENTS, [document_row(r, v) for r, v in zip(rows, vectors, strict=True)])
+        spec = INDEXED_BY_KIND["document"]
+        written = [spec.to_row(r, v) for r, v in zip(rows, vectors, strict=True)]
+        await _bounded(self.index.upsert(DOCUMENTS, written))
         self._writes_since_upkeep += 1
+        await self._verify(spec, {r.id: spec.text_of(r) for r in rows})
         async with self.database.transaction() as db:
             await outbox.done(db, outbox_ids)
 
@@ -175,17 +189,40 @@ class IndexSync:
         """Apply these entries now (deletes, typically) rather than on the next round."""
         async with self.database.transaction() as db:
             entries = await outbox.due(db, len(outbox_ids), ids=outbox_ids)
-            await self._apply(db, entries)
+            await self._apply(entries)
             await outbox.done(db, [e.id for e in entries])
 
     # --- background rounds -----------------------------------------------------------------------------
 
     async def drain(self) -> int:
-        """Apply one batch of due entries; returns how many were handled (applied, or failed and counted)."""
+        """Apply one batch of due entries; returns how many were handled (applied, or failed and counted).
+
+        Entries are claimed with a lease (their ``available_at`` moves ahead) in a short transaction, the
+        work runs outside any transaction, and a second one records the outcome: a worker that dies
+        mid-round only delays its entries by the lease.
+        """
         async with self.database.transaction() as db:
-            entries = await outbox.due(db, self.batch_size)
-            if entries:
-                await self._apply_isolating_failures(db, entries)
+            entries = await outbox.claim(db, self.batch_size, lease_s=LEASE_S)
+        if not entries:
+            return 0
+        applied, failures = await self._apply_isolating_failures(entries)
+        async with self.database.transaction() as db:
+            await outbox.done(db, [e.id for e in applied])
+            if failures and not applied and len(entries) > 1:
+                # Nothing at all went through: the embedder or the index is down, not these entries.
+                # Retry them later without spending their attempts.
+                self._outage = True
+                await outbox.release(db, [e.id for e, _ in failures], delay_s=OUTAGE_RETRY_S)
+                log.warning(
+                    "index sync: a whole batch failed (%s); retrying in %ds", failures[0][1], OUTAGE_RETRY_S
+                )
+            else:
+                self._outage = False
+                for entry, error in failures:
+                    level = logging.ERROR if entry.attempts + 1 >= self.max_attempts else logging.WARNING
+                    log.log(level, "index entry %s (%s %s %s) failed: %s", entry.id, entry.action, entry.kind,
+                            entry.target_id or entry.scope, error)  # fmt: skip
+                    await outbox.failed(db, [entry.id], error, max_attempts=self.max_attempts)
         return len(entries)
 
     async def run(
@@ -204,61 +241,79 @@ class IndexSync:
                     self._writes_since_upkeep, last_upkeep = 0, time.monotonic()
             except Exception:
                 log.exception("index sync round failed; retrying")
-            if not handled:
+            if not handled or self._outage:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=interval_s)
+                    await asyncio.wait_for(
+                        stop.wait(), timeout=OUTAGE_RETRY_S if self._outage else interval_s
+                    )
 
-    async def _apply_isolating_failures(self, db: AsyncConnection, entries: Sequence[outbox.Entry]) -> None:
-        """Apply a batch; on failure, halve it until the failing entries are found and counted alone."""
+    async def _apply_isolating_failures(
+        self, entries: Sequence[outbox.Entry]
+    ) -> tuple[list[outbox.Entry], list[tuple[outbox.Entry, str]]]:
+        """Apply a batch; on failure, halve it until the failing entries are found. Returns the entries
+        applied and the ones that failed, with their errors. If the embedder or the index itself is
+        down, every entry fails at once, without bisecting (see ``drain``)."""
         try:
-            async with db.begin_nested():
-                await self._apply(db, entries)
-                await outbox.done(db, [e.id for e in entries])
+            await self._apply(entries)
+            return list(entries), []
         except Exception as exc:
-            if len(entries) > 1:
-                middle = len(entries) // 2
-                await self._apply_isolating_failures(db, entries[:middle])
-                await self._apply_isolating_failures(db, entries[middle:])
-                return
-            entry = entries[0]
-            level = logging.ERROR if entry.attempts + 1 >= self.max_attempts else logging.WARNING
-            log.log(
-                level,
-                "index entry %s (%s %s %s) failed: %s",
-                entry.id,
-                entry.action,
-                entry.kind,
-                entry.target_id or entry.scope,
-                exc,
-            )
-            await outbox.failed(
-                db, [entry.id], f"{type(exc).__name__}: {exc}", max_attempts=self.max_attempts
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            if len(entries) == 1 or not await self._dependencies_answer():
+                return [], [(e, error) for e in entries]
+            middle = len(entries) // 2
+            first_ok, first_failed = await self._apply_isolating_failures(entries[:middle])
+            second_ok, second_failed = await self._apply_isolating_failures(entries[middle:])
+            return first_ok + second_ok, first_failed + second_failed
 
-    async def _apply(self, db: AsyncConnection, entries: Sequence[outbox.Entry]) -> None:
+    async def _dependencies_answer(self) -> bool:
+        """Whether the embedder and the index work at all (so a failure is the entries' own)."""
+        try:
+            await asyncio.wait_for(self.embedder.embed(["probe"]), timeout=30)
+            await asyncio.wait_for(self.index.count(MESSAGES), timeout=30)
+        except Exception:
+            return False
+        return True
+
+    async def _apply(self, entries: Sequence[outbox.Entry]) -> None:
         """Upserts first (of rows still in PostgreSQL), then deletes: the order that leaves both agreeing."""
         for spec in INDEXED:
             ids = [
                 e.target_id for e in entries if e.kind == spec.kind and e.action == "upsert" and e.target_id
             ]
             if ids:
-                rows = (
-                    await db.execute(select(*record_columns(spec.model)).where(spec.model.id.in_(ids)))
-                ).all()
+                async with self.database.transaction() as db:
+                    query = select(*record_columns(spec.model)).where(spec.model.id.in_(ids))
+                    rows = (await db.execute(query)).all()
                 await self._embed_and_upsert(spec, rows)
         for e in entries:
             if e.action == "delete":
-                await self.index.delete(
-                    TABLE_OF_KIND[e.kind], ids=[e.target_id] if e.target_id else (), scope=e.scope
-                )
+                target = [e.target_id] if e.target_id else []
+                await _bounded(self.index.delete(TABLE_OF_KIND[e.kind], ids=target, scope=e.scope))
                 self._writes_since_upkeep += 1
 
     async def _embed_and_upsert(self, spec: _Indexed, rows: Sequence[Record]) -> None:
         if not rows:
             return
-        vectors = await self.embedder.embed([spec.text_of(r) for r in rows])
-        await self.index.upsert(spec.table, [spec.to_row(r, v) for r, v in zip(rows, vectors, strict=True)])
+        texts = {r.id: spec.text_of(r) for r in rows}
+        vectors = await _bounded(self.embedder.embed(list(texts.values())))
+        await _bounded(
+            self.index.upsert(spec.table, [spec.to_row(r, v) for r, v in zip(rows, vectors, strict=True)])
+        )
         self._writes_since_upkeep += 1
+        await self._verify(spec, texts)
+
+    async def _verify(self, spec: _Indexed, written: dict[str, str]) -> None:
+        """Re-read what was just written: a row deleted meanwhile leaves the index again, and one changed
+        meanwhile is queued again, so a write that lost a race never outlives the winner's."""
+        async with self.database.transaction() as db:
+            query = select(*record_columns(spec.model)).where(spec.model.id.in_(list(written)))
+            now = {row.id: spec.text_of(row) for row in await db.execute(query)}
+            changed = [i for i, text in written.items() if i in now and now[i] != text]
+            if changed:
+                await outbox.enqueue_upserts(db, spec.kind, changed)
+        gone = [i for i in written if i not in now]
+        if gone:
+            await _bounded(self.index.delete(spec.table, ids=gone))
 
     # --- rebuild ---------------------------------------------------------------------------------------
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from rapport.logs import configure_logging
 from rapport.settings import Settings, get_settings, mask_url_password
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
 
 log = logging.getLogger("rapport")
 T = TypeVar("T")
@@ -27,6 +30,10 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 keys_app = typer.Typer(help="API keys (JWTs signed with AUTH_JWT_SECRET).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+index_app = typer.Typer(
+    help="The search index's outbox: what waits, what failed for good.", no_args_is_help=True
+)
+app.add_typer(index_app, name="index")
 
 
 def _settings() -> Settings:
@@ -146,6 +153,48 @@ def keys_create(
 
         scope = _run(lookup())
     typer.echo(mint_key(settings.auth.jwt_secret.get_secret_value(), scope, expires_at=expires_at))
+
+
+async def _with_outbox(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    from storage.db import open_database
+
+    database = await open_database(settings)
+    try:
+        async with database.transaction() as db:
+            return await work(db)
+    finally:
+        await database.dispose()
+
+
+@index_app.command("status")
+def index_status() -> None:
+    """How far the index is behind PostgreSQL (as in /health), and why parked entries failed."""
+    from sqlalchemy import text
+
+    from storage import outbox
+
+    async def status(db: AsyncConnection) -> tuple[outbox.Lag, list[Any]]:
+        lag = await outbox.lag(db)
+        reasons = await db.execute(
+            text(
+                "SELECT last_error, count(*) FROM index_outbox WHERE parked GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
+            )
+        )
+        return lag, list(reasons)
+
+    lag, reasons = _run(_with_outbox(_settings(), status))
+    typer.echo(f"pending: {lag.pending} (oldest {lag.oldest_s:.1f}s)  parked: {lag.parked}")
+    for error, count in reasons:
+        typer.echo(f"  {count} parked: {error}")
+
+
+@index_app.command("unpark")
+def index_unpark() -> None:
+    """Retry every parked entry (after fixing what made it fail), with a fresh set of attempts."""
+    from storage import outbox
+
+    count = _run(_with_outbox(_settings(), outbox.unpark))
+    typer.echo(f"{count} parked entries will be retried")
 
 
 @app.command("reindex")

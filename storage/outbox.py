@@ -88,6 +88,35 @@ async def due(db: AsyncConnection, limit: int, *, ids: Sequence[int] | None = No
     return [Entry(*row) for row in await db.execute(stmt)]
 
 
+async def claim(db: AsyncConnection, limit: int, *, lease_s: float) -> list[Entry]:
+    """Take up to ``limit`` due entries for this worker: they stay out of other rounds for ``lease_s``
+    (or until done, failed or released), so the work can run outside any transaction."""
+    entries = await due(db, limit)
+    if entries:
+        await release(db, [e.id for e in entries], delay_s=lease_s)
+    return entries
+
+
+async def release(db: AsyncConnection, ids: Sequence[int], *, delay_s: float) -> None:
+    """Make entries due again after ``delay_s``, without counting an attempt."""
+    if ids:
+        await db.execute(
+            update(IndexOutbox)
+            .where(IndexOutbox.id.in_(list(ids)))
+            .values(available_at=func.now() + timedelta(seconds=delay_s))
+        )
+
+
+async def unpark(db: AsyncConnection) -> int:
+    """Give every parked entry a fresh set of attempts, due now; returns how many."""
+    result = await db.execute(
+        update(IndexOutbox)
+        .where(IndexOutbox.parked.is_(True))
+        .values(parked=False, attempts=0, available_at=func.now())
+    )
+    return result.rowcount
+
+
 async def done(db: AsyncConnection, ids: Sequence[int]) -> None:
     if ids:
         await db.execute(delete(IndexOutbox).where(IndexOutbox.id.in_(list(ids))))

@@ -60,6 +60,10 @@ def test_reindex_rebuilds_from_postgres(tmp_path: Path) -> None:
             rebuilt.stderr
         )
 
+        status = _rapport("index", "status", env=env)
+        assert status.returncode == 0 and "pending: 0" in status.stdout and "parked: 0" in status.stdout
+        assert "0 parked entries will be retried" in _rapport("index", "unpark", env=env).stdout
+
         unknown = _rapport("reindex", "--app", "no-such-app", env=env)
         assert unknown.returncode == 1 and "not found" in unknown.stderr
         both = _rapport("reindex", "--app", app_id, "--recreate", env=env)

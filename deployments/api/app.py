@@ -45,15 +45,19 @@ async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
     from storage.index import open_index
 
     database = await open_database(settings)
-    embedding = settings.embedding
-    embedder = await asyncio.to_thread(load_embedder, embedding.model, embedding.device, embedding.precision)
-    index = await open_index(settings, embedder.dimension)
-    sync = IndexSync.configured(database, index, embedder, settings.vector_store)
-    sync.start(settings.vector_store)
     try:
-        yield Memory(database, embedder, index, sync)
+        embedding = settings.embedding
+        embedder = await asyncio.to_thread(
+            load_embedder, embedding.model, embedding.device, embedding.precision
+        )
+        index = await open_index(settings, embedder.dimension)
+        sync = IndexSync.configured(database, index, embedder, settings.vector_store)
+        sync.start(settings.vector_store)
+        try:
+            yield Memory(database, embedder, index, sync)
+        finally:
+            await sync.stop()
     finally:
-        await sync.stop()
         await database.dispose()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -163,3 +164,71 @@ async def test_an_index_built_by_another_model_is_refused_until_recreated(tmp_pa
         await VectorIndex.open(uri, 16)
     fresh = await VectorIndex.open(uri, 16, recreate=True)
     assert fresh.dimension == 16 and await fresh.count(MESSAGES) == 0
+
+
+async def test_an_outage_retries_later_without_spending_attempts(
+    database: Database, embedder: SentenceTransformerEmbedder, vector_index: VectorIndex
+) -> None:
+    class DownEmbedder:
+        dimension = embedder.dimension
+
+        async def embed(self, texts: Sequence[str]) -> np.ndarray:
+            raise ConnectionError("embedder unreachable")
+
+    memory = Memory(database, embedder, vector_index, IndexSync(database, vector_index, embedder))
+    t = await make_tree(database)
+    await memory.add_messages(
+        t.app_id, t.user_id, t.session_id, [{"content": f"m{i}", "is_user": True} for i in range(5)]
+    )
+    down = IndexSync(database, vector_index, DownEmbedder(), max_attempts=1)  # type: ignore[arg-type]
+    assert await down.drain() == 5
+    async with database.transaction() as db:
+        rows = (
+            await db.execute(text("SELECT attempts, parked, available_at > now() FROM index_outbox"))
+        ).all()
+    assert rows == [(0, False, True)] * 5, "released for later, attempts untouched, nothing parked"
+
+    await _make_due(database)
+    assert await memory.writer.drain() == 5  # type: ignore[attr-defined]  # back up: all applied
+    assert await vector_index.count(MESSAGES) == 5
+
+
+async def test_a_claimed_entry_comes_back_if_its_worker_dies(database: Database, memory: Memory) -> None:
+    from storage import outbox
+
+    t = await make_tree(database)
+    await memory.add_message(t.app_id, t.user_id, t.session_id, content="hi", is_user=True, metadata={})
+    async with database.transaction() as db:
+        assert len(await outbox.claim(db, 10, lease_s=300)) == 1  # ... and the worker dies here
+    assert await memory.writer.drain() == 0, "leased to the dead worker"  # type: ignore[attr-defined]
+    await _make_due(database)  # the lease runs out
+    assert await memory.writer.drain() == 1  # type: ignore[attr-defined]
+
+
+async def test_writes_that_lose_a_race_are_corrected(memory: Memory, database: Database) -> None:
+    t = await make_tree(database)
+    async with database.transaction() as db:
+        cid = (await collections.create_collection(db, t.app_id, t.user_id, "c")).id
+    doc = await memory.add_document(t.app_id, t.user_id, cid, content="first version", metadata={})
+    stale = SimpleNamespace(**{**doc._mapping, "content": "an older version"})  # computed before an update
+    vector = await memory.embedder.embed(["an older version"])
+    await memory.writer.write_documents([stale], vector, [])  # type: ignore[list-item]
+    async with database.transaction() as db:
+        queued = (await db.execute(text("SELECT kind, target_id FROM index_outbox"))).all()
+    assert queued == [("document", doc.id)], "the stale write is queued to be redone from PostgreSQL"
+
+    await memory.delete_document(t.app_id, t.user_id, cid, doc.id)
+    await memory.writer.write_documents([doc], vector, [])  # a write that lands after the delete
+    assert await memory.index.count(DOCUMENTS) == 0, "a row deleted meanwhile leaves the index again"
+
+
+async def test_parked_entries_can_be_retried(database: Database, memory: Memory) -> None:
+    from storage import outbox
+
+    t = await make_tree(database)
+    await memory.add_message(t.app_id, t.user_id, t.session_id, content="hi", is_user=True, metadata={})
+    async with database.transaction() as db:
+        await db.execute(text("UPDATE index_outbox SET parked = true, attempts = 10"))
+        assert await outbox.unpark(db) == 1
+    assert (await memory.index_lag()).parked == 0
+    assert await memory.writer.drain() == 1  # type: ignore[attr-defined]
