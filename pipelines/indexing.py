@@ -24,7 +24,7 @@ from rapport.settings import VectorStoreSettings
 from storage import outbox
 from storage.db import Database
 from storage.index import DOCUMENTS, MESSAGES, Table, VectorIndex
-from storage.query import Record, record_columns
+from storage.query import Record, fetch_by_ids, record_columns
 from storage.tables import Document, Message
 
 log = logging.getLogger(__name__)
@@ -177,11 +177,7 @@ class IndexSync:
         self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
     ) -> None:
         """Write freshly stored documents with the vectors already computed, then retire their entries."""
-        spec = INDEXED_BY_KIND["document"]
-        written = [spec.to_row(r, v) for r, v in zip(rows, vectors, strict=True)]
-        await _bounded(self.index.upsert(DOCUMENTS, written))
-        self._writes_since_upkeep += 1
-        await self._verify(spec, {r.id: spec.text_of(r) for r in rows})
+        await self._upsert(INDEXED_BY_KIND["document"], rows, vectors)
         async with self.database.transaction() as db:
             await outbox.done(db, outbox_ids)
 
@@ -282,8 +278,7 @@ class IndexSync:
             ]
             if ids:
                 async with self.database.transaction() as db:
-                    query = select(*record_columns(spec.model)).where(spec.model.id.in_(ids))
-                    rows = (await db.execute(query)).all()
+                    rows = await fetch_by_ids(db, spec.model, ids)
                 await self._embed_and_upsert(spec, rows)
         for e in entries:
             if e.action == "delete":
@@ -294,20 +289,22 @@ class IndexSync:
     async def _embed_and_upsert(self, spec: _Indexed, rows: Sequence[Record]) -> None:
         if not rows:
             return
-        texts = {r.id: spec.text_of(r) for r in rows}
-        vectors = await _bounded(self.embedder.embed(list(texts.values())))
+        vectors = await _bounded(self.embedder.embed([spec.text_of(r) for r in rows]))
+        await self._upsert(spec, rows, vectors)
+
+    async def _upsert(self, spec: _Indexed, rows: Sequence[Record], vectors: np.ndarray) -> None:
+        """Write rows with their vectors, then check them against PostgreSQL (see ``_verify``)."""
         await _bounded(
             self.index.upsert(spec.table, [spec.to_row(r, v) for r, v in zip(rows, vectors, strict=True)])
         )
         self._writes_since_upkeep += 1
-        await self._verify(spec, texts)
+        await self._verify(spec, {r.id: spec.text_of(r) for r in rows})
 
     async def _verify(self, spec: _Indexed, written: dict[str, str]) -> None:
         """Re-read what was just written: a row deleted meanwhile leaves the index again, and one changed
         meanwhile is queued again, so a write that lost a race never outlives the winner's."""
         async with self.database.transaction() as db:
-            query = select(*record_columns(spec.model)).where(spec.model.id.in_(list(written)))
-            now = {row.id: spec.text_of(row) for row in await db.execute(query)}
+            now = {row.id: spec.text_of(row) for row in await fetch_by_ids(db, spec.model, list(written))}
             changed = [i for i, text in written.items() if i in now and now[i] != text]
             if changed:
                 await outbox.enqueue_upserts(db, spec.kind, changed)

@@ -9,6 +9,7 @@ and identity map more than halved the CPU cost of a request (see docs/benchmarks
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Generic, TypeAlias, TypeVar, cast
@@ -98,6 +99,15 @@ async def fetch_one(db: AsyncConnection, model: type[Base], keys: Keys, what: st
     if row is None:
         raise NotFoundError(f"{what} not found")
     return row
+
+
+async def fetch_by_ids(db: AsyncConnection, model: type[Base], ids: Sequence[str]) -> list[Record]:
+    """The rows among ``ids`` that exist (in no particular order)."""
+    if not ids:
+        return []
+    return list(
+        (await db.execute(select(*record_columns(model)).where(_column(model, "id").in_(list(ids))))).all()
+    )
 
 
 async def fetch_page(
