@@ -10,10 +10,13 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 from models.embedding import load_embedder
 from rapport.logs import configure_logging
 from rapport.settings import EmbeddingSettings, Settings
+from storage.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +103,24 @@ class ServeEmbedder:
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
         chunks = [list(texts[i : i + self._max_texts]) for i in range(0, len(texts), self._max_texts)]
-        if self._max_texts == 1:
-            parts = await asyncio.gather(*(self._handle.embed.remote(chunk) for chunk in chunks))
-            return np.concatenate(parts)
-        loop = asyncio.get_running_loop()
-        futures = []
-        for chunk in chunks:
-            future: asyncio.Future[np.ndarray] = loop.create_future()
-            self._pending.append((chunk, future))
-            futures.append(future)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_loop())
-        return np.concatenate(await asyncio.gather(*futures))
+        try:
+            if self._max_texts == 1:
+                parts = await asyncio.gather(*(self._handle.embed.remote(chunk) for chunk in chunks))
+                return np.concatenate(parts)
+            loop = asyncio.get_running_loop()
+            futures = []
+            for chunk in chunks:
+                future: asyncio.Future[np.ndarray] = loop.create_future()
+                self._pending.append((chunk, future))
+                futures.append(future)
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.create_task(self._send_loop())
+            return np.concatenate(await asyncio.gather(*futures))
+        except (RayError, RayServeException) as exc:
+            # The deployment is gone, restarting or shedding load: a wait, not a bug (503 in the API).
+            raise UnavailableError(
+                "embedding model", f"the Embedder deployment cannot answer just now ({type(exc).__name__})"
+            ) from exc
 
     async def _send_loop(self) -> None:
         """Send what is pending in requests of up to max_texts texts, until nothing is left."""

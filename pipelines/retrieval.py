@@ -15,7 +15,7 @@ from storage import collections, documents, messages, sessions, users
 from storage.db import Database
 from storage.index import DOCUMENTS, MESSAGES, Hit, VectorIndex
 from storage.query import Record
-from storage.validation import check_text
+from storage.validation import check_filter, check_text
 
 Mode = Literal["semantic", "fulltext", "hybrid"]
 MAX_CANDIDATES = 5_000
@@ -96,6 +96,7 @@ async def search_messages(
 ) -> list[tuple[Record, float]]:
     """A user's (or one session's) messages that best answer ``query``, best first, with their scores."""
     query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
+    filter = check_filter(filter)
     recipe = RECIPES[mode]
     async with database.transaction() as db:  # a clear 404 for an unknown user or session
         if session_id is None:
@@ -142,6 +143,7 @@ async def query_documents(
 ) -> list[Record]:
     """The collection's documents closest to ``query`` by cosine similarity, best first."""
     query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
+    filter = check_filter(filter)
     async with database.transaction() as db:
         await collections.get_collection(db, app_id, user_id, collection_id)
     vector = (await embedder.embed([query]))[0]

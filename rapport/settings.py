@@ -50,6 +50,12 @@ class DBSettings(_Section):
     # vs 519 creates/s), so the default keeps a fixed pool and lets requests queue for it.
     max_overflow: int = Field(default=0, ge=0, le=1000)
     pool_timeout_s: float = Field(default=30.0, gt=0)
+    connect_timeout_s: int = Field(
+        default=5,
+        ge=1,
+        le=300,
+        description="A server that does not accept a connection by then is down (503).",
+    )
     statement_timeout_ms: int = Field(default=30_000, ge=0, description="0 disables the timeout.")
     migrate_on_start: bool = True
     echo: bool = False

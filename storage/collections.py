@@ -25,7 +25,8 @@ def _check_client_name(name: str) -> str:
     name = check_name(name)
     if is_reserved(name):
         raise InvalidError(
-            f"the collection name {RESERVED_NAME!r} is reserved for derived facts; pick another"
+            f"the collection name {RESERVED_NAME!r} is reserved for derived facts; pick another",
+            field=("name",),
         )
     return name
 
@@ -93,7 +94,9 @@ async def update_collection(
         values["name"] = _check_client_name(name)
         current = await fetch_one(db, Collection, where, f"collection {collection_id!r}")
         if is_reserved(current.name):
-            raise InvalidError(f"the {RESERVED_NAME!r} collection holds derived facts and cannot be renamed")
+            raise InvalidError(
+                f"the {RESERVED_NAME!r} collection holds derived facts and cannot be renamed", field=("name",)
+            )
     if metadata is not None:
         values["metadata_"] = check_metadata(metadata)
     return await update_one(
@@ -106,7 +109,10 @@ async def delete_collection(db: AsyncConnection, app_id: str, user_id: str, coll
     """Delete the collection and every document in it."""
     collection = await get_collection(db, app_id, user_id, collection_id)
     if is_reserved(collection.name):
-        raise InvalidError(f"the {RESERVED_NAME!r} collection holds derived facts and cannot be deleted")
+        raise InvalidError(
+            f"the {RESERVED_NAME!r} collection holds derived facts and cannot be deleted",
+            field=("collection_id",),
+        )
     await db.execute(delete(Collection).where(Collection.id == collection.id))
 
 

@@ -24,7 +24,9 @@ def resolve_database_url(settings: Settings) -> str:
 
 
 def make_engine(url: str, db: DBSettings) -> AsyncEngine:
-    connect_args: dict[str, object] = {}
+    # Without a connect timeout, a server that drops packets holds every request for minutes (the OS's
+    # TCP timeout) instead of letting the API answer 503 at once.
+    connect_args: dict[str, object] = {"connect_timeout": db.connect_timeout_s}
     if db.statement_timeout_ms:
         connect_args["options"] = f"-c statement_timeout={db.statement_timeout_ms}"
     return create_async_engine(

@@ -93,7 +93,8 @@ async def delete_document(
     collection = await get_collection(db, app_id, user_id, collection_id)
     if is_reserved(collection.name):
         raise InvalidError(
-            f"documents in the {RESERVED_NAME!r} collection are derived facts and cannot be deleted"
+            f"documents in the {RESERVED_NAME!r} collection are derived facts and cannot be deleted",
+            field=("collection_id",),
         )
     document = await get_document(db, app_id, user_id, collection_id, document_id)
     await db.execute(delete(Document).where(Document.id == document.id))

@@ -24,8 +24,32 @@ class ConflictError(StorageError):
     """The write clashes with an existing row, e.g. a name that is already taken."""
 
 
+Field = tuple[str | int, ...]
+
+
 class InvalidError(StorageError):
-    """The input can never be stored as given (too long, wrong type, reserved...)."""
+    """The input can never be stored as given (too long, wrong type, reserved...).
+
+    ``field`` names the offending input as the caller gave it (``("metadata",)``, ``("messages", 3,
+    "content")``); empty when the input as a whole is at fault.
+    """
+
+    def __init__(self, detail: str, *, field: Field = ()) -> None:
+        super().__init__(detail)
+        self.field = field
+
+    def within(self, *prefix: str | int) -> InvalidError:
+        """The same error for an input nested under ``prefix`` (an item of a batch, say)."""
+        return InvalidError(self.detail, field=(*prefix, *self.field))
+
+
+class UnavailableError(StorageError):
+    """A store (the database, the search index) or a model cannot be reached just now; retrying later
+    may succeed. ``what`` names it for the operator."""
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(detail)
+        self.what = what
 
 
 # PostgreSQL SQLSTATE codes we translate. Anything else is a bug or an outage and stays a 500.

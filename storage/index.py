@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final, Literal
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from rapport.settings import Settings
-from storage.errors import InvalidError
+from storage.errors import InvalidError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +177,16 @@ class VectorIndex:
             query = query.bypass_vector_index()
         else:
             query = query.ef(self.ann.ef).refine_factor(self.ann.refine_factor)
-        rows = await query.to_list()
+        async with self._reading():
+            rows = await query.to_list()
         return [Hit(row["id"], 1.0 - float(row["_distance"])) for row in rows]
 
     async def matching(self, table: Table, text: str, *, scope: Scope, limit: int) -> list[Hit]:
         """Rows whose indexed text best matches ``text`` (BM25; stemmed, stop words dropped)."""
         self._check_scope(table, scope)
-        search = await self._tables[table].search(text, query_type="fts")
-        rows = await search.where(where(**scope)).select(["id", "_score"]).limit(limit).to_list()
+        async with self._reading():
+            search = await self._tables[table].search(text, query_type="fts")
+            rows = await search.where(where(**scope)).select(["id", "_score"]).limit(limit).to_list()
         return [Hit(row["id"], float(row["_score"])) for row in rows]
 
     async def count(self, table: Table, scope: Scope | None = None) -> int:
@@ -210,6 +213,18 @@ class VectorIndex:
             await table.optimize(cleanup_older_than=timedelta(hours=1))
             report[name] = {"rows": rows, "seconds": round(time.monotonic() - started, 3)}
         return report
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[None]:
+        """Reads that fail on I/O (a lost object store or network file system) mean the index is down
+        for now, not that the query is wrong: the API answers those with 503 and Retry-After."""
+        try:
+            yield
+        except OSError as exc:
+            raise UnavailableError(
+                "search index",
+                f"the search index at {self.uri} cannot be read just now ({exc}); retry shortly",
+            ) from exc
 
     @staticmethod
     def _check_scope(table: Table, scope: Scope) -> None:

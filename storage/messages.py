@@ -32,7 +32,7 @@ def _row(
     app_id: str, user_id: str, session_id: str, content: Any, is_user: Any, metadata: Any
 ) -> dict[str, Any]:
     if not isinstance(is_user, bool):
-        raise InvalidError(f"is_user must be true or false, got {is_user!r}")
+        raise InvalidError(f"is_user must be true or false, got {is_user!r}", field=("is_user",))
     return {
         "id": new_id(),
         "app_id": app_id,
@@ -74,11 +74,17 @@ async def create_messages(
 ) -> list[Record]:
     """Up to 100 messages at once, stored and returned in the given order."""
     if not 1 <= len(messages) <= BATCH_MAX:
-        raise InvalidError(f"a batch holds 1 to {BATCH_MAX} messages, got {len(messages)}")
-    rows = [
-        _row(app_id, user_id, session_id, m.get("content"), m.get("is_user"), m.get("metadata"))
-        for m in messages
-    ]
+        raise InvalidError(
+            f"a batch holds 1 to {BATCH_MAX} messages, got {len(messages)}", field=("messages",)
+        )
+    rows = []
+    for i, m in enumerate(messages):
+        try:
+            rows.append(
+                _row(app_id, user_id, session_id, m.get("content"), m.get("is_user"), m.get("metadata"))
+            )
+        except InvalidError as exc:
+            raise exc.within("messages", i) from exc
     await get_session(db, app_id, user_id, session_id)
     return await insert_many(db, Message, rows)
 

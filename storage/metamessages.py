@@ -32,7 +32,10 @@ async def _check_links(
 ) -> None:
     """The session must be this user's, and the message must be in that session."""
     if message_id is not None and session_id is None:
-        raise InvalidError("a metamessage linked to a message must also name that message's session_id")
+        raise InvalidError(
+            "a metamessage linked to a message must also name that message's session_id",
+            field=("session_id",),
+        )
     if message_id is not None and session_id is not None:
         await get_message(db, app_id, user_id, session_id, message_id)
     elif session_id is not None:

@@ -30,7 +30,7 @@ async def resolve_scope(
 ) -> Scope:
     """Fill in the owners of the most specific id given and check any ids given agree with them."""
     if session_id and collection_id:
-        raise InvalidError("a scope names a session or a collection, not both")
+        raise InvalidError("a scope names a session or a collection, not both", field=("collection_id",))
     if session_id:
         check_id(session_id, what="session")
         row = (
@@ -53,7 +53,9 @@ async def resolve_scope(
         check_id(app_id, what="app")
         found = Scope(app_id) if (await db.execute(select(App.id).where(App.id == app_id))).scalar() else None
     else:
-        raise InvalidError("name at least one of app_id, user_id, session_id, collection_id")
+        raise InvalidError(
+            "name at least one of app_id, user_id, session_id, collection_id", field=("app_id",)
+        )
     if found is None or (app_id and app_id != found.app_id) or (user_id and user_id != found.user_id):
         raise NotFoundError("no such resource with those ids")
     return found

@@ -32,22 +32,18 @@ UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
 
 def check_name(name: Any, *, what: str = "name", max_length: int = NAME_MAX) -> str:
     """A resource name: a non-empty string of at most ``max_length`` characters, no NUL bytes."""
-    if not isinstance(name, str):
-        raise InvalidError(f"{what} must be a string, got {type(name).__name__}")
-    if not 1 <= len(name) <= max_length:
-        raise InvalidError(f"{what} must be 1 to {max_length} characters long, got {len(name)}")
-    if not _storable(name):
-        raise InvalidError(f"{what} {UNSTORABLE}")
-    return name
+    return check_text(name, what=what, min_length=1, max_length=max_length)
 
 
 def check_text(text: Any, *, what: str = "content", max_length: int, min_length: int = 0) -> str:
     if not isinstance(text, str):
-        raise InvalidError(f"{what} must be a string, got {type(text).__name__}")
+        raise InvalidError(f"{what} must be a string, got {type(text).__name__}", field=(what,))
     if not min_length <= len(text) <= max_length:
-        raise InvalidError(f"{what} must be {min_length} to {max_length} characters long, got {len(text)}")
+        raise InvalidError(
+            f"{what} must be {min_length} to {max_length} characters long, got {len(text)}", field=(what,)
+        )
     if not _storable(text):
-        raise InvalidError(f"{what} {UNSTORABLE}")
+        raise InvalidError(f"{what} {UNSTORABLE}", field=(what,))
     return text
 
 
@@ -55,19 +51,22 @@ def check_metadata(metadata: Any, *, what: str = "metadata") -> dict[str, Any]:
     """Metadata is a JSON object of bounded size that PostgreSQL's JSONB can hold."""
     if metadata is None:
         return {}
+    field = (what,)
     if not isinstance(metadata, dict):
-        raise InvalidError(f"{what} must be a JSON object, got {type(metadata).__name__}")
+        raise InvalidError(f"{what} must be a JSON object, got {type(metadata).__name__}", field=field)
     try:
         encoded = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidError(
-            f"{what} must be plain JSON (strings, numbers, booleans, lists, objects): {exc}"
+            f"{what} must be plain JSON (strings, numbers, booleans, lists, objects): {exc}", field=field
         ) from exc
     if len(encoded) > METADATA_MAX_BYTES:
-        raise InvalidError(f"{what} is {len(encoded)} bytes as JSON; the limit is {METADATA_MAX_BYTES}")
+        raise InvalidError(
+            f"{what} is {len(encoded)} bytes as JSON; the limit is {METADATA_MAX_BYTES}", field=field
+        )
     # JSONB cannot hold \u0000 anywhere, keys included, nor text that is not valid UTF-8.
     if "\\u0000" in encoded or not _storable(json.dumps(metadata, ensure_ascii=False)):
-        raise InvalidError(f"{what} {UNSTORABLE}")
+        raise InvalidError(f"{what} {UNSTORABLE}", field=field)
     return metadata
 
 
@@ -80,9 +79,11 @@ def check_filter(filter: Any) -> dict[str, Any] | None:
 
 def check_page(page: Any, size: Any) -> tuple[int, int]:
     if not isinstance(page, int) or isinstance(page, bool) or page < 1:
-        raise InvalidError(f"page must be an integer of at least 1, got {page!r}")
+        raise InvalidError(f"page must be an integer of at least 1, got {page!r}", field=("page",))
     if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= PAGE_SIZE_MAX:
-        raise InvalidError(f"size must be an integer from 1 to {PAGE_SIZE_MAX}, got {size!r}")
+        raise InvalidError(
+            f"size must be an integer from 1 to {PAGE_SIZE_MAX}, got {size!r}", field=("size",)
+        )
     return page, size
 
 

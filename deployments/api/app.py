@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 import rapport
-from deployments.api.errors import install_error_handlers
+from deployments.api.errors import declare_error_statuses, install_error_handlers
 from deployments.api.limits import BodySizeLimit
 from deployments.api.routers import (
     apps,
@@ -94,13 +94,15 @@ def create_api(
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with the bearer key marked optional as in Honcho's (auth can be off)."""
+    """FastAPI's document, with the bearer key marked optional as in Honcho's (auth can be off), and every
+    error status an operation can answer declared."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         for item in schema["paths"].values():
             for operation in item.values():
                 if operation.get("security") == [{"HTTPBearer": []}]:
                     operation["security"].append({})
+        declare_error_statuses(schema)
         app.openapi_schema = schema
     return app.openapi_schema
 

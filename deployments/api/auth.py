@@ -3,6 +3,11 @@
 Off by default (``AUTH_USE_AUTH=false``). When on, every route checks the key's scope against the ids in
 its path *before* touching the database, so a request outside its scope gets the same 401 whether or
 not the resource exists.
+
+Keys minted by Honcho v1.1.0 for the same secret work unchanged: Honcho signs ``t`` (a creation time
+string, empty in its start-up admin key, never used for security) instead of ``iat``, and writes ``exp``
+as an ISO-8601 string rather than a NumericDate. Both forms of ``exp`` are read here; claims this server
+does not know are ignored.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import jwt
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from deployments.api.errors import APIError
+from deployments.api.errors import APIError, invalid_input
 from storage.scopes import Scope
 
 ALGORITHM = "HS256"
@@ -69,18 +74,36 @@ def mint_key(secret: str, scope: Scope | None = None, *, expires_at: datetime | 
 
 def decode_key(secret: str, token: str) -> Key:
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["iat"]})
-    except jwt.ExpiredSignatureError as exc:
-        raise _unauthorized("the API key has expired; ask an admin for a new one") from exc
+        # ``exp`` is checked below: PyJWT accepts only the NumericDate form and Honcho's keys use ISO text.
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"verify_exp": False})
     except jwt.InvalidTokenError as exc:
         raise _unauthorized("the API key is not valid (malformed, or not signed by this server)") from exc
-    key = Key(
-        admin=claims.get("ad") is True,
-        **{param: claims.get(claim) for param, claim in CLAIMS.items()},
-    )
+    expires_at = _expiry(claims.get("exp"))
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise _unauthorized("the API key has expired; ask an admin for a new one")
+    scope = {param: claims.get(claim) or None for param, claim in CLAIMS.items()}
+    if not all(value is None or isinstance(value, str) for value in scope.values()):
+        raise _unauthorized("the API key is not valid: its ap/us/se/co claims must be strings")
+    key = Key(admin=claims.get("ad") is True, **scope)
     if not key.admin and not any(key.claim(p) for p in CLAIMS):
         raise _unauthorized("the API key grants nothing: it names neither admin nor any resource")
     return key
+
+
+def _expiry(exp: Any) -> datetime | None:
+    """When a key expires: ``exp`` as a NumericDate (seconds since the epoch, as RFC 7519 has it) or as
+    ISO-8601 text (as Honcho v1 mints it; a time without an offset is UTC). None or "" never expires."""
+    if exp is None or exp == "":
+        return None
+    try:
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            return datetime.fromtimestamp(exp, UTC)
+        if isinstance(exp, str):
+            parsed = datetime.fromisoformat(exp)
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise _unauthorized("the API key's exp claim is not a valid time") from exc
+    raise _unauthorized("the API key's exp claim is neither a NumericDate nor an ISO-8601 time")
 
 
 def _unauthorized(detail: str) -> APIError:
@@ -140,5 +163,7 @@ def id_from_key(value: str | None, key: Key, param: str) -> str:
     """An id given in the query, else the request key's own (Honcho's "get by key" routes); 422 if neither."""
     value = value or key.claim(param)
     if value is None:
-        raise APIError(422, f"give {param}, or use a key scoped to a {param.removesuffix('_id')}")
+        raise invalid_input(
+            ("query", param), f"give {param}, or use a key scoped to a {param.removesuffix('_id')}", "missing"
+        )
     return value

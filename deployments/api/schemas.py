@@ -9,11 +9,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, computed_field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field
 
 from storage.query import Page as StoragePage
 
 Metadata = dict[str, Any]
+
+
+class RequestBody(BaseModel):
+    """A request body: JSON types are taken as the contract declares them (``0`` is not ``false``,
+    ``"5"`` is not ``5``). Query parameters are text on the wire and keep FastAPI's usual parsing."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class _Row(BaseModel):
@@ -35,17 +42,17 @@ class App(_Row):
     created_at: datetime
 
 
-class AppCreate(BaseModel):
+class AppCreate(RequestBody):
     name: str = Field(min_length=1, max_length=100)
     metadata: Metadata = {}
 
 
-class AppUpdate(BaseModel):
+class AppUpdate(RequestBody):
     name: str | None = None
     metadata: Metadata | None = None
 
 
-class AppGet(BaseModel):
+class AppGet(RequestBody):
     filter: Metadata | None = None
 
 
@@ -60,17 +67,17 @@ class User(_Row):
     metadata: Metadata = {}
 
 
-class UserCreate(BaseModel):
+class UserCreate(RequestBody):
     name: str = Field(min_length=1, max_length=100)
     metadata: Metadata = {}
 
 
-class UserUpdate(BaseModel):
+class UserUpdate(RequestBody):
     name: str | None = None
     metadata: Metadata | None = None
 
 
-class UserGet(BaseModel):
+class UserGet(RequestBody):
     filter: Metadata | None = None
 
 
@@ -86,15 +93,15 @@ class Session(_Row):
     created_at: datetime
 
 
-class SessionCreate(BaseModel):
+class SessionCreate(RequestBody):
     metadata: Metadata = {}
 
 
-class SessionUpdate(BaseModel):
+class SessionUpdate(RequestBody):
     metadata: Metadata
 
 
-class SessionGet(BaseModel):
+class SessionGet(RequestBody):
     filter: Metadata | None = None
     is_active: bool = False
 
@@ -113,23 +120,23 @@ class Message(_Row):
     user_id: str
 
 
-class MessageCreate(BaseModel):
+class MessageCreate(RequestBody):
     content: str = Field(min_length=0, max_length=50_000)
     is_user: bool
     metadata: Metadata = {}
 
 
-class MessageBatchCreate(BaseModel):
+class MessageBatchCreate(RequestBody):
     """Schema for batch message creation with a max of 100 messages"""
 
     messages: list[MessageCreate] = Field(max_length=100)
 
 
-class MessageUpdate(BaseModel):
+class MessageUpdate(RequestBody):
     metadata: Metadata
 
 
-class MessageGet(BaseModel):
+class MessageGet(RequestBody):
     filter: Metadata | None = None
 
 
@@ -154,7 +161,7 @@ class Metamessage(_Row):
         return self.label
 
 
-class MetamessageCreate(BaseModel):
+class MetamessageCreate(RequestBody):
     # Honcho v1.1.0 clients send `metamessage_type`; `label` is accepted as well.
     metamessage_type: str = Field(
         min_length=1, max_length=50, validation_alias=AliasChoices("metamessage_type", "label")
@@ -165,7 +172,7 @@ class MetamessageCreate(BaseModel):
     metadata: Metadata = {}
 
 
-class MetamessageUpdate(BaseModel):
+class MetamessageUpdate(RequestBody):
     session_id: str | None = None
     message_id: str | None = None
     metamessage_type: str | None = Field(
@@ -174,7 +181,7 @@ class MetamessageUpdate(BaseModel):
     metadata: Metadata | None = None
 
 
-class MetamessageGet(BaseModel):
+class MetamessageGet(RequestBody):
     metamessage_type: str | None = Field(
         default=None, validation_alias=AliasChoices("metamessage_type", "label")
     )
@@ -195,17 +202,17 @@ class Collection(_Row):
     created_at: datetime
 
 
-class CollectionCreate(BaseModel):
+class CollectionCreate(RequestBody):
     name: str = Field(min_length=1, max_length=100)
     metadata: Metadata = {}
 
 
-class CollectionUpdate(BaseModel):
+class CollectionUpdate(RequestBody):
     name: str | None = None
     metadata: Metadata | None = None
 
 
-class CollectionGet(BaseModel):
+class CollectionGet(RequestBody):
     filter: Metadata | None = None
 
 
@@ -219,21 +226,21 @@ class Document(_Row):
     user_id: str
 
 
-class DocumentCreate(BaseModel):
+class DocumentCreate(RequestBody):
     content: str = Field(min_length=1, max_length=100_000)
     metadata: Metadata = {}
 
 
-class DocumentUpdate(BaseModel):
+class DocumentUpdate(RequestBody):
     metadata: Annotated[Metadata, Field(max_length=10_000)] | None = None
     content: str | None = Field(default=None, min_length=1, max_length=100_000)
 
 
-class DocumentGet(BaseModel):
+class DocumentGet(RequestBody):
     filter: Metadata | None = None
 
 
-class DocumentQuery(BaseModel):
+class DocumentQuery(RequestBody):
     query: str = Field(min_length=1, max_length=1000)
     filter: Metadata | None = None
     top_k: int = Field(default=5, ge=1, le=50)
@@ -242,7 +249,7 @@ class DocumentQuery(BaseModel):
 # --- dialectic --------------------------------------------------------------------------------------
 
 
-class DialecticOptions(BaseModel):
+class DialecticOptions(RequestBody):
     queries: str | list[str]
     stream: bool = False
 

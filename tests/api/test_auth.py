@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ import jwt
 import pytest
 
 from deployments.api.auth import decode_key, mint_key
+from deployments.api.errors import APIError
 from storage.scopes import Scope
 from tests.api.conftest import SECRET
 
@@ -180,7 +182,11 @@ async def test_app_key_covers_its_app_only(auth_client: httpx.AsyncClient, world
         ),
         pytest.param("not-a-jwt", id="malformed"),
         pytest.param(mint_key("another-secret-" + "x" * 32), id="wrongly-signed"),
-        pytest.param(jwt.encode({"ad": True}, SECRET, algorithm="HS256"), id="no-iat"),
+        pytest.param(
+            jwt.encode({"ad": True, "exp": "next tuesday"}, SECRET, algorithm="HS256"), id="exp-garbage"
+        ),
+        pytest.param(jwt.encode({"ad": True, "exp": True}, SECRET, algorithm="HS256"), id="exp-not-a-time"),
+        pytest.param(jwt.encode({"ap": 7}, SECRET, algorithm="HS256"), id="id-not-a-string"),
         pytest.param(jwt.encode({"iat": 1}, SECRET, algorithm="HS256"), id="grants-nothing"),
         pytest.param(
             jwt.encode({"iat": 1, "ad": True}, SECRET + SECRET, algorithm="HS512"), id="other-algorithm"
@@ -236,3 +242,90 @@ def test_cli_bootstraps_an_admin_key() -> None:
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert refused.returncode == 2 and "--admin" in refused.stderr
+
+
+# --- keys minted by Honcho v1.1.0 ---------------------------------------------------------------------
+# Honcho signs `t` (a creation time string, "" in the admin key it prints at start-up) instead of `iat`,
+# and `exp` as ISO-8601 text. A team moving over keeps AUTH_JWT_SECRET and the keys it handed out.
+
+
+def honcho_key(**claims: object) -> str:
+    """A key as Honcho v1.1.0 mints it: its claims, as given, signed HS256 with the shared secret."""
+    return jwt.encode({"t": datetime.now().isoformat(), **claims}, SECRET, algorithm="HS256")
+
+
+def iso(delta: timedelta, *, offset: bool = False) -> str:
+    """An ISO-8601 time ``delta`` from now: naive UTC (as Honcho wrote it), or with its offset."""
+    moment = datetime.now(UTC) + delta
+    return moment.isoformat() if offset else moment.replace(tzinfo=None).isoformat()
+
+
+async def test_honchos_startup_admin_key_is_an_admin_key(
+    auth_client: httpx.AsyncClient, world: World
+) -> None:
+    h = bearer(jwt.encode({"t": "", "ad": True}, SECRET, algorithm="HS256"))
+    listed = await auth_client.post("/v1/apps/list", headers=h)
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["total"] == 2
+    assert (await auth_client.post("/v1/apps", json={"name": "from-honcho"}, headers=h)).status_code == 200
+    assert (await auth_client.post("/v1/keys", params={"app_id": world.app}, headers=h)).status_code == 200
+
+
+@pytest.mark.parametrize("offset", [False, True], ids=["naive-utc", "with-offset"])
+async def test_honcho_scoped_key_with_future_iso_exp_works_within_its_scope(
+    auth_client: httpx.AsyncClient, world: World, offset: bool
+) -> None:
+    h = bearer(honcho_key(ap=world.app, us=world.user, exp=iso(timedelta(hours=1), offset=offset)))
+    base = f"/v1/apps/{world.app}/users/{world.user}"
+    assert (await auth_client.get(f"/v1/apps/{world.app}/users", headers=h)).json()["id"] == world.user
+    created = await auth_client.post(
+        f"{base}/sessions/{world.session}/messages", json={"content": "hi", "is_user": True}, headers=h
+    )
+    assert created.status_code == 200, created.text
+    # ... and exactly as narrow as the same key minted by Rapport:
+    rapport = bearer(await _key(auth_client, user_id=world.user))
+    for path in (
+        f"/v1/apps/{world.app}/users/{world.other_user}",
+        f"/v1/apps/{world.other_app}/users/{world.other_app_user}",
+        f"/v1/apps/{world.other_app}",
+    ):
+        theirs = await auth_client.put(path, json={"metadata": {}}, headers=h)
+        ours = await auth_client.put(path, json={"metadata": {}}, headers=rapport)
+        assert theirs.status_code == ours.status_code == 401, path
+    assert (await auth_client.post("/v1/apps/list", headers=h)).status_code == 401
+
+
+@pytest.mark.parametrize("offset", [False, True], ids=["naive-utc", "with-offset"])
+async def test_honcho_key_with_past_iso_exp_is_refused_as_expired(
+    auth_client: httpx.AsyncClient, world: World, offset: bool
+) -> None:
+    h = bearer(honcho_key(ap=world.app, us=world.user, exp=iso(-timedelta(minutes=1), offset=offset)))
+    response = await auth_client.get(f"/v1/apps/{world.app}/users", headers=h)
+    assert response.status_code == 401
+    assert "expired" in response.json()["detail"]
+
+
+async def test_honcho_key_claims_this_server_does_not_know_are_ignored(
+    auth_client: httpx.AsyncClient, world: World
+) -> None:
+    h = bearer(honcho_key(se=world.session, exp="", note="issued by the old deployment", v=2))
+    base = f"/v1/apps/{world.app}/users/{world.user}/sessions/{world.session}"
+    assert (await auth_client.post(f"{base}/messages/list", headers=h)).status_code == 200
+    assert (
+        await auth_client.post(f"/v1/apps/{world.app}/users/{world.user}/sessions/list", headers=h)
+    ).status_code == 401
+
+
+def test_an_iso_exp_without_offset_is_utc_whatever_the_servers_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    # In New York, an hour ago in UTC reads as four hours ahead on the local clock: a server comparing
+    # with local time would let this key through.
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        an_hour_ago = honcho_key(ad=True, exp=iso(-timedelta(hours=1)))
+        with pytest.raises(APIError, match="expired"):
+            decode_key(SECRET, an_hour_ago)
+        assert decode_key(SECRET, honcho_key(ad=True, exp=iso(timedelta(minutes=10)))).admin
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -205,18 +205,128 @@ async def test_bad_input_is_refused_and_changes_nothing(
     )
 
     assert response.status_code == status, response.text
-    detail = response.json()["detail"]
-    assert detail, "every error says what went wrong"
-    if status == 422 and isinstance(detail, list):
-        assert all(e["loc"] and e["msg"] for e in detail), "schema errors name the field and the reason"
+    assert_error_shape(response)
     assert await snapshot(database) == before
 
 
-async def test_malformed_json_is_422(client: httpx.AsyncClient, world: World) -> None:
-    response = await client.post(
-        "/v1/apps", content=b'{"name": ', headers={"content-type": "application/json"}
+def assert_error_shape(response: httpx.Response) -> None:
+    """A 422 lists what is wrong where, as the contract's HTTPValidationError; any other error says what
+    to fix in one string."""
+    detail = response.json()["detail"]
+    assert detail, "every error says what went wrong"
+    if response.status_code == 422:
+        assert isinstance(detail, list), response.text
+        for error in detail:
+            assert set(error) == {"loc", "msg", "type"}, error
+            assert error["loc"] and error["loc"][0] in ("body", "query", "path"), error
+            assert error["msg"] and error["type"], error
+    else:
+        assert isinstance(detail, str), response.text
+
+
+# Rapport's own checks (beyond the schema), each with the field its 422 must name.
+OWN_CHECKS: list[tuple[str, str, Any, list[str | int]]] = [
+    ("POST", "/v1/apps", {"name": "half \ud800 pair"}, ["body", "name"]),
+    ("PUT", "/v1/apps/{w.app}", {"metadata": {"k": "\u0000"}}, ["body", "metadata"]),
+    ("POST", "/v1/apps/list", {"filter": {"\u0000": 1}}, ["body", "filter"]),
+    ("GET", "/v1/apps", None, ["query", "app_id"]),  # no app_id, and the key names no app
+    ("GET", "/v1/apps/{w.app}/users", None, ["query", "user_id"]),
+    ("GET", U + "/sessions", None, ["query", "session_id"]),
+    ("GET", U + "/collections", None, ["query", "collection_id"]),
+    ("POST", U + "/sessions", {"metadata": {"k": "\udfff"}}, ["body", "metadata"]),
+    ("POST", S + "/messages", {"content": "\u0000", "is_user": True}, ["body", "content"]),
+    (
+        "POST",
+        S + "/messages/batch",
+        {"messages": [{"content": "ok", "is_user": True}, {"content": "\ud800", "is_user": False}]},
+        ["body", "messages", 1, "content"],
+    ),
+    ("POST", S + "/messages/batch", {"messages": []}, ["body", "messages"]),
+    (
+        "POST",
+        U + "/metamessages",
+        {"metamessage_type": "\u0000", "content": "c"},
+        ["body", "metamessage_type"],
+    ),
+    (
+        "POST",
+        U + "/metamessages",
+        {"metamessage_type": "t", "content": "c", "message_id": "{w.message}"},
+        ["body", "session_id"],
+    ),
+    ("POST", U + "/collections", {"name": "honcho"}, ["body", "name"]),
+    ("PUT", C, {}, ["body"]),
+    ("PUT", C + "/documents/{w.document}", {}, ["body"]),
+    ("POST", C + "/documents", {"content": "\ud800"}, ["body", "content"]),
+    ("POST", C + "/documents/query", {"query": "\ud800"}, ["body", "query"]),
+    ("POST", U + "/search", {"query": "ok", "filter": {"k": "\u0000"}}, ["body", "filter"]),
+    ("POST", C + "/documents/query", {"query": "ok", "filter": {"\u0000": 1}}, ["body", "filter"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "template", "raw", "loc"), OWN_CHECKS, ids=[f"{c[0]} {c[1]} {c[3]}" for c in OWN_CHECKS]
+)
+async def test_rapports_own_checks_answer_422_like_the_schemas_do(
+    client: httpx.AsyncClient, world: World, method: str, template: str, raw: Any, loc: list[str | int]
+) -> None:
+    # json.dumps escapes NULs and lone surrogates to ASCII, as a client's JSON encoder would.
+    content = None if raw is None else json.dumps(raw).replace("{w.message}", world.message)
+    response = await client.request(
+        method, template.format(w=world), content=content, headers={"content-type": "application/json"}
     )
+    assert response.status_code == 422, response.text
+    assert_error_shape(response)
+    assert [e["loc"] for e in response.json()["detail"]] == [loc]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (S + "/messages", {"content": "hi", "is_user": 0}, ["body", "is_user"]),
+        (
+            S + "/messages/batch",
+            {"messages": [{"content": "hi", "is_user": 1}]},
+            ["body", "messages", 0, "is_user"],
+        ),
+        (U + "/sessions/list", {"is_active": 0}, ["body", "is_active"]),
+        ("/v1/apps", {"name": 7}, ["body", "name"]),
+        (C + "/documents/query", {"query": "q", "top_k": "5"}, ["body", "top_k"]),
+        (C + "/documents/query", {"query": "q", "top_k": 5.5}, ["body", "top_k"]),
+        (U + "/search", {"query": "q", "top_k": True}, ["body", "top_k"]),
+    ],
+    ids=[
+        "is_user-0",
+        "batch-is_user-1",
+        "is_active-0",
+        "name-number",
+        "top_k-text",
+        "top_k-float",
+        "top_k-bool",
+    ],
+)
+async def test_bodies_take_json_types_as_the_contract_declares(
+    client: httpx.AsyncClient, database: Database, world: World, path: str, body: Any, field: list
+) -> None:
+    before = await snapshot(database)
+    response = await client.post(path.format(w=world), json=body)
+    assert response.status_code == 422, response.text
+    assert field in [e["loc"] for e in response.json()["detail"]]
+    assert await snapshot(database) == before
+
+
+async def test_query_parameters_keep_their_text_parsing(client: httpx.AsyncClient, world: World) -> None:
+    listed = await client.post(U.format(w=world) + "/sessions/list?reverse=1&page=1&size=5")
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["size"] == 5
+
+
+@pytest.mark.parametrize("body", [b'{"name": ', b'{"name": "caf\xe9"}'], ids=["truncated", "not-utf-8"])
+async def test_a_body_that_is_not_json_is_422(client: httpx.AsyncClient, world: World, body: bytes) -> None:
+    response = await client.post("/v1/apps", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
+    assert_error_shape(response)
+    assert response.json()["detail"][0]["loc"][0] == "body"
 
 
 async def test_chunked_body_over_the_limit_is_413(client: httpx.AsyncClient, database: Database) -> None:

@@ -46,3 +46,25 @@ def test_the_diff_catches_a_changed_schema() -> None:
     found = differences(contract, changed)
     assert any("POST /v1/apps: request body" in d for d in found)
     assert "POST /v1/keys: missing" in found
+
+
+async def test_every_error_an_operation_can_answer_is_declared(client: httpx.AsyncClient) -> None:
+    ours = (await client.get("/openapi.json")).json()
+    error = {"$ref": "#/components/schemas/ErrorDetail"}
+    for (method, path), op in operations(ours).items():
+        responses = op["responses"]
+        name = f"{method} {path}"
+        unavailable = responses["503"]
+        assert unavailable["content"]["application/json"]["schema"] == error, name
+        assert "Retry-After" in unavailable["headers"], name
+        if path.startswith("/v1/"):
+            assert responses["401"]["content"]["application/json"]["schema"] == error, name
+        if "{" in path and "get_or_create" not in path:
+            assert "404" in responses, name
+        if "requestBody" in op:
+            assert "413" in responses and "422" in responses, name
+        if "422" in responses:
+            schema = responses["422"]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/HTTPValidationError"}, name
+    assert "409" in operations(ours)[("POST", "/v1/apps")]["responses"]
+    assert "405" in operations(ours)[("POST", "/v1/keys")]["responses"]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_admin, require_scope
+from deployments.api.errors import CONFLICT
 from deployments.api.params import DB, PageNumber, PageSize, Reverse
 from storage import apps as store
 
@@ -29,7 +30,7 @@ async def get_app(
         return schemas.App.from_row(await store.get_app(db, app_id))
 
 
-@router.post("", response_model=schemas.App, dependencies=admin)
+@router.post("", response_model=schemas.App, dependencies=admin, responses=CONFLICT)
 async def create_app(
     database: DB, app: Annotated[schemas.AppCreate, Body(description="App creation parameters")]
 ) -> schemas.App:
@@ -64,7 +65,7 @@ async def get_app_by_name(
         return schemas.App.from_row(await store.get_app_by_name(db, name))
 
 
-@router.get("/get_or_create/{name}", response_model=schemas.App, dependencies=admin)
+@router.get("/get_or_create/{name}", response_model=schemas.App, dependencies=admin, responses=CONFLICT)
 async def get_or_create_app(
     database: DB, name: Annotated[str, Path(description="Name of the app to get or create")]
 ) -> schemas.App:
@@ -73,7 +74,7 @@ async def get_or_create_app(
         return schemas.App.from_row(await store.get_or_create_app(db, name))
 
 
-@router.put("/{app_id}", response_model=schemas.App)
+@router.put("/{app_id}", response_model=schemas.App, responses=CONFLICT)
 async def update_app(
     database: DB,
     app_id: Annotated[str, Path(description="ID of the app to update")],

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_scope
+from deployments.api.errors import CONFLICT
 from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, UserId
 from storage import collections as store
 
@@ -34,7 +35,7 @@ async def get_collection(
         return schemas.Collection.from_row(await store.get_collection(db, app_id, user_id, collection_id))
 
 
-@router.post("", response_model=schemas.Collection)
+@router.post("", response_model=schemas.Collection, responses=CONFLICT)
 async def create_collection(
     database: DB,
     app_id: AppId,
@@ -80,7 +81,7 @@ async def get_collection_by_name(
         return schemas.Collection.from_row(await store.get_collection_by_name(db, app_id, user_id, name))
 
 
-@router.put("/{collection_id}", response_model=schemas.Collection)
+@router.put("/{collection_id}", response_model=schemas.Collection, responses=CONFLICT)
 async def update_collection(
     database: DB,
     app_id: AppId,

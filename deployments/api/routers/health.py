@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from deployments.api.errors import RETRY_AFTER_S
 from deployments.api.params import Mem
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,9 @@ async def health(memory: Mem) -> JSONResponse:
     except Exception:
         log.exception("health check: the database did not answer")
         return JSONResponse(
-            {"status": "unavailable", "detail": "database unreachable; see the server log"}, 503
+            {"status": "unavailable", "detail": "database unreachable; see the server log"},
+            503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     index = {"pending": lag.pending, "parked": lag.parked, "oldest_s": round(lag.oldest_s, 3)}
     return JSONResponse({"status": "ok", "database": "ok", "index": index})

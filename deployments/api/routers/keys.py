@@ -8,14 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from deployments.api.auth import mint_key, require_admin
-from deployments.api.errors import APIError
+from deployments.api.errors import APIError, responses
 from deployments.api.params import DB
 from storage.scopes import resolve_scope
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-@router.post("", response_model=None, dependencies=[Depends(require_admin)])
+@router.post("", response_model=None, dependencies=[Depends(require_admin)], responses=responses(405))
 async def create_key(
     request: Request,
     database: DB,

@@ -16,7 +16,7 @@ router = APIRouter(
 )
 
 
-class MessageSearch(BaseModel):
+class MessageSearch(schemas.RequestBody):
     query: str = Field(min_length=1, max_length=1000, description="What to look for, in natural language")
     top_k: int = Field(default=10, ge=1, le=100, description="How many messages to return")
     mode: Literal["semantic", "fulltext", "hybrid"] = Field(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_scope
-from deployments.api.errors import APIError
+from deployments.api.errors import APIError, responses
 from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
 from storage import sessions as store
 
@@ -105,7 +105,7 @@ async def delete_session(
 @router.post(
     "/{session_id}/chat",
     response_model=schemas.DialecticResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
+    responses={200: {"content": {"text/event-stream": {}}}, **responses(501)},
 )
 async def chat(
     app_id: AppId,

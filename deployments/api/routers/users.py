@@ -8,13 +8,14 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_scope
+from deployments.api.errors import CONFLICT
 from deployments.api.params import DB, AppId, PageNumber, PageSize
 from storage import users as store
 
 router = APIRouter(prefix="/v1/apps/{app_id}/users", tags=["users"], dependencies=[Depends(require_scope)])
 
 
-@router.post("", response_model=schemas.User)
+@router.post("", response_model=schemas.User, responses=CONFLICT)
 async def create_user(
     database: DB,
     app_id: AppId,
@@ -67,7 +68,7 @@ async def get_user_by_name(
         return schemas.User.from_row(await store.get_user_by_name(db, app_id, name))
 
 
-@router.get("/get_or_create/{name}", response_model=schemas.User)
+@router.get("/get_or_create/{name}", response_model=schemas.User, responses=CONFLICT)
 async def get_or_create_user(
     database: DB, app_id: AppId, name: Annotated[str, Path(description="Name of the user to get or create")]
 ) -> schemas.User:
@@ -76,7 +77,7 @@ async def get_or_create_user(
         return schemas.User.from_row(await store.get_or_create_user(db, app_id, name))
 
 
-@router.put("/{user_id}", response_model=schemas.User)
+@router.put("/{user_id}", response_model=schemas.User, responses=CONFLICT)
 async def update_user(
     database: DB,
     app_id: AppId,
