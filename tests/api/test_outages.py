@@ -75,9 +75,14 @@ async def relay(database_url: str) -> AsyncIterator[Relay]:
 
 @pytest.fixture
 async def relayed_client(
-    relay: Relay, database_url: str, embedder: SentenceTransformerEmbedder, vector_index: VectorIndex
+    relay: Relay,
+    database: Database,
+    database_url: str,
+    embedder: SentenceTransformerEmbedder,
+    vector_index: VectorIndex,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API over its own database pool, which reaches PostgreSQL only through the relay."""
+    """The API over its own database pool, which reaches PostgreSQL only through the relay (``database``,
+    the shared direct pool, is asked for so the tables are emptied after the test)."""
     url = make_url(database_url).set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     database = Database(url, DBSettings(pool_size=4, connect_timeout_s=2, pool_timeout_s=5))
     memory = Memory(database, embedder, vector_index, IndexSync(database, vector_index, embedder))
@@ -95,7 +100,7 @@ def assert_retry_later(response: httpx.Response, what: str) -> None:
 
 
 async def test_a_database_outage_is_503_and_writes_work_once_it_is_back(
-    relayed_client: httpx.AsyncClient, relay: Relay, database: Database
+    relayed_client: httpx.AsyncClient, relay: Relay
 ) -> None:
     client = relayed_client
     app = (await client.post("/v1/apps", json={"name": "a"})).json()["id"]
@@ -118,6 +123,27 @@ async def test_a_database_outage_is_503_and_writes_work_once_it_is_back(
     assert sorted(u["name"] for u in listed.json()["items"]) == ["before", "during-1"], (
         "the refused writes left nothing behind; the acknowledged ones are all there"
     )
+
+
+async def test_after_a_fast_restart_a_retry_succeeds(relayed_client: httpx.AsyncClient, relay: Relay) -> None:
+    client = relayed_client
+    app = (await client.post("/v1/apps", json={"name": "a"})).json()["id"]
+    # Fill the pool with open connections, then restart "the server" before anyone notices.
+    lists = [client.post(f"/v1/apps/{app}/users/list") for _ in range(8)]
+    assert {r.status_code for r in await asyncio.gather(*lists)} == {200}
+    await relay.cut()
+    await relay.start()
+
+    statuses = []
+    for _ in range(3):
+        response = await client.post(f"/v1/apps/{app}/users", json={"name": "after"})
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            break
+        assert_retry_later(response, "database")
+    # A connection the restart broke fails its request with a 503; that also drops the rest of the pool,
+    # so the retry gets a fresh connection.
+    assert statuses[-1] == 200 and len(statuses) <= 2, statuses
 
 
 class UnreachableIndex(VectorIndex):
