@@ -107,23 +107,47 @@ class EmbeddingSettings(_Section):
     batch_wait_s: float = Field(default=0.005, ge=0, le=5, description="How long a batch waits to fill up.")
 
 
+Provider = Literal["local", "anthropic", "openai"]
+
+
 class LLMSettings(_Section):
-    provider: Literal["local", "anthropic", "openai"] = "local"
+    provider: Provider = "local"
     model: str | None = Field(default=None, description="Model name; each provider has its own default.")
     base_url: str | None = Field(default=None, description="For provider=openai: any OpenAI-compatible URL.")
     api_key: SecretStr | None = None
     timeout_s: float = Field(default=60.0, gt=0)
     max_tokens: int = Field(default=512, ge=1, le=32_768)
+    max_retries: int = Field(
+        default=3, ge=0, le=20, description="Retries of a call on 429, 5xx or transport errors, with backoff."
+    )
+    local_model: str = Field(
+        default="qwen2.5-coder-1.5b",
+        description="provider=local: qwen2.5-coder-1.5b | qwen2.5-coder-0.5b | smollm2-135m | a .gguf path.",
+    )
+    local_context_tokens: int = Field(default=8192, ge=512, le=131_072)
+    local_threads: int | None = Field(default=None, ge=1, le=512, description="Unset: every core.")
+    local_parallel: int = Field(
+        default=1, ge=1, le=64, description="Requests the local model decodes at once."
+    )
 
 
-class DeriverSettings(_Section):
+class _UsesLLM(_Section):
+    """A part of Rapport that calls an LLM: unset, ``provider`` and ``model`` are ``[llm]``'s."""
+
+    provider: Provider | None = None
+    model: str | None = None
+
+
+class DeriverSettings(_UsesLLM):
     enabled: bool = True
     workers: int = Field(default=1, ge=0, le=1024)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=100)
+    summary_provider: Provider | None = Field(default=None, description="For summaries; unset: provider.")
+    summary_model: str | None = Field(default=None, description="For summaries; unset: model.")
 
 
-class DialecticSettings(_Section):
+class DialecticSettings(_UsesLLM):
     top_k: int = Field(default=10, ge=1, le=200)
 
 
@@ -223,6 +247,21 @@ class Settings(BaseSettings):
     @property
     def home(self) -> Path:
         return self.app.home.expanduser().resolve()
+
+    def llm_for(self, use: Literal["deriver", "summary", "dialectic"]) -> LLMSettings:
+        """``[llm]`` with the provider and model that part of Rapport names for itself."""
+        if use == "summary":
+            provider = self.deriver.summary_provider or self.deriver.provider
+            model = self.deriver.summary_model or self.deriver.model
+        else:
+            part = self.deriver if use == "deriver" else self.dialectic
+            provider, model = part.provider, part.model
+        changes: dict[str, Any] = {}
+        if provider is not None and provider != self.llm.provider:
+            changes |= {"provider": provider, "model": None}  # the other provider's model name is no use
+        if model is not None:
+            changes["model"] = model
+        return self.llm.model_copy(update=changes)
 
     @property
     def vector_store_uri(self) -> str:

@@ -132,3 +132,18 @@ def test_other_software_s_env_vars_are_ignored(monkeypatch: pytest.MonkeyPatch) 
     Path(".env").write_text("SERVE_WORKERS=4\nSERVE_PORT=9100\n")
     s = Settings()
     assert s.db.pool_size == 7 and s.serve.port == 9100
+
+
+def test_each_part_names_its_own_llm_or_takes_the_shared_one() -> None:
+    settings = Settings.model_validate(
+        {
+            "llm": {"provider": "openai", "model": "qwen-7b", "base_url": "http://vllm:8000/v1"},
+            "deriver": {"summary_model": "qwen-1.5b"},
+            "dialectic": {"provider": "anthropic"},
+        }
+    )
+    deriver, summary, dialectic = (settings.llm_for(use) for use in ("deriver", "summary", "dialectic"))
+    assert (deriver.provider, deriver.model, deriver.base_url) == ("openai", "qwen-7b", "http://vllm:8000/v1")
+    assert (summary.provider, summary.model) == ("openai", "qwen-1.5b")
+    assert (dialectic.provider, dialectic.model) == ("anthropic", None), "another provider's model is not kept"
+    assert settings.llm.provider == "openai", "the shared section is unchanged"

@@ -1,0 +1,254 @@
+"""The LLM interface every provider implements, its errors, and the retry policy they share.
+
+Chat messages go in; out comes text, a stream of text, or an object validated against a pydantic model
+(``structured``), with the token usage of the call. Providers only implement ``_complete`` and
+``_stream`` for one attempt; retries, backoff and the one repair attempt for malformed structured output
+live here, so every provider behaves alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+log = logging.getLogger(__name__)
+
+Role = Literal["system", "user", "assistant"]
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    text: str
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+class LLMError(Exception):
+    """Base class: ``str(error)`` says what went wrong and what to do."""
+
+
+class LLMUnavailable(LLMError):
+    """The model cannot answer just now (rate limited, overloaded, unreachable, timed out) even after
+    retrying. Work waiting on it should wait, not count a failed attempt."""
+
+
+class LLMConfigError(LLMError):
+    """The provider refuses this configuration (a missing or wrong key, an unknown model, a missing
+    weights file). Retrying will not help; an operator must change a setting."""
+
+
+class LLMOutputError(LLMError):
+    """The model answered, but not with what was asked (no valid JSON for the schema, even after one
+    repair attempt). ``raw`` holds its last answer, for the operator."""
+
+    def __init__(self, message: str, raw: str) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class TransientError(Exception):
+    """Raised by a provider for one failed attempt that may succeed if repeated (HTTP 429/5xx, a transport
+    error, a timeout). ``retry_after_s`` is the server's hint, when it gave one."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 4  # in all, the first included
+    base_delay_s: float = 0.5
+    max_delay_s: float = 20.0
+
+    def delay(self, attempt: int, hint: float | None) -> float:
+        """Exponential backoff with full jitter; a server's Retry-After wins when it is longer."""
+        backoff = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+        return max(backoff, min(hint or 0.0, self.max_delay_s * 3))
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str) -> T:
+    """``call()`` until it does not raise TransientError, at most ``policy.attempts`` times."""
+    for attempt in range(policy.attempts):
+        try:
+            return await call()
+        except TransientError as exc:
+            if attempt + 1 >= policy.attempts:
+                raise LLMUnavailable(f"{what}: {exc} (after {policy.attempts} attempts)") from exc
+            pause = policy.delay(attempt, exc.retry_after_s)
+            log.warning("%s: %s; retrying in %.1fs", what, exc, pause)
+            await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (seconds form only; dates are rare from LLM servers)."""
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+# --- the interface -----------------------------------------------------------------------------------
+
+
+def output_schema(output: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema a model is constrained to, for guided decoding."""
+    return output.model_json_schema()
+
+
+def parse_output(output: type[M], text: str) -> M:
+    """The model's answer as ``output``; tolerates a fenced code block around the JSON."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    return output.model_validate_json(body)
+
+
+class LLMClient(ABC):
+    """One configured model of one provider."""
+
+    provider: str = ""
+
+    def __init__(self, model: str, *, max_tokens: int = 512, retry: RetryPolicy | None = None) -> None:
+        self.model = model
+        self.max_tokens = max_tokens
+        self.retry = retry or RetryPolicy()
+
+    @property
+    def name(self) -> str:
+        """``provider/model``, as recorded beside what the model derived."""
+        return f"{self.provider}/{self.model}"
+
+    async def complete(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+        schema: tuple[str, dict[str, Any]] | None = None,
+    ) -> Completion:
+        """The model's answer, retried on transient failures. ``schema`` (name, JSON schema) constrains
+        the output where the provider can."""
+        return await with_retries(
+            lambda: self._complete(messages, max_tokens or self.max_tokens, temperature, schema),
+            self.retry,
+            self.name,
+        )
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None, temperature: float = 0.0
+    ) -> AsyncIterator[str]:
+        """The answer as it is generated. A failure before the first piece is retried; after it, raised."""
+
+        async def first() -> tuple[AsyncIterator[str], str | None]:
+            pieces = self._stream(messages, max_tokens or self.max_tokens, temperature)
+            try:
+                return pieces, await anext(pieces)
+            except StopAsyncIteration:
+                return pieces, None
+
+        pieces, head = await with_retries(first, self.retry, self.name)
+        if head is None:
+            return
+        yield head
+        try:
+            async for piece in pieces:
+                yield piece
+        except TransientError as exc:
+            raise LLMUnavailable(f"{self.name}: the stream broke off ({exc})") from exc
+
+    async def structured(
+        self,
+        messages: Sequence[ChatMessage],
+        output: type[M],
+        *,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+    ) -> tuple[M, Completion]:
+        """An answer validated as ``output``. Invalid JSON gets one repair attempt (the error shown to the
+        model); if that fails too, LLMOutputError carries the raw answer."""
+        schema = (output.__name__, output_schema(output))
+        first = await self.complete(messages, max_tokens=max_tokens, temperature=temperature, schema=schema)
+        try:
+            return parse_output(output, first.text), first
+        except (ValidationError, json.JSONDecodeError, ValueError) as exc:
+            problem = _describe(exc)
+        log.info("%s: invalid %s output (%s); asking once for a repair", self.name, output.__name__, problem)
+        repair = [
+            *messages,
+            ChatMessage("assistant", first.text),
+            ChatMessage(
+                "user",
+                f"That answer is not valid: {problem}. Reply again with only the JSON object, matching "
+                "the schema exactly.",
+            ),
+        ]
+        second = await self.complete(repair, max_tokens=max_tokens, temperature=temperature, schema=schema)
+        usage = first.usage + second.usage
+        try:
+            return parse_output(output, second.text), Completion(second.text, usage, second.model)
+        except (ValidationError, json.JSONDecodeError, ValueError) as exc:
+            raise LLMOutputError(
+                f"{self.name} did not produce a valid {output.__name__} after a repair attempt: {_describe(exc)}",
+                second.text,
+            ) from exc
+
+    async def close(self) -> None:  # noqa: B027  (a no-op for providers that hold nothing)
+        """Release connections."""
+
+    # --- what a provider implements --------------------------------------------------------------------
+
+    @abstractmethod
+    async def _complete(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        schema: tuple[str, dict[str, Any]] | None,
+    ) -> Completion:
+        """One attempt. Raise TransientError for what a retry may fix, LLMConfigError for settings."""
+
+    @abstractmethod
+    def _stream(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
+        """One attempt, as an async generator of text pieces."""
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the top level"
+        return f"{first.get('msg', 'invalid')} at {where}"
+    return str(exc).splitlines()[0][:200]
