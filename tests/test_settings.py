@@ -145,5 +145,7 @@ def test_each_part_names_its_own_llm_or_takes_the_shared_one() -> None:
     deriver, summary, dialectic = (settings.llm_for(use) for use in ("deriver", "summary", "dialectic"))
     assert (deriver.provider, deriver.model, deriver.base_url) == ("openai", "qwen-7b", "http://vllm:8000/v1")
     assert (summary.provider, summary.model) == ("openai", "qwen-1.5b")
-    assert (dialectic.provider, dialectic.model) == ("anthropic", None), "another provider's model is not kept"
+    assert (dialectic.provider, dialectic.model) == ("anthropic", None), (
+        "another provider's model is not kept"
+    )
     assert settings.llm.provider == "openai", "the shared section is unchanged"
