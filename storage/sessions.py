@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import NotFoundError
@@ -132,7 +132,11 @@ async def clone_session(
                 "metadata_": message.metadata_,
             }
         )
+    # The copies carry what their originals said, already derived: they are not queued for derivation
+    # again (the queue's trigger skips statements made while this transaction-local setting is on).
+    await db.execute(text("SET LOCAL rapport.copying_messages = 'on'"))
     await insert_many(db, Message, rows)
+    await db.execute(text("SET LOCAL rapport.copying_messages = 'off'"))
 
     if deep_copy:
         metas = (

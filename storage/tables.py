@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     MetaData,
     Text,
     UniqueConstraint,
@@ -234,4 +235,61 @@ class IndexOutbox(Base):
         CheckConstraint("action IN ('upsert', 'delete')", name="action"),
         CheckConstraint("target_id IS NOT NULL OR scope IS NOT NULL", name="has_target"),
         Index("ix_index_outbox_due", "available_at", "id", postgresql_where=text("NOT parked")),
+    )
+
+
+class DerivationItem(Base):
+    """One message's derivation work, written by a trigger in the statement that stores the message
+    (migration 0004), so no message is stored without it. Kept once done, for the counts."""
+
+    __tablename__ = "derivation_queue"
+    message_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    session_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False
+    )
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)  # the message's: work goes in message order
+    tokens: Mapped[int] = mapped_column(Integer, nullable=False)  # an estimate, to bound a batch
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    raw_output: Mapped[str | None] = mapped_column(Text)  # what the model said, when that was the problem
+    created_at: Mapped[datetime] = _created_at()
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'done', 'parked')", name="status"),
+        Index(
+            "ix_derivation_queue_pending", "session_id", "seq", postgresql_where=text("status = 'pending'")
+        ),
+        Index("ix_derivation_queue_app_user_status", "app_id", "user_id", "status"),
+    )
+
+
+class DerivationSession(Base):
+    """Per session with derivation work: how much waits, since when, and which worker holds it (a lease,
+    so a worker that dies only delays the session)."""
+
+    __tablename__ = "derivation_sessions"
+    session_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    pending_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    pending_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    oldest_pending_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # backoff after a failure
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "ix_derivation_sessions_waiting",
+            "oldest_pending_at",
+            postgresql_where=text("pending_count > 0"),
+        ),
     )

@@ -1,0 +1,317 @@
+"""The derivation queue: one item per stored message (queued by a trigger, migration 0004), worked a
+session at a time, in message order.
+
+A worker claims one session with a lease (a fresh token each time) and takes its pending items in one
+batch, bounded by tokens. No transaction or row lock is held while the model works: the claim commits
+at once, and the outcome is recorded later, in the transaction that stores what was derived, only if
+the lease is still that claim's (``LeaseLost`` otherwise, and that transaction rolls back). A worker
+that dies only delays its session by the lease. A session waits at most ``wait_s`` for more messages
+before its batch is taken; a batch that fails is retried alone, head item first, with exponential
+backoff, and parked after ``max_attempts`` with the reason and the model's raw output.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import Interval, Text
+
+from storage.errors import StorageError
+
+
+class LeaseLost(StorageError):
+    """The claim's lease expired and another worker took the session: this outcome must not be stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    message_id: str
+    seq: int
+    tokens: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A session's batch, held by ``token`` until the lease ends."""
+
+    token: str
+    app_id: str
+    user_id: str
+    session_id: str
+    items: tuple[Item, ...]
+
+    @property
+    def message_ids(self) -> list[str]:
+        return [item.message_id for item in self.items]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    pending: int = 0
+    in_progress: int = 0
+    retrying: int = 0
+    parked: int = 0
+    done: int = 0
+    oldest_pending_s: float = 0.0
+
+
+_CLAIM = text(
+    """
+    UPDATE derivation_sessions d
+    SET lease_owner = :token, leased_until = now() + :lease
+    WHERE d.session_id = (
+        SELECT session_id FROM derivation_sessions
+        WHERE pending_count > 0
+          AND (leased_until IS NULL OR leased_until < now())
+          AND (not_before IS NULL OR not_before <= now())
+          AND (oldest_pending_at <= now() - :wait OR pending_tokens >= :max_tokens)
+        ORDER BY oldest_pending_at
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING d.session_id, d.app_id, d.user_id
+    """
+).bindparams(bindparam("lease", type_=Interval), bindparam("wait", type_=Interval))
+
+_PENDING = text(
+    """
+    SELECT message_id, seq, tokens, attempts FROM derivation_queue
+    WHERE session_id = :session_id AND status = 'pending'
+    ORDER BY seq
+    LIMIT :limit
+    """
+)
+
+
+def _recount(set_also: str = "", *, owned: bool = True) -> str:
+    """SQL that recomputes a session's totals from its items (never adjusted by deltas, so they cannot
+    drift), setting ``set_also`` too; ``owned`` limits it to the claim holding the lease."""
+    return f"""
+        UPDATE derivation_sessions d SET
+            pending_count = t.n, pending_tokens = t.tokens, oldest_pending_at = t.oldest{set_also}
+        FROM (
+            SELECT count(*) AS n, coalesce(sum(tokens), 0) AS tokens, min(created_at) AS oldest
+            FROM derivation_queue WHERE session_id = :session_id AND status = 'pending'
+        ) t
+        WHERE d.session_id = :session_id{" AND d.lease_owner = :token" if owned else ""}
+    """
+
+
+_RELEASE = ", lease_owner = NULL, leased_until = NULL"
+_IDS = bindparam("ids", type_=ARRAY(Text))
+
+
+async def claim(
+    db: AsyncConnection,
+    *,
+    lease_s: float,
+    wait_s: float,
+    max_tokens: int,
+    max_items: int = 64,
+) -> Claim | None:
+    """Take the session that has waited longest (and is due), with its next batch; None if none is."""
+    token = uuid.uuid4().hex
+    params = {
+        "token": token,
+        "lease": timedelta(seconds=lease_s),
+        "wait": timedelta(seconds=wait_s),
+        "max_tokens": max_tokens,
+    }
+    row = (await db.execute(_CLAIM, params)).first()
+    if row is None:
+        return None
+    pending = (await db.execute(_PENDING, {"session_id": row.session_id, "limit": max_items})).all()
+    items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in pending]
+    return Claim(token, row.app_id, row.user_id, row.session_id, tuple(_batch(items, max_tokens)))
+
+
+def _batch(items: Sequence[Item], max_tokens: int) -> list[Item]:
+    """The head of the queue: alone if it failed before (so one bad message cannot sink its
+    neighbours), else as many items as fit in ``max_tokens`` (at least one)."""
+    if not items:
+        return []
+    if items[0].attempts > 0:
+        return [items[0]]
+    batch: list[Item] = []
+    total = 0
+    for item in items:
+        if batch and total + item.tokens > max_tokens:
+            break
+        batch.append(item)
+        total += item.tokens
+    return batch
+
+
+async def renew(db: AsyncConnection, held: Claim, lease_s: float) -> bool:
+    """Extend the lease while work goes on; False if it was lost meanwhile."""
+    result = await db.execute(
+        text(
+            "UPDATE derivation_sessions SET leased_until = now() + :lease "
+            "WHERE session_id = :session_id AND lease_owner = :token RETURNING session_id"
+        ).bindparams(bindparam("lease", type_=Interval)),
+        {"lease": timedelta(seconds=lease_s), "session_id": held.session_id, "token": held.token},
+    )
+    return result.first() is not None
+
+
+async def _hold(db: AsyncConnection, held: Claim) -> None:
+    """Lock the session row and check the lease is still this claim's; raise LeaseLost if not."""
+    row = (
+        await db.execute(
+            text("SELECT lease_owner FROM derivation_sessions WHERE session_id = :s FOR UPDATE"),
+            {"s": held.session_id},
+        )
+    ).first()
+    if row is None or row.lease_owner != held.token:
+        raise LeaseLost(f"the lease on session {held.session_id} was lost; another worker has it now")
+
+
+async def complete(db: AsyncConnection, held: Claim, message_ids: Sequence[str]) -> None:
+    """Mark these items done and release the session. Call it in the transaction that stores their
+    output: if the lease was lost, LeaseLost aborts that transaction and nothing is stored twice."""
+    await _hold(db, held)
+    await db.execute(
+        text(
+            "UPDATE derivation_queue SET status = 'done', done_at = now(), last_error = NULL, raw_output = NULL "
+            "WHERE session_id = :session_id AND message_id = ANY(:ids) AND status = 'pending'"
+        ).bindparams(_IDS),
+        {"session_id": held.session_id, "ids": list(message_ids)},
+    )
+    await db.execute(
+        text(_recount(_RELEASE + ", not_before = NULL")),
+        {"session_id": held.session_id, "token": held.token},
+    )
+
+
+def backoff_s(attempts: int, *, base_s: float = 5.0, max_s: float = 600.0) -> float:
+    """Wait before retrying after the ``attempts``-th failure: 5 s, 10 s, 20 s... up to 10 minutes."""
+    return float(min(max_s, base_s * 2 ** max(0, attempts - 1)))
+
+
+async def fail(
+    db: AsyncConnection,
+    held: Claim,
+    error: str,
+    *,
+    raw_output: str | None = None,
+    max_attempts: int,
+) -> int:
+    """Count a failed attempt on the batch: retried after a backoff, parked (with ``error`` and
+    ``raw_output``) once it has failed ``max_attempts`` times. Returns how many items were parked."""
+    await _hold(db, held)
+    parked = await db.execute(
+        text(
+            """
+            UPDATE derivation_queue SET
+                attempts = attempts + 1, last_error = :error, raw_output = :raw,
+                status = CASE WHEN attempts + 1 >= :max_attempts THEN 'parked' ELSE status END
+            WHERE session_id = :session_id AND message_id = ANY(:ids) AND status = 'pending'
+            RETURNING status, attempts
+            """
+        ).bindparams(_IDS),
+        {
+            "session_id": held.session_id,
+            "ids": held.message_ids,
+            "error": error[:2000],
+            "raw": raw_output[:20000] if raw_output is not None else None,
+            "max_attempts": max_attempts,
+        },
+    )
+    rows = parked.all()
+    attempts = max((r.attempts for r in rows), default=1)
+    delay = 0.0 if all(r.status == "parked" for r in rows) else backoff_s(attempts)
+    await db.execute(
+        text(_recount(_RELEASE + ", not_before = now() + :delay")).bindparams(
+            bindparam("delay", type_=Interval)
+        ),
+        {"session_id": held.session_id, "token": held.token, "delay": timedelta(seconds=delay)},
+    )
+    return sum(r.status == "parked" for r in rows)
+
+
+async def release(db: AsyncConnection, held: Claim, *, delay_s: float) -> None:
+    """Give the session back without spending an attempt (the model or embedder is down): it is
+    offered again after ``delay_s``."""
+    await db.execute(
+        text(
+            "UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL, "
+            "not_before = now() + :delay WHERE session_id = :session_id AND lease_owner = :token"
+        ).bindparams(bindparam("delay", type_=Interval)),
+        {"session_id": held.session_id, "token": held.token, "delay": timedelta(seconds=delay_s)},
+    )
+
+
+async def counts(
+    db: AsyncConnection,
+    *,
+    app_id: str | None = None,
+    user_id: str | None = None,
+    session_id: str | None = None,
+) -> Counts:
+    """How much derivation work is in each state, for an app, a user or a session (or everything)."""
+    where, params = ["true"], {}
+    for column, value in (("app_id", app_id), ("user_id", user_id), ("session_id", session_id)):
+        if value is not None:
+            where.append(f"q.{column} = :{column}")
+            params[column] = value
+    row = (
+        await db.execute(
+            text(
+                f"""
+                SELECT
+                    count(*) FILTER (WHERE q.status = 'pending' AND NOT held AND q.attempts = 0) AS pending,
+                    count(*) FILTER (WHERE q.status = 'pending' AND held) AS in_progress,
+                    count(*) FILTER (WHERE q.status = 'pending' AND NOT held AND q.attempts > 0) AS retrying,
+                    count(*) FILTER (WHERE q.status = 'parked') AS parked,
+                    count(*) FILTER (WHERE q.status = 'done') AS done,
+                    extract(epoch FROM now() - min(q.created_at) FILTER (WHERE q.status = 'pending')) AS oldest
+                FROM derivation_queue q
+                JOIN LATERAL (
+                    SELECT coalesce(d.leased_until > now(), false) AS held
+                    FROM derivation_sessions d WHERE d.session_id = q.session_id
+                ) s ON true
+                WHERE {" AND ".join(where)}
+                """
+            ),
+            params,
+        )
+    ).one()
+    return Counts(
+        row.pending, row.in_progress, row.retrying, row.parked, row.done, round(float(row.oldest or 0.0), 3)
+    )
+
+
+async def parked_reasons(
+    db: AsyncConnection, *, app_id: str | None = None, limit: int = 10
+) -> list[tuple[str, int]]:
+    """The most common reasons items were parked, with how many each."""
+    rows = await db.execute(
+        text(
+            "SELECT last_error, count(*) AS n FROM derivation_queue WHERE status = 'parked' "
+            "AND (CAST(:app_id AS text) IS NULL OR app_id = :app_id) GROUP BY 1 ORDER BY 2 DESC LIMIT :limit"
+        ),
+        {"app_id": app_id, "limit": limit},
+    )
+    return [(row.last_error or "", row.n) for row in rows]
+
+
+async def retry_parked(db: AsyncConnection, *, app_id: str | None = None) -> int:
+    """Queue parked items again with a fresh set of attempts (after fixing what made them fail)."""
+    revived = await db.execute(
+        text(
+            "UPDATE derivation_queue SET status = 'pending', attempts = 0 WHERE status = 'parked' "
+            "AND (CAST(:app_id AS text) IS NULL OR app_id = :app_id) RETURNING session_id"
+        ),
+        {"app_id": app_id},
+    )
+    rows = revived.all()
+    for session_id in sorted({row.session_id for row in rows}):
+        await db.execute(text(_recount(", not_before = NULL", owned=False)), {"session_id": session_id})
+    return len(rows)
