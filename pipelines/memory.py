@@ -8,9 +8,12 @@ stored and the index sync repairs the index from the outbox.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from models.embedding import TextEmbedder
 from pipelines import retrieval
@@ -21,6 +24,19 @@ from storage.index import VectorIndex
 from storage.query import Record
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DocumentBatch:
+    """Documents stored in a ``Memory.documents_transaction``, with their vectors."""
+
+    db: Any = None  # the transaction's connection
+    rows: list[Record] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, row: Record, vector: np.ndarray) -> None:
+        self.rows.append(row)
+        self.vectors.append(vector)
 
 
 @dataclass
@@ -128,6 +144,19 @@ class Memory:
             await collections.delete_collection(db, app_id, user_id, collection_id)
             entry = await outbox.enqueue_delete(db, "document", scope={"collection_id": collection_id})
         await self._apply([entry])
+
+    @asynccontextmanager
+    async def documents_transaction(self) -> AsyncIterator[DocumentBatch]:
+        """One transaction in which documents are stored with vectors already computed (``batch.add``);
+        once it commits they are written to the index, through the outbox like ``add_document``'s."""
+        batch = DocumentBatch()
+        async with self.database.transaction() as db:
+            batch.db = db
+            yield batch
+            ids = [row.id for row in batch.rows]
+            entries = await outbox.enqueue_upserts(db, "document", ids, delay_s=outbox.INLINE_GRACE_S)
+        if batch.rows:
+            await self._write_documents(batch.rows, np.stack(batch.vectors), entries)
 
     async def query_documents(self, **query: Any) -> list[Record]:
         return await retrieval.query_documents(self.database, self.index, self.embedder, **query)

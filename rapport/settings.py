@@ -140,9 +140,25 @@ class _UsesLLM(_Section):
 
 class DeriverSettings(_UsesLLM):
     enabled: bool = True
-    workers: int = Field(default=1, ge=0, le=1024)
-    poll_interval_s: float = Field(default=1.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1, le=100)
+    workers: int = Field(default=1, ge=0, le=1024, description="Worker actors `rapport serve` starts.")
+    concurrency: int = Field(default=1, ge=1, le=256, description="Batches (LLM calls) in flight per worker.")
+    poll_interval_s: float = Field(default=1.0, gt=0, description="Pause when no work is due.")
+    max_attempts: int = Field(default=5, ge=1, le=100, description="Failures before an item is parked.")
+    batch_max_tokens: int = Field(
+        default=1024, ge=64, le=100_000, description="A session's pending messages per extraction call."
+    )
+    batch_wait_s: float = Field(
+        default=10.0, ge=0, le=3600, description="Longest a session waits for more messages to fill a batch."
+    )
+    lease_s: float = Field(
+        default=180.0, ge=5, le=3600, description="A dead worker's batch comes back after this."
+    )
+    dedup_threshold: float = Field(
+        default=0.90, gt=0, le=1, description="Cosine similarity at which a new fact repeats a stored one."
+    )
+    history_messages: int = Field(
+        default=8, ge=0, le=100, description="Messages before a batch shown as context."
+    )
     summary_provider: Provider | None = Field(default=None, description="For summaries; unset: provider.")
     summary_model: str | None = Field(default=None, description="For summaries; unset: model.")
 

@@ -9,7 +9,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
 from storage.ids import new_id
-from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_under_parent, row_keys, update_one
+from storage.query import (
+    Keys,
+    Page,
+    Record,
+    fetch_one,
+    fetch_page,
+    get_or_create,
+    insert_under_parent,
+    row_keys,
+    update_one,
+)
 from storage.tables import Collection, User
 from storage.users import get_user
 from storage.validation import check_ids, check_metadata, check_name
@@ -129,3 +139,10 @@ async def list_collections(
     await get_user(db, app_id, user_id)
     where = {"user_id": user_id, "app_id": app_id}
     return await fetch_page(db, Collection, where, filter=filter, reverse=reverse, page=page, size=size)
+
+
+async def get_or_create_reserved(db: AsyncConnection, app_id: str, user_id: str) -> Record:
+    """The user's ``honcho`` collection, where derived facts are kept; created on first use."""
+    await get_user(db, app_id, user_id)
+    values = {"id": new_id(), "app_id": app_id, "user_id": user_id, "name": RESERVED_NAME, "metadata_": {}}
+    return await get_or_create(db, Collection, values, ("user_id", "name"), f"{RESERVED_NAME} collection")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.collections import RESERVED_NAME, get_collection, is_reserved
@@ -140,3 +141,21 @@ async def fetch_many(
         conditions.append(Document.metadata_.contains(metadata_filter))
     rows = await db.execute(select(*record_columns(Document)).where(*conditions))
     return {row.id: row for row in rows}
+
+
+def normalized(text: str) -> str:
+    """A fact's text for exact-duplicate checks: lower case, letters and digits, single spaces."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+async def find_normalized(db: AsyncConnection, collection_id: str, texts: Sequence[str]) -> dict[str, Record]:
+    """The collection's documents whose normalized content is one of ``texts``' (already normalized)."""
+    if not texts:
+        return {}
+    key = func.btrim(func.regexp_replace(func.lower(Document.content), "[^0-9a-z]+", " ", "g"))
+    rows = await db.execute(
+        select(*record_columns(Document), key.label("normalized")).where(
+            Document.collection_id == collection_id, key.in_(list(texts))
+        )
+    )
+    return {row.normalized: cast(Record, row) for row in rows}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
@@ -18,6 +18,7 @@ from storage.query import (
     fetch_page,
     insert_many,
     insert_under_parent,
+    record_columns,
     row_keys,
     update_one,
 )
@@ -168,3 +169,34 @@ async def fetch_with_neighbours(
     for row in await db.execute(stmt):
         found[row.id] = (cast(Record, row), row.previous_id, row.next_id)
     return found
+
+
+async def session_window(
+    db: AsyncConnection,
+    session_id: str,
+    *,
+    before_seq: int | None = None,
+    through_seq: int | None = None,
+    skip: int = 0,
+    limit: int,
+    newest: bool = False,
+) -> list[Record]:
+    """Messages of a session in order: those before ``before_seq`` and/or up to ``through_seq``; the
+    ``limit`` newest of them with ``newest``, else the first after skipping ``skip``."""
+    query = select(*record_columns(Message)).where(Message.session_id == session_id)
+    if before_seq is not None:
+        query = query.where(Message.seq < before_seq)
+    if through_seq is not None:
+        query = query.where(Message.seq <= through_seq)
+    if newest:
+        rows = (await db.execute(query.order_by(Message.seq.desc()).limit(limit))).all()
+        return list(reversed(rows))
+    return list((await db.execute(query.order_by(Message.seq).offset(skip).limit(limit))).all())
+
+
+async def count_before(db: AsyncConnection, session_id: str, seq: int) -> int:
+    """How many messages of the session come before the one at ``seq``."""
+    query = (
+        select(func.count()).select_from(Message).where(Message.session_id == session_id, Message.seq < seq)
+    )
+    return int((await db.execute(query)).scalar_one())

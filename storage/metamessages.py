@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
 from storage.ids import new_id
 from storage.messages import get_message
-from storage.query import Keys, Page, Record, fetch_one, fetch_page, insert_one, row_keys, update_one
+from storage.query import (
+    Keys,
+    Page,
+    Record,
+    fetch_one,
+    fetch_page,
+    insert_one,
+    record_columns,
+    row_keys,
+    update_one,
+)
 from storage.sessions import get_session
 from storage.tables import Metamessage
 from storage.users import get_user
@@ -126,3 +137,18 @@ async def list_metamessages(
     if label is not None:
         keys["label"] = check_name(label, what="metamessage_type", max_length=LABEL_MAX)
     return await fetch_page(db, Metamessage, keys, filter=filter, reverse=reverse, page=page, size=size)
+
+
+async def latest_summary(
+    db: AsyncConnection, session_id: str, label: str, *, covering_at_most: int
+) -> Record | None:
+    """The session's newest metamessage with ``label`` whose ``metadata.message_count`` is at most
+    ``covering_at_most`` (a summary of messages that come later is never used)."""
+    count = Metamessage.metadata_["message_count"].as_integer()
+    query = (
+        select(*record_columns(Metamessage))
+        .where(Metamessage.session_id == session_id, Metamessage.label == label, count <= covering_at_most)
+        .order_by(count.desc(), Metamessage.seq.desc())
+        .limit(1)
+    )
+    return (await db.execute(query)).first()

@@ -1,0 +1,114 @@
+"""Derivation workers: the derivation queue (storage/derivation.py) as a WorkSource for the queue worker,
+run in the foreground (`rapport deriver run`, tests) or as Ray actors that `rapport serve` starts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import exc as sa
+
+from cluster.worker import QueueWorker, WorkerOptions
+from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
+from pipelines.deriver import Deriver
+from rapport.settings import DeriverSettings
+from storage import derivation
+from storage.derivation import Claim
+from storage.errors import UnavailableError
+
+log = logging.getLogger(__name__)
+
+# Errors that mean a dependency is down or misconfigured, not that the work is bad: the work waits
+# (no attempt counted) until it is back. A wrong key parks nothing; it stalls until fixed, loudly.
+OUTAGES: tuple[type[BaseException], ...] = (
+    LLMUnavailable,
+    LLMConfigError,
+    UnavailableError,
+    sa.OperationalError,
+    sa.InterfaceError,
+    sa.TimeoutError,
+    OSError,  # the index's storage, a socket, a timeout
+)
+
+
+class DerivationSource:
+    """Claims a session's batch, derives it, and records the outcome on the queue."""
+
+    name = "deriver"
+
+    def __init__(self, deriver: Deriver, settings: DeriverSettings) -> None:
+        self.deriver = deriver
+        self.settings = settings
+        self.database = deriver.memory.database
+
+    async def claim(self) -> Claim | None:
+        async with self.database.transaction() as db:
+            return await derivation.claim(
+                db,
+                lease_s=self.settings.lease_s,
+                wait_s=self.settings.batch_wait_s,
+                max_tokens=self.settings.batch_max_tokens,
+            )
+
+    async def process(self, work: Claim) -> None:
+        outcome = await self.deriver.derive(work)
+        log.info(
+            "derived session %s (%d messages): %d new facts, %d reinforced%s",
+            work.session_id,
+            len(work.items),
+            len(outcome.stored),
+            len(outcome.reinforced),
+            f", {', '.join(outcome.summaries)}" if outcome.summaries else "",
+        )
+
+    async def renew(self, work: Claim) -> bool:
+        async with self.database.transaction() as db:
+            return await derivation.renew(db, work, self.settings.lease_s)
+
+    async def failed(self, work: Claim, error: BaseException) -> None:
+        raw = error.raw if isinstance(error, LLMOutputError) else None
+        async with self.database.transaction() as db:
+            parked = await derivation.fail(
+                db,
+                work,
+                f"{type(error).__name__}: {error}",
+                raw_output=raw,
+                max_attempts=self.settings.max_attempts,
+            )
+        if parked:
+            log.error(
+                "parked %d message(s) of session %s after %d attempts: %s (`rapport deriver retry` revives them)",
+                parked,
+                work.session_id,
+                self.settings.max_attempts,
+                error,
+            )
+
+    async def postpone(self, work: Claim, delay_s: float) -> None:
+        async with self.database.transaction() as db:
+            await derivation.release(db, work, delay_s=delay_s)
+
+    def is_outage(self, error: BaseException) -> bool:
+        if isinstance(error, LLMConfigError):
+            log.error("the deriver's LLM is misconfigured: %s", error)
+        return isinstance(error, OUTAGES)
+
+
+def derivation_workers(
+    deriver: Deriver,
+    settings: DeriverSettings,
+    *,
+    outage_pause_s: float = 15.0,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> list[QueueWorker[Claim]]:
+    """``settings.concurrency`` workers over one deriver (they share its models and connections)."""
+    options = WorkerOptions(
+        idle_s=settings.poll_interval_s, lease_s=settings.lease_s, outage_pause_s=outage_pause_s
+    )
+    source = DerivationSource(deriver, settings)
+    return [QueueWorker(source, options, on_error=on_error) for _ in range(settings.concurrency)]
+
+
+async def run_workers(workers: list[QueueWorker[Claim]], stop: asyncio.Event) -> None:
+    await asyncio.gather(*(worker.run(stop) for worker in workers))

@@ -1,0 +1,328 @@
+"""Derive facts about a user from one claimed batch of a session's messages, and keep the session's
+summaries up to date.
+
+What the model sees is the session's latest summary and the messages just before the batch, never a
+later one. Its facts are deduplicated against the user's ``honcho`` collection (a normalised exact match,
+then cosine similarity): a repeat reinforces the fact it repeats (``times_derived``, more sources)
+instead of being stored twice. A fact that contradicts an older one is stored beside it; both keep their
+times. New facts, reinforcements, summaries and the queue items' ``done`` are written in one
+transaction, which the claim's lease guards: nothing is marked done unless its output was stored, and
+nothing is stored by a worker that lost its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from models.llm import LLMClient, Usage
+from pipelines.deriver.prompts import (
+    Derivation,
+    DerivedFact,
+    Line,
+    SummaryType,
+    facts_prompt,
+    summary_prompt,
+)
+from pipelines.memory import Memory
+from rapport.settings import DeriverSettings
+from storage import collections, derivation, documents, messages, metamessages, users
+from storage.derivation import Claim
+from storage.documents import normalized
+from storage.index import DOCUMENTS
+from storage.query import Record, fetch_by_ids, record_columns
+from storage.tables import Collection, Document, Message
+from storage.validation import METADATA_MAX_BYTES
+
+log = logging.getLogger(__name__)
+
+SUMMARY_LABELS: dict[SummaryType, str] = {
+    "SHORT": "honcho_chat_summary_short",
+    "LONG": "honcho_chat_summary_long",
+}
+SUMMARY_EVERY: dict[SummaryType, int] = {"SHORT": 20, "LONG": 60}
+METADATA_TEXT_MAX = 200
+MAX_SOURCE_IDS = 200  # message_ids kept on a much-repeated fact (the first ones, then the newest)
+
+
+@dataclass(frozen=True, slots=True)
+class DeriverOptions:
+    dedup_threshold: float = 0.90  # cosine similarity at or above which a fact repeats a stored one
+    history_messages: int = 8  # messages before the batch shown as context
+    summary_max_tokens: int = 600
+
+    @classmethod
+    def of(cls, settings: DeriverSettings) -> DeriverOptions:
+        return cls(dedup_threshold=settings.dedup_threshold, history_messages=settings.history_messages)
+
+
+@dataclass
+class Outcome:
+    """What one batch produced."""
+
+    stored: list[str] = field(default_factory=list)  # new fact documents
+    reinforced: list[str] = field(default_factory=list)  # existing facts derived again
+    summaries: list[str] = field(default_factory=list)  # labels of summaries written
+    usage: Usage = field(default_factory=Usage)
+
+
+def speaker(message: Record, user_name: str) -> str:
+    """Who said it, as the conversation names them: the app's ``speaker``/``name`` metadata, else the
+    user's name or "assistant"."""
+    metadata = message.metadata_ or {}
+    for key in ("speaker", "name"):
+        value = metadata.get(key)
+        if isinstance(value, str | int | float) and str(value).strip():
+            return str(value)[:METADATA_TEXT_MAX]
+    return user_name if message.is_user else "assistant"
+
+
+def date_of(message: Record) -> str:
+    metadata = message.metadata_ or {}
+    for key in ("date", "timestamp"):
+        value = metadata.get(key)
+        if isinstance(value, str | int | float) and str(value).strip():
+            return str(value)[:METADATA_TEXT_MAX]
+    return str(message.created_at.date().isoformat())
+
+
+def line(message: Record, user_name: str, number: int | None = None) -> Line:
+    return Line(number, speaker(message, user_name), date_of(message), message.content)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What to write: new facts (with vectors) and reinforcements of stored ones."""
+
+    new: list[tuple[DerivedFact, list[str], np.ndarray]]
+    repeats: dict[str, list[str]]  # document id -> the new source message ids
+
+
+class Deriver:
+    """Turns claimed batches into facts and summaries. One per worker; holds no state between batches."""
+
+    def __init__(
+        self,
+        memory: Memory,
+        llm: LLMClient,
+        summary_llm: LLMClient | None = None,
+        options: DeriverOptions | None = None,
+    ) -> None:
+        self.memory = memory
+        self.llm = llm
+        self.summary_llm = summary_llm or llm
+        self.options = options or DeriverOptions()
+
+    async def derive(self, held: Claim) -> Outcome:
+        """Derive the batch and record it (or raise, having recorded nothing)."""
+        async with self.memory.database.transaction() as db:
+            user = await users.get_user(db, held.app_id, held.user_id)
+            batch = sorted(await fetch_by_ids(db, Message, held.message_ids), key=lambda m: m.seq)
+            if not batch:  # the messages were deleted meanwhile: nothing to derive
+                await derivation.complete(db, held, held.message_ids)
+                return Outcome()
+            before = await messages.count_before(db, held.session_id, batch[0].seq)
+            summary = await metamessages.latest_summary(
+                db, held.session_id, SUMMARY_LABELS["SHORT"], covering_at_most=before
+            )
+            history = await messages.session_window(
+                db, held.session_id, before_seq=batch[0].seq, limit=self.options.history_messages, newest=True
+            )
+        outcome = Outcome()
+        facts = await self._extract(user.name, summary, history, batch, outcome)
+        summaries = await self._summaries(user.name, held, batch, before, outcome)
+        vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
+
+        async with self.memory.documents_transaction() as tx:
+            honcho = await collections.get_or_create_reserved(tx.db, held.app_id, held.user_id)
+            # One writer per user at a time from here to the commit, so two sessions of the same user
+            # cannot both store the same new fact.
+            await tx.db.execute(select(Collection.id).where(Collection.id == honcho.id).with_for_update())
+            plan = await self._plan(tx.db, honcho.id, facts, vectors)
+            for fact, sources, vector in plan.new:
+                source = next(m for m in batch if m.id == sources[0])
+                metadata = {
+                    "message_id": sources[0],
+                    "message_ids": sources,
+                    "session_id": held.session_id,
+                    "kind": fact.kind,
+                    "confidence": round(fact.confidence, 3),
+                    "times_derived": 1,
+                    "model": self.llm.name,
+                    "date": date_of(source),
+                }
+                row = await documents.create_document(
+                    tx.db, held.app_id, held.user_id, honcho.id, content=fact.text, metadata=metadata
+                )
+                tx.add(row, vector)
+                outcome.stored.append(row.id)
+            for document_id, sources in plan.repeats.items():
+                await _reinforce(tx.db, held, honcho.id, document_id, sources)
+                outcome.reinforced.append(document_id)
+            for kind, text, message in summaries:
+                await metamessages.create_metamessage(
+                    tx.db,
+                    held.app_id,
+                    held.user_id,
+                    label=SUMMARY_LABELS[kind],
+                    content=text,
+                    session_id=held.session_id,
+                    message_id=message.id,
+                    metadata={"message_count": message.position, "summary_type": kind},
+                )
+                outcome.summaries.append(SUMMARY_LABELS[kind])
+            await derivation.complete(tx.db, held, held.message_ids)
+        return outcome
+
+    # --- facts -------------------------------------------------------------------------------------
+
+    async def _extract(
+        self,
+        user_name: str,
+        summary: Record | None,
+        history: Sequence[Record],
+        batch: Sequence[Record],
+        outcome: Outcome,
+    ) -> list[tuple[DerivedFact, list[str]]]:
+        """The model's facts with their source message ids (only the user's own messages count)."""
+        numbered = [line(m, user_name, i) for i, m in enumerate(batch, start=1)]
+        users_messages = {i: m.id for i, m in enumerate(batch, start=1) if m.is_user}
+        if not users_messages:
+            return []  # nothing the user said: context for later batches, no facts
+        prompt = facts_prompt(
+            user_name,
+            summary.content if summary is not None else None,
+            [line(m, user_name) for m in history],
+            numbered,
+        )
+        result, completion = await self.llm.structured(prompt, Derivation)
+        outcome.usage = outcome.usage + completion.usage
+        facts = []
+        for fact in result.facts:
+            text = " ".join(fact.text.split())
+            if len(text) < 3:
+                continue
+            sources = [users_messages[n] for n in dict.fromkeys(fact.sources) if n in users_messages]
+            # A fact citing no message of the user's still came from this batch: credit all of them.
+            facts.append((fact.model_copy(update={"text": text}), sources or list(users_messages.values())))
+        return facts
+
+    async def _plan(
+        self,
+        db: AsyncConnection,
+        collection_id: str,
+        facts: list[tuple[DerivedFact, list[str]]],
+        vectors: np.ndarray | None,
+    ) -> _Plan:
+        plan = _Plan([], {})
+        if not facts or vectors is None:
+            return plan
+        exact = await documents.find_normalized(db, collection_id, [normalized(f.text) for f, _ in facts])
+        kept: list[np.ndarray] = []
+        for (fact, sources), vector in zip(facts, vectors, strict=True):
+            repeat: Any = exact.get(normalized(fact.text))
+            if repeat is None:
+                hits = await self.memory.index.nearest(
+                    DOCUMENTS, vector, scope={"collection_id": collection_id}, limit=1
+                )
+                if hits and hits[0].score >= self.options.dedup_threshold:
+                    repeat = hits[0]
+            if repeat is not None:
+                plan.repeats.setdefault(repeat.id, []).extend(sources)
+                continue
+            # The same fact twice in one answer (or a paraphrase of one just planned): keep the first.
+            similar = next(
+                (
+                    i
+                    for i, other in enumerate(kept)
+                    if float(np.dot(other, vector)) >= self.options.dedup_threshold
+                ),
+                None,
+            )
+            if similar is not None:
+                first_sources = plan.new[similar][1]
+                first_sources.extend(s for s in sources if s not in first_sources)
+                continue
+            plan.new.append((fact, list(sources), vector))
+            kept.append(vector)
+        return plan
+
+    # --- summaries ---------------------------------------------------------------------------------
+
+    async def _summaries(
+        self, user_name: str, held: Claim, batch: Sequence[Record], before: int, outcome: Outcome
+    ) -> list[tuple[SummaryType, str, _Positioned]]:
+        """A summary of each kind whose interval ends inside this batch, built on its previous one."""
+        written = []
+        for kind, every in SUMMARY_EVERY.items():
+            last_position = before + len(batch)
+            due = last_position - last_position % every
+            if due <= before:
+                continue
+            message = _Positioned(batch[due - before - 1], due)
+            async with self.memory.database.transaction() as db:
+                previous = await metamessages.latest_summary(
+                    db, held.session_id, SUMMARY_LABELS[kind], covering_at_most=due - 1
+                )
+                covered = int((previous.metadata_ or {}).get("message_count", 0)) if previous else 0
+                since = await messages.session_window(
+                    db, held.session_id, through_seq=message.row.seq, skip=covered, limit=due - covered
+                )
+            prompt = summary_prompt(
+                kind,
+                user_name,
+                previous.content if previous else None,
+                [line(m, user_name) for m in since],
+            )
+            completion = await self.summary_llm.complete(prompt, max_tokens=self.options.summary_max_tokens)
+            outcome.usage = outcome.usage + completion.usage
+            text = completion.text.strip()
+            if not text:
+                raise ValueError(f"the model wrote an empty {kind.lower()} summary")
+            written.append((kind, text, message))
+        return written
+
+
+@dataclass(frozen=True, slots=True)
+class _Positioned:
+    """A message and its 1-based position in its session."""
+
+    row: Record
+    position: int
+
+    @property
+    def id(self) -> str:
+        return str(self.row.id)
+
+
+async def _reinforce(
+    db: AsyncConnection, held: Claim, collection_id: str, document_id: str, sources: list[str]
+) -> None:
+    """Count a stored fact derived once more and add the new sources to its provenance."""
+    row = (
+        await db.execute(
+            select(*record_columns(Document)).where(Document.id == document_id).with_for_update()
+        )
+    ).first()
+    if row is None:  # deleted meanwhile (by an erasure): nothing to reinforce
+        return
+    metadata: dict[str, Any] = dict(row.metadata_ or {})
+    known = list(
+        metadata.get("message_ids") or ([metadata["message_id"]] if metadata.get("message_id") else [])
+    )
+    known += [s for s in sources if s not in known]
+    if len(known) > MAX_SOURCE_IDS:
+        known = known[: MAX_SOURCE_IDS // 2] + known[-MAX_SOURCE_IDS // 2 :]
+    metadata["message_ids"] = known
+    metadata.setdefault("message_id", known[0])
+    metadata["times_derived"] = int(metadata.get("times_derived") or 1) + 1
+    if len(str(metadata)) < METADATA_MAX_BYTES:
+        await documents.update_document(
+            db, held.app_id, held.user_id, collection_id, document_id, metadata=metadata
+        )

@@ -1,0 +1,123 @@
+"""The deriver's prompts, each beside the pydantic model of the output it asks for: the schema used for
+constrained decoding and the words of the prompt cannot drift apart.
+
+Messages are shown numbered (``[3] Ana (2023-05-08): ...``) and the model cites those numbers, never
+ids, so it cannot invent a source; the numbers are mapped back to message ids in code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from models.llm import ChatMessage
+
+MAX_FACTS = 12
+FACT_MAX_CHARS = 240
+
+
+class DerivedFact(BaseModel):
+    text: str = Field(
+        min_length=3, max_length=FACT_MAX_CHARS, description="One self-contained statement about the user"
+    )
+    kind: Literal["fact", "inference"] = Field(
+        description="fact: the user said it; inference: a theory-of-mind reading of what they said"
+    )
+    confidence: float = Field(ge=0, le=1, description="How sure: 1.0 for what the user said outright")
+    sources: list[int] = Field(
+        min_length=1, max_length=6, description="Numbers of the messages it comes from"
+    )
+
+
+class Derivation(BaseModel):
+    """What one batch of messages says about the user."""
+
+    facts: list[DerivedFact] = Field(max_length=MAX_FACTS)
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A message as the model sees it."""
+
+    number: int | None  # None for context the model may not cite
+    speaker: str
+    date: str
+    content: str
+
+    def render(self) -> str:
+        head = f"[{self.number}] " if self.number is not None else ""
+        return f"{head}{self.speaker} ({self.date}): {self.content}"
+
+
+FACTS_SYSTEM = """\
+You keep a memory of one person, the user, from their conversations. Read the numbered messages and \
+write down what they reveal about the user: facts they state about themselves (where they live, work, \
+family, friends, pets, health, possessions, plans, preferences, habits, opinions, experiences) and \
+careful theory-of-mind inferences (what they likely feel, value, intend or struggle with).
+
+Rules:
+- Only the user. What the other speaker says is context; facts about other people count only as the \
+user's relationship to them ("Ana's sister Rosa is a nurse").
+- Each fact is one short, self-contained sentence that names the user as the conversation names them \
+(never "the user", "I" or "he/she"), so it makes sense on its own a year later.
+- Make dates absolute: turn "yesterday", "last week", "next month" into dates using the message's date.
+- kind "fact" for what the user said outright (confidence 1.0, or lower if they were unsure); kind \
+"inference" for your reading between the lines, with a confidence below 1.0.
+- sources: the numbers of the messages the fact comes from. Only numbered messages count.
+- Nothing from small talk, greetings, jokes or questions that reveal nothing. No duplicates. If the \
+messages reveal nothing about the user, answer {"facts": []}.
+- Answer with the JSON object only.
+
+Example. Messages:
+[1] Ana (2023-05-08): Yesterday I finally adopted a dog! His name is Bolt.
+[2] Sam (2023-05-08): Congrats! What breed?
+[3] Ana (2023-05-08): A beagle. My landlord in Porto was fine with it, luckily, I was so nervous.
+[4] Sam (2023-05-08): haha nice. I ran the Lisbon marathon last week.
+Answer:
+{"facts": [
+ {"text": "Ana adopted a beagle named Bolt on 2023-05-07.", "kind": "fact", "confidence": 1.0, "sources": [1, 3]},
+ {"text": "Ana rents her home in Porto.", "kind": "fact", "confidence": 0.9, "sources": [3]},
+ {"text": "Ana was anxious about whether her landlord would allow a dog.", "kind": "inference", "confidence": 0.7, "sources": [3]}
+]}"""
+
+
+def facts_prompt(
+    user_name: str, summary: str | None, history: list[Line], batch: list[Line]
+) -> list[ChatMessage]:
+    """The extraction prompt: what is known so far as context, the numbered batch to read."""
+    parts = [f"The user is {user_name}."]
+    if summary:
+        parts.append(f"Summary of the conversation so far:\n{summary}")
+    if history:
+        parts.append(
+            "Earlier messages (context only, not numbered):\n" + "\n".join(line.render() for line in history)
+        )
+    parts.append("Messages:\n" + "\n".join(line.render() for line in batch))
+    parts.append(f"What do the numbered messages reveal about {user_name}? Answer with the JSON object.")
+    return [ChatMessage("system", FACTS_SYSTEM), ChatMessage("user", "\n\n".join(parts))]
+
+
+SummaryType = Literal["SHORT", "LONG"]
+SUMMARY_WORDS: dict[SummaryType, int] = {"SHORT": 120, "LONG": 350}
+
+SUMMARY_SYSTEM = """\
+You write running summaries of a conversation between {user} and an assistant or another person. \
+Keep names, dates (absolute), places, decisions, plans, feelings and open questions; drop greetings and \
+small talk. Write plain prose in the past tense, at most {words} words, and nothing else."""
+
+
+def summary_prompt(
+    kind: SummaryType, user_name: str, previous: str | None, lines: list[Line]
+) -> list[ChatMessage]:
+    """A summary built on the previous one of the same kind and the messages after it."""
+    parts = []
+    if previous:
+        parts.append(f"The summary so far:\n{previous}")
+    parts.append(
+        ("Messages since then:\n" if previous else "Messages:\n") + "\n".join(line.render() for line in lines)
+    )
+    parts.append("Write the updated summary of the whole conversation." if previous else "Write the summary.")
+    system = SUMMARY_SYSTEM.format(user=user_name, words=SUMMARY_WORDS[kind])
+    return [ChatMessage("system", system), ChatMessage("user", "\n\n".join(parts))]

@@ -1,0 +1,276 @@
+"""The deriver with a scripted LLM against real PostgreSQL and LanceDB (a deterministic embedder stands
+in for the model): facts with provenance, reinforcement instead of duplicates, summaries, what the model
+is shown, and what happens when the model fails."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from cluster.deriver import derivation_workers
+from cluster.worker import QueueWorker
+from models.embedding.hashing import HashingEmbedder
+from models.llm import ChatMessage, LLMUnavailable
+from models.llm.scripted import ScriptedLLM
+from pipelines.deriver import Deriver, DeriverOptions
+from pipelines.deriver.prompts import FACTS_SYSTEM
+from pipelines.indexing import IndexSync
+from pipelines.memory import Memory
+from rapport.settings import DeriverSettings
+from storage import derivation, messages, sessions
+from storage.db import Database
+from storage.derivation import Claim, LeaseLost
+from storage.index import DOCUMENTS, VectorIndex
+from storage.query import Record, record_columns
+from storage.tables import Collection, Document, Metamessage
+from tests.storage.factories import Tree, make_tree
+
+# The hashing embedder scores close paraphrases lower than a real model would: 0.85 stands in for 0.90.
+SETTINGS = DeriverSettings(
+    batch_wait_s=0, max_attempts=3, poll_interval_s=0.01, lease_s=60, dedup_threshold=0.85
+)
+
+
+@pytest.fixture
+async def memory_hashed(database: Database, tmp_path: Path) -> Memory:
+    embedder = HashingEmbedder()
+    index = await VectorIndex.open(str(tmp_path / "lancedb"), embedder.dimension)
+    return Memory(database, embedder, index, IndexSync(database, index, embedder))
+
+
+def facts(*items: tuple[str, list[int]] | tuple[str, list[int], str, float]) -> str:
+    out = []
+    for item in items:
+        text_, sources, kind, confidence = (*item, "fact", 1.0) if len(item) == 2 else item
+        out.append({"text": text_, "kind": kind, "confidence": confidence, "sources": sources})
+    return json.dumps({"facts": out})
+
+
+def is_extraction(prompt: Sequence[ChatMessage]) -> bool:
+    return prompt[0].content == FACTS_SYSTEM
+
+
+async def say(database: Database, tree: Tree, *turns: str, session_id: str | None = None) -> list[str]:
+    """Messages in order: the user speaks first, then the assistant, alternately."""
+    async with database.transaction() as db:
+        rows = await messages.create_messages(
+            db,
+            tree.app_id,
+            tree.user_id,
+            session_id or tree.session_id,
+            [
+                {"content": t, "is_user": i % 2 == 0, "metadata": {"date": "2023-05-08"}}
+                for i, t in enumerate(turns)
+            ],
+        )
+    return [r.id for r in rows]
+
+
+def worker(memory: Memory, llm: ScriptedLLM, settings: DeriverSettings = SETTINGS) -> QueueWorker[Claim]:
+    def loud(error: BaseException) -> None:
+        if isinstance(error, AssertionError | TypeError | AttributeError | NameError):
+            raise error  # a bug in the pipeline must fail the test, not be parked
+
+    deriver = Deriver(memory, llm, options=DeriverOptions.of(settings))
+    return derivation_workers(deriver, settings, outage_pause_s=0.01, on_error=loud)[0]
+
+
+async def facts_of(database: Database, tree: Tree) -> list[Record]:
+    async with database.transaction() as db:
+        query = (
+            select(*record_columns(Document))
+            .join(Collection, Collection.id == Document.collection_id)
+            .where(Collection.user_id == tree.user_id, Collection.name == "honcho")
+            .order_by(Document.seq)
+        )
+        return list((await db.execute(query)).all())
+
+
+async def counts(database: Database) -> derivation.Counts:
+    async with database.transaction() as db:
+        return await derivation.counts(db)
+
+
+async def test_facts_are_stored_with_their_sources(database: Database, memory_hashed: Memory) -> None:
+    tree = await make_tree(database, user_name="ana")
+    ids = await say(database, tree, "I moved to Lisbon in May", "Nice! Why Lisbon?", "For my job at a bakery")
+    llm = ScriptedLLM(
+        [
+            facts(
+                ("ana lives in Lisbon since May 2023.", [1]),
+                ("ana works at a bakery.", [3, 2]),  # 2 is the assistant's: not a source
+                ("ana is excited about the move.", [3], "inference", 0.6),
+            )
+        ]
+    )
+    assert await worker(memory_hashed, llm).run_once() == "done"
+
+    stored = await facts_of(database, tree)
+    assert [f.content for f in stored] == [
+        "ana lives in Lisbon since May 2023.",
+        "ana works at a bakery.",
+        "ana is excited about the move.",
+    ]
+    lisbon, bakery, excited = (f.metadata_ for f in stored)
+    assert (lisbon["message_id"], lisbon["message_ids"]) == (ids[0], [ids[0]])
+    assert bakery["message_ids"] == [ids[2]]
+    assert (excited["kind"], excited["confidence"]) == ("inference", 0.6)
+    assert {f.metadata_["session_id"] for f in stored} == {tree.session_id}
+    assert {f.metadata_["times_derived"] for f in stored} == {1}
+    assert lisbon["model"] == "scripted/double"
+    assert (await counts(database)).done == 3
+    hits = await memory_hashed.index.nearest(
+        DOCUMENTS,
+        (await memory_hashed.embedder.embed(["ana bakery"]))[0],
+        scope={"user_id": tree.user_id},
+        limit=1,
+    )
+    assert hits and hits[0].id == stored[1].id, "facts are searchable as soon as they are stored"
+    # The prompt shows the batch numbered, with speakers named and dated.
+    shown = llm.prompts[0][1].content
+    assert "[1] ana (2023-05-08): I moved to Lisbon in May" in shown
+    assert "[2] assistant (2023-05-08): Nice! Why Lisbon?" in shown
+
+
+async def test_a_repeated_fact_reinforces_the_stored_one(database: Database, memory_hashed: Memory) -> None:
+    tree = await make_tree(database, user_name="ana")
+    first = await say(database, tree, "I live in Lisbon")
+    llm = ScriptedLLM(
+        [
+            facts(("Ana lives in Lisbon.", [1])),
+            facts(("ana lives in lisbon", [1]), ("Ana has a cat.", [1])),  # exact after normalising
+            facts(("Ana lives in Lisbon, Portugal.", [1])),  # a near paraphrase (cosine 0.9)
+        ]
+    )
+    w = worker(memory_hashed, llm)
+    assert await w.run_once() == "done"
+    second = await say(database, tree, "Lisbon is home, and my cat likes it")
+    assert await w.run_once() == "done"
+    third = await say(database, tree, "Still in Lisbon!")
+    assert await w.run_once() == "done"
+
+    stored = await facts_of(database, tree)
+    assert [f.content for f in stored] == ["Ana lives in Lisbon.", "Ana has a cat."]
+    lisbon = stored[0].metadata_
+    assert lisbon["times_derived"] == 3
+    assert lisbon["message_ids"] == [first[0], second[0], third[0]]
+    assert lisbon["message_id"] == first[0], "the first source stays the first"
+
+
+async def test_summaries_every_20_and_60_messages(database: Database, memory_hashed: Memory) -> None:
+    tree = await make_tree(database, user_name="ana")
+    summaries = iter(range(1, 100))
+    llm = ScriptedLLM(lambda p: facts() if is_extraction(p) else f"summary {next(summaries)}")
+    w = worker(memory_hashed, llm, SETTINGS.model_copy(update={"batch_max_tokens": 200}))
+    for chunk in range(6):
+        await say(database, tree, *[f"message {chunk * 10 + i + 1}" for i in range(10)])
+        while await w.run_once() == "done":
+            pass
+    assert (await counts(database)).done == 60
+
+    async with database.transaction() as db:
+        rows = (await db.execute(select(*record_columns(Metamessage)).order_by(Metamessage.seq))).all()
+    found = [(r.label, r.metadata_["message_count"], r.metadata_["summary_type"]) for r in rows]
+    assert found == [
+        ("honcho_chat_summary_short", 20, "SHORT"),
+        ("honcho_chat_summary_short", 40, "SHORT"),
+        ("honcho_chat_summary_short", 60, "SHORT"),
+        ("honcho_chat_summary_long", 60, "LONG"),
+    ]
+    async with database.transaction() as db:
+        twentieth = (await messages.session_window(db, tree.session_id, skip=19, limit=1))[0]
+    assert rows[0].message_id == twentieth.id, "a summary hangs on the message that completed its interval"
+    short_prompts = [p for p in llm.prompts if not is_extraction(p) and "at most 120 words" in p[0].content]
+    assert "summary 1" in short_prompts[1][1].content, "each summary builds on the previous one of its kind"
+    assert "message 21" in short_prompts[1][1].content and "message 20" not in short_prompts[1][1].content
+    extraction = [p for p in llm.prompts if is_extraction(p)]
+    assert any("summary 1" in p[1].content for p in extraction), "the latest summary is the model's context"
+
+
+async def test_later_messages_never_reach_the_prompt(database: Database, memory_hashed: Memory) -> None:
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, *[f"turn number {i:02d} " + "words " * 40 for i in range(1, 9)])
+    llm = ScriptedLLM(lambda _: facts())
+    w = worker(memory_hashed, llm, SETTINGS.model_copy(update={"batch_max_tokens": 130}))
+    while await w.run_once() == "done":
+        pass
+    assert len(llm.prompts) >= 3, "small token budget: several batches"
+    for prompt in llm.prompts:
+        shown = prompt[1].content
+        numbers = [int(n) for n in re.findall(r"turn number (\d\d)", shown)]
+        cited = [int(n) for n in re.findall(r"\[\d+\] \S+ \([^)]*\): turn number (\d\d)", shown)]
+        assert numbers and max(numbers) == max(cited), f"nothing after the batch is shown: {numbers} {cited}"
+
+
+async def test_broken_json_is_repaired_once_then_retried_then_parked(
+    database: Database, memory_hashed: Memory
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, "I live in Lisbon")
+    llm = ScriptedLLM(lambda p: '{"facts": [{"text": "Ana lives')  # never valid
+    w = worker(memory_hashed, llm)
+    for attempt in range(1, SETTINGS.max_attempts + 1):
+        assert await w.run_once() == "failed"
+        assert len(llm.prompts) == 2 * attempt, "each attempt: the answer, then one repair request"
+        async with database.transaction() as db:
+            await db.execute(text("UPDATE derivation_sessions SET not_before = now()"))  # skip the backoff
+    state = await counts(database)
+    assert (state.parked, state.pending, state.done) == (1, 0, 0)
+    async with database.transaction() as db:
+        error, raw = (await db.execute(text("SELECT last_error, raw_output FROM derivation_queue"))).one()
+    assert "LLMOutputError" in error and raw == '{"facts": [{"text": "Ana lives'
+    assert await facts_of(database, tree) == []
+
+    async with database.transaction() as db:
+        assert await derivation.retry_parked(db) == 1
+    good = ScriptedLLM([facts(("Ana lives in Lisbon.", [1]))])
+    assert await worker(memory_hashed, good).run_once() == "done"
+    assert [f.content for f in await facts_of(database, tree)] == ["Ana lives in Lisbon."]
+
+
+async def test_an_llm_that_is_down_parks_nothing(database: Database, memory_hashed: Memory) -> None:
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, "I live in Lisbon")
+    down = ScriptedLLM(lambda _: (_ for _ in ()).throw(LLMUnavailable("connection refused")))
+    w = worker(memory_hashed, down)
+    for _ in range(SETTINGS.max_attempts + 3):
+        assert await w.run_once() in ("outage", "idle")
+        async with database.transaction() as db:
+            await db.execute(text("UPDATE derivation_sessions SET not_before = now()"))
+    state = await counts(database)
+    assert (state.parked, state.retrying, state.pending) == (0, 0, 1), "waiting, with no attempt spent"
+    assert await worker(memory_hashed, ScriptedLLM([facts()])).run_once() == "done"
+
+
+async def test_no_message_is_done_unless_its_output_is_stored(
+    database: Database, memory_hashed: Memory
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, "I live in Lisbon")
+    async with database.transaction() as db:
+        held = await derivation.claim(db, lease_s=60, wait_s=0, max_tokens=1000)
+    assert held is not None
+    # Another worker takes over the session while the model works (this one's lease has lapsed).
+    async with database.transaction() as db:
+        await db.execute(text("UPDATE derivation_sessions SET lease_owner = 'someone-else'"))
+    with pytest.raises(LeaseLost):
+        await Deriver(memory_hashed, ScriptedLLM([facts(("Ana lives in Lisbon.", [1]))])).derive(held)
+    assert await facts_of(database, tree) == [], "the stale worker stored nothing"
+    assert (await counts(database)).done == 0
+
+
+async def test_sessions_with_deriver_disabled_are_never_derived(
+    database: Database, memory_hashed: Memory
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    async with database.transaction() as db:
+        quiet = await sessions.create_session(db, tree.app_id, tree.user_id, {"deriver_disabled": True})
+    await say(database, tree, "I live in Lisbon", session_id=quiet.id)
+    llm = ScriptedLLM([])
+    assert await worker(memory_hashed, llm).run_once() == "idle"
+    assert llm.prompts == []
