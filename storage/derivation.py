@@ -315,3 +315,27 @@ async def retry_parked(db: AsyncConnection, *, app_id: str | None = None) -> int
     for session_id in sorted({row.session_id for row in rows}):
         await db.execute(text(_recount(", not_before = NULL", owned=False)), {"session_id": session_id})
     return len(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    pending: int
+    parked: int
+    oldest_s: float
+
+
+async def lag(db: AsyncConnection) -> Lag:
+    """What waits, and for how long, from the per-session totals: cheap enough for every /health."""
+    waiting = (
+        await db.execute(
+            text(
+                "SELECT coalesce(sum(pending_count), 0) AS n, "
+                "extract(epoch FROM now() - min(oldest_pending_at)) AS oldest "
+                "FROM derivation_sessions WHERE pending_count > 0"
+            )
+        )
+    ).one()
+    parked = (
+        await db.execute(text("SELECT count(*) FROM derivation_queue WHERE status = 'parked'"))
+    ).scalar_one()
+    return Lag(int(waiting.n), int(parked), round(float(waiting.oldest or 0.0), 3))

@@ -266,6 +266,7 @@ class DerivationItem(Base):
             "ix_derivation_queue_pending", "session_id", "seq", postgresql_where=text("status = 'pending'")
         ),
         Index("ix_derivation_queue_app_user_status", "app_id", "user_id", "status"),
+        Index("ix_derivation_queue_parked", "session_id", postgresql_where=text("status = 'parked'")),
     )
 
 

@@ -17,6 +17,7 @@ from deployments.api.limits import BodySizeLimit
 from deployments.api.routers import (
     apps,
     collections,
+    deriver,
     documents,
     health,
     keys,
@@ -31,7 +32,19 @@ from rapport.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (apps, users, sessions, messages, metamessages, collections, documents, search, keys, health)
+ROUTERS = (
+    apps,
+    users,
+    sessions,
+    messages,
+    metamessages,
+    collections,
+    documents,
+    search,
+    deriver,
+    keys,
+    health,
+)
 
 MemoryFactory = Callable[[Settings], AbstractAsyncContextManager[Memory]]
 

@@ -17,10 +17,12 @@ router = APIRouter(tags=["health"])
 @router.get("/health")
 async def health(memory: Mem) -> JSONResponse:
     """200 when the database answers, else 503. ``index`` tells how many writes wait to reach the search
-    index (``pending``), how old the oldest is (``oldest_s``), and how many failed for good (``parked``)."""
+    index (``pending``), how old the oldest is (``oldest_s``), and how many failed for good (``parked``);
+    ``deriver`` the same for messages waiting to be derived."""
     try:
         await memory.database.ping()
         lag = await memory.index_lag()
+        work = await memory.derivation_lag()
     except Exception:
         log.exception("health check: the database did not answer")
         return JSONResponse(
@@ -29,4 +31,5 @@ async def health(memory: Mem) -> JSONResponse:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     index = {"pending": lag.pending, "parked": lag.parked, "oldest_s": round(lag.oldest_s, 3)}
-    return JSONResponse({"status": "ok", "database": "ok", "index": index})
+    deriver = {"pending": work.pending, "parked": work.parked, "oldest_s": work.oldest_s}
+    return JSONResponse({"status": "ok", "database": "ok", "index": index, "deriver": deriver})

@@ -61,6 +61,13 @@ def upgrade() -> None:
         ["app_id", "user_id", "status"],
         unique=False,
     )
+    op.create_index(
+        "ix_derivation_queue_parked",
+        "derivation_queue",
+        ["session_id"],
+        unique=False,
+        postgresql_where=sa.text("status = 'parked'"),
+    )
     op.create_table(
         "derivation_sessions",
         sa.Column("session_id", sa.Text(), nullable=False),
@@ -135,6 +142,11 @@ def downgrade() -> None:
         postgresql_where=sa.text("pending_count > 0"),
     )
     op.drop_table("derivation_sessions")
+    op.drop_index(
+        "ix_derivation_queue_parked",
+        table_name="derivation_queue",
+        postgresql_where=sa.text("status = 'parked'"),
+    )
     op.drop_index("ix_derivation_queue_app_user_status", table_name="derivation_queue")
     op.drop_index(
         "ix_derivation_queue_pending",
