@@ -9,6 +9,7 @@ import yaml
 from ray.serve import Application
 from ray.serve.schema import ServeApplicationSchema, ServeDeploySchema
 
+from deployments.deriver import DeriverWorker
 from deployments.embedder import Embedder
 from deployments.indexer import IndexWriter
 from deployments.ingress import RapportAPI
@@ -24,8 +25,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] | None = None) -> Application:
-    """The application: the API ingress, two batched embedders (requests; background indexing, at low
-    priority) and the index's single writer.
+    """The application: the API ingress, two batched embedders (requests; background indexing and
+    derivation, at low priority), the index's single writer and ``deriver.workers`` derivation workers.
 
     ``options`` maps a deployment name to Serve deployment options (autoscaling, resources...).
     """
@@ -38,7 +39,13 @@ def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] |
     embedder = configured(Embedder, "Embedder").bind(payload)
     background = configured(Embedder, "BackgroundEmbedder").bind(payload, True)
     writer = configured(IndexWriter, "IndexWriter").bind(payload, background)
-    return configured(RapportAPI, "RapportAPI").bind(payload, embedder, writer)  # type: ignore[no-any-return]
+    deriver = None
+    if settings.deriver.enabled and settings.deriver.workers > 0:
+        worker_options = {"num_replicas": settings.deriver.workers, **options.get("DeriverWorker", {})}
+        workers: Any = DeriverWorker
+        deriver = workers.options(name="DeriverWorker", **worker_options).bind(payload, background, writer)
+    # The ingress holds the deriver's handle only so that the workers are part of the application.
+    return configured(RapportAPI, "RapportAPI").bind(payload, embedder, writer, deriver)  # type: ignore[no-any-return]
 
 
 def read_serve_config(path: Path) -> tuple[ServeApplicationSchema, dict[str, dict[str, Any]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,11 +13,9 @@ import numpy as np
 from ray import serve
 
 from deployments.embedder import ServeEmbedder
-from pipelines.indexing import IndexSync
 from rapport.logs import configure_logging
 from rapport.settings import Settings
-from storage.db import open_database
-from storage.index import open_index
+from rapport.stack import open_stack
 from storage.query import Record
 
 log = logging.getLogger(__name__)
@@ -29,15 +28,12 @@ class IndexWriter:
     async def __init__(self, settings: dict[str, Any], embedder: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
-        self.database = await open_database(config)
-        try:
-            model = await ServeEmbedder.connect(embedder, config.embedding)
-            index = await open_index(config, model.dimension)
-        except BaseException:
-            await self.database.dispose()
-            raise
-        self.sync = IndexSync.configured(self.database, index, model, config.vector_store)
-        self.sync.start(config.vector_store)
+        model = await ServeEmbedder.connect(embedder, config.embedding)
+        self._resources = AsyncExitStack()
+        stack = await self._resources.enter_async_context(
+            open_stack(config, embedder=model, run_index_sync=True)
+        )
+        self.sync = stack.sync
 
     async def write_documents(
         self, rows: list[dict[str, Any]], vectors: np.ndarray, outbox_ids: list[int]
@@ -53,9 +49,8 @@ class IndexWriter:
             raise RuntimeError("the index sync loop stopped; the replica will be restarted")
 
     async def __del__(self) -> None:
-        if hasattr(self, "sync"):  # absent when __init__ failed part way
-            await self.sync.stop()
-            await self.database.dispose()
+        if hasattr(self, "_resources"):  # absent when __init__ failed before it
+            await self._resources.aclose()
 
 
 class ServeIndexWriter:

@@ -16,8 +16,7 @@ from deployments.indexer import ServeIndexWriter
 from pipelines.memory import Memory
 from rapport.logs import configure_logging
 from rapport.settings import Settings
-from storage.db import open_database
-from storage.index import open_index
+from rapport.stack import open_stack
 
 
 @serve.deployment(
@@ -30,7 +29,9 @@ from storage.index import open_index
 class RapportAPI:
     """Serves the FastAPI app built from the settings it is bound with."""
 
-    def __init__(self, settings: dict[str, Any], embedder: Any, index_writer: Any) -> None:
+    def __init__(
+        self, settings: dict[str, Any], embedder: Any, index_writer: Any, deriver: Any = None
+    ) -> None:
         # model_validate skips the env/file sources: replicas use exactly the settings they were given.
         self.settings = Settings.model_validate(settings)
         self.embedder = embedder
@@ -42,10 +43,8 @@ class RapportAPI:
 
     @asynccontextmanager
     async def _memory(self, settings: Settings) -> AsyncIterator[Memory]:
-        database = await open_database(settings)
-        try:
-            embedder = await ServeEmbedder.connect(self.embedder, settings.embedding)
-            index = await open_index(settings, embedder.dimension)
-            yield Memory(database, embedder, index, ServeIndexWriter(self.index_writer))
-        finally:
-            await database.dispose()
+        embedder = await ServeEmbedder.connect(self.embedder, settings.embedding)
+        async with open_stack(
+            settings, embedder=embedder, writer=ServeIndexWriter(self.index_writer)
+        ) as stack:
+            yield stack.memory

@@ -30,6 +30,10 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 keys_app = typer.Typer(help="API keys (JWTs signed with AUTH_JWT_SECRET).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+deriver_app = typer.Typer(
+    help="The deriver: what waits to be derived, parked work, and a foreground worker.", no_args_is_help=True
+)
+app.add_typer(deriver_app, name="deriver")
 index_app = typer.Typer(
     help="The search index's outbox: what waits, what failed for good.", no_args_is_help=True
 )
@@ -155,7 +159,7 @@ def keys_create(
     typer.echo(mint_key(settings.auth.jwt_secret.get_secret_value(), scope, expires_at=expires_at))
 
 
-async def _with_outbox(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+async def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     from storage.db import open_database
 
     database = await open_database(settings)
@@ -182,7 +186,7 @@ def index_status() -> None:
         )
         return lag, list(reasons)
 
-    lag, reasons = _run(_with_outbox(_settings(), status))
+    lag, reasons = _run(_in_transaction(_settings(), status))
     typer.echo(f"pending: {lag.pending} (oldest {lag.oldest_s:.1f}s)  parked: {lag.parked}")
     for error, count in reasons:
         typer.echo(f"  {count} parked: {error}")
@@ -193,8 +197,70 @@ def index_unpark() -> None:
     """Retry every parked entry (after fixing what made it fail), with a fresh set of attempts."""
     from storage import outbox
 
-    count = _run(_with_outbox(_settings(), outbox.unpark))
+    count = _run(_in_transaction(_settings(), outbox.unpark))
     typer.echo(f"{count} parked entries will be retried")
+
+
+@deriver_app.command("status")
+def deriver_status(
+    app_id: str | None = typer.Option(None, "--app", help="Only this app's messages."),
+) -> None:
+    """Messages pending, in progress, retrying, parked and done (as GET .../deriver/status), and why
+    parked ones failed."""
+    from storage import derivation
+
+    async def status(db: AsyncConnection) -> tuple[derivation.Counts, list[tuple[str, int]]]:
+        return await derivation.counts(db, app_id=app_id), await derivation.parked_reasons(db, app_id=app_id)
+
+    counts, reasons = _run(_in_transaction(_settings(), status))
+    typer.echo(
+        f"pending: {counts.pending}  in progress: {counts.in_progress}  retrying: {counts.retrying}  "
+        f"parked: {counts.parked}  done: {counts.done}  oldest waiting: {counts.oldest_pending_s:.1f}s"
+    )
+    for error, count in reasons:
+        typer.echo(f"  {count} parked: {error}")
+
+
+@deriver_app.command("retry")
+def deriver_retry(app_id: str | None = typer.Option(None, "--app", help="Only this app's messages.")) -> None:
+    """Queue parked messages again with a fresh set of attempts (after fixing what made them fail)."""
+    from storage import derivation
+
+    count = _run(_in_transaction(_settings(), lambda db: derivation.retry_parked(db, app_id=app_id)))
+    typer.echo(f"{count} parked messages will be derived again")
+
+
+@deriver_app.command("run")
+def deriver_run() -> None:
+    """Derive in the foreground (no API, no Ray) until Ctrl-C: deriver.concurrency batches at a time,
+    with the models the settings name. Any number may run beside `rapport serve`'s workers."""
+    import asyncio
+    import signal
+
+    from cluster.deriver import derivation_workers, run_workers
+    from rapport.stack import build_deriver, open_stack
+
+    settings = _settings()
+
+    async def run() -> None:
+        async with open_stack(settings) as stack:
+            deriver = build_deriver(stack)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            log.info("deriving with %s (Ctrl-C stops)", deriver.llm.name)
+            await run_workers(derivation_workers(deriver, settings.deriver), stop)
+            log.info("deriver stopped")
+
+    from models.embedding import EmbeddingModelNotFound
+    from models.llm import LLMError
+
+    try:
+        _run(run())
+    except (LLMError, EmbeddingModelNotFound) as exc:  # a missing model or key: the message names the setting
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command("reindex")
@@ -211,10 +277,7 @@ def reindex(
 
     from tqdm import tqdm
 
-    from models.embedding import load_embedder
-    from pipelines.indexing import IndexSync
-    from storage.db import open_database
-    from storage.index import open_index
+    from rapport.stack import open_stack
 
     settings = _settings()
     if app_id and recreate:
@@ -222,18 +285,11 @@ def reindex(
         raise typer.Exit(2)
 
     async def run() -> dict[str, int]:
-        database = await open_database(settings)
-        try:
-            if app_id:
-                from storage.apps import get_app
+        if app_id:
+            from storage.apps import get_app
 
-                async with database.transaction() as db:
-                    await get_app(db, app_id)
-            embedder = load_embedder(
-                settings.embedding.model, settings.embedding.device, settings.embedding.precision
-            )
-            index = await open_index(settings, embedder.dimension, recreate=recreate)
-            sync = IndexSync.configured(database, index, embedder, settings.vector_store)
+            await _in_transaction(settings, lambda db: get_app(db, app_id))  # fail fast on a wrong id
+        async with open_stack(settings, recreate_index=recreate) as stack:
             bars: list[tqdm] = []
 
             def progress(table: str, total: int) -> tqdm:
@@ -241,12 +297,10 @@ def reindex(
                 return bars[-1]
 
             try:
-                return await sync.reindex(app_id=app_id, progress=progress)
+                return await stack.sync.reindex(app_id=app_id, progress=progress)
             finally:
                 for bar in bars:
                     bar.close()
-        finally:
-            await database.dispose()
 
     counts = _run(run())
     typer.echo("re-indexed " + ", ".join(f"{n} {table}" for table, n in counts.items()))

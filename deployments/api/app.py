@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -52,26 +51,10 @@ MemoryFactory = Callable[[Settings], AbstractAsyncContextManager[Memory]]
 @asynccontextmanager
 async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
     """Everything in this process: the database, the embedding model, the index and its sync loop."""
-    from models.embedding import load_embedder
-    from pipelines.indexing import IndexSync
-    from storage.db import open_database
-    from storage.index import open_index
+    from rapport.stack import open_stack
 
-    database = await open_database(settings)
-    try:
-        embedding = settings.embedding
-        embedder = await asyncio.to_thread(
-            load_embedder, embedding.model, embedding.device, embedding.precision
-        )
-        index = await open_index(settings, embedder.dimension)
-        sync = IndexSync.configured(database, index, embedder, settings.vector_store)
-        sync.start(settings.vector_store)
-        try:
-            yield Memory(database, embedder, index, sync)
-        finally:
-            await sync.stop()
-    finally:
-        await database.dispose()
+    async with open_stack(settings, run_index_sync=True) as stack:
+        yield stack.memory
 
 
 def create_api(

@@ -1,0 +1,88 @@
+"""The one place the services are assembled from settings: database, embedder, index, index sync, LLMs.
+
+Every entry point calls ``open_stack``: the API (in-process or as a Serve replica), the index writer
+deployment, the derivation workers and the CLI. What differs between them is passed in (a Serve handle
+adapter as the embedder or the index writer), never rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from models.embedding import TextEmbedder
+from pipelines.indexing import IndexSync, IndexWriter
+from pipelines.memory import Memory
+from rapport.settings import Settings
+from storage.db import Database
+from storage.index import VectorIndex
+
+if TYPE_CHECKING:
+    from pipelines.deriver import Deriver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    database: Database
+    embedder: TextEmbedder
+    index: VectorIndex
+    sync: IndexSync  # the index's writer in this process (idle unless started)
+    memory: Memory
+
+
+@asynccontextmanager
+async def open_stack(
+    settings: Settings,
+    *,
+    embedder: TextEmbedder | None = None,
+    writer: IndexWriter | None = None,
+    run_index_sync: bool = False,
+    recreate_index: bool = False,
+) -> AsyncIterator[Stack]:
+    """Connect to (or start) the database, load or take the embedder, open the index.
+
+    ``embedder``: use this one (e.g. a Serve handle adapter) instead of loading the model here.
+    ``writer``: where the API's inline index writes go (default: this process's index sync).
+    ``run_index_sync``: also apply the index outbox in the background from this process.
+    """
+    from models.embedding import load_embedder
+    from storage.db import open_database
+    from storage.index import open_index
+
+    database = await open_database(settings)
+    sync: IndexSync | None = None
+    try:
+        if embedder is None:
+            model = settings.embedding
+            embedder = await asyncio.to_thread(load_embedder, model.model, model.device, model.precision)
+        index = await open_index(settings, embedder.dimension, recreate=recreate_index)
+        sync = IndexSync.configured(database, index, embedder, settings.vector_store)
+        if run_index_sync:
+            sync.start(settings.vector_store)
+        memory = Memory(database, embedder, index, writer or sync)
+        yield Stack(settings, database, embedder, index, sync, memory)
+    finally:
+        if sync is not None and sync.running:
+            await sync.stop()
+        await database.dispose()
+
+
+def build_deriver(stack: Stack) -> Deriver:
+    """The deriver over this stack, with the LLMs the settings name for derivation and summaries."""
+    from models.llm import build_llm
+    from pipelines.deriver import Deriver, DeriverOptions
+
+    settings = stack.settings
+    llm = build_llm(settings.llm_for("deriver"), settings.home)
+    summary_settings = settings.llm_for("summary")
+    summary_llm = (
+        llm if summary_settings == settings.llm_for("deriver") else build_llm(summary_settings, settings.home)
+    )
+    return Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(settings.deriver))
