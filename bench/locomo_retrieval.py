@@ -167,7 +167,7 @@ def target(args: argparse.Namespace) -> Iterator[str]:
     with (
         tempfile.TemporaryDirectory() as home,
         scratch_database("rapport_locomo") as db_url,
-        rapport_serve({**env, "DB_CONNECTION_URI": db_url}, Path(home)) as url,
+        rapport_serve({**env, "DB_CONNECTION_URI": db_url, "DERIVER_ENABLED": "false"}, Path(home)) as url,
     ):
         yield url
 

@@ -22,7 +22,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Honcho]:
     home: Path = tmp_path_factory.mktemp("served")
     with (
         scratch_database("rapport_served") as url,
-        rapport_serve({"DB_CONNECTION_URI": url}, home) as base_url,
+        # The deriver has its own end-to-end test (test_served_deriver.py); here it would only compete for CPU.
+        rapport_serve({"DB_CONNECTION_URI": url, "DERIVER_ENABLED": "false"}, home) as base_url,
     ):
         yield Honcho(base_url=base_url, max_retries=0, timeout=30)
 
