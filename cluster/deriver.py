@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import exc as sa
 
 from cluster.worker import QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
-from pipelines.deriver import Deriver
-from rapport.settings import DeriverSettings
+from pipelines.deriver import Deriver, DeriverOptions
+from rapport.settings import DeriverSettings, Settings
 from storage import derivation
 from storage.derivation import Claim
 from storage.errors import UnavailableError
@@ -112,3 +114,33 @@ def derivation_workers(
 
 async def run_workers(workers: list[QueueWorker[Claim]], stop: asyncio.Event) -> None:
     await asyncio.gather(*(worker.run(stop) for worker in workers))
+
+
+class DerivationActor:
+    """Derivation workers in a plain Ray actor (``ray.remote(DerivationActor)``), outside Serve: for
+    batch jobs and tests. The models may be passed in (a scripted LLM, a hashing embedder); otherwise
+    they are built from the settings as `rapport deriver run` builds them."""
+
+    def __init__(self, settings: dict[str, Any], llm: Any = None, embedder: Any = None) -> None:
+        self.settings = Settings.model_validate(settings)
+        self._llm = llm
+        self._embedder = embedder
+        self._stop = asyncio.Event()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    async def run(self) -> None:
+        """Derive until ``stop`` is called."""
+        from rapport.stack import build_deriver, open_stack
+
+        async with open_stack(self.settings, embedder=self._embedder) as stack:
+            deriver = (
+                build_deriver(stack)
+                if self._llm is None
+                else Deriver(stack.memory, self._llm, options=DeriverOptions.of(self.settings.deriver))
+            )
+            await run_workers(derivation_workers(deriver, self.settings.deriver), self._stop)
+
+    def stop(self) -> None:
+        self._stop.set()
