@@ -29,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from sqlalchemy import text
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,6 +38,7 @@ from cluster.deriver import derivation_workers  # noqa: E402
 from models.llm import ChatMessage  # noqa: E402
 from models.llm.scripted import ScriptedLLM  # noqa: E402
 from pipelines.deriver import Deriver, DeriverOptions  # noqa: E402
+from pipelines.deriver.prompts import FACTS_SYSTEM, MAX_FACTS  # noqa: E402
 from rapport.settings import Settings  # noqa: E402
 from rapport.stack import open_stack  # noqa: E402
 from storage import apps, derivation, messages, sessions, users  # noqa: E402
@@ -44,11 +46,74 @@ from tests.db import scratch_database  # noqa: E402
 from tests.served import rapport_serve  # noqa: E402
 
 LINE = re.compile(r"^\[(\d+)\] user \([^)]*\): (.*)$", re.M)
-SENTENCE = "I moved to Lisbon last spring for a job at a bakery, and my sister Rosa visits on weekends."
+WORDS = [
+    "lisbon",
+    "porto",
+    "bakery",
+    "sister",
+    "nurse",
+    "weekend",
+    "cat",
+    "allergy",
+    "guitar",
+    "marathon",
+    "garden",
+    "kitchen",
+    "novel",
+    "river",
+    "mountain",
+    "violin",
+    "teacher",
+    "office",
+    "train",
+    "coffee",
+    "winter",
+    "summer",
+    "birthday",
+    "wedding",
+    "puppy",
+    "hospital",
+    "museum",
+    "painting",
+    "camera",
+    "bicycle",
+    "football",
+    "chess",
+    "recipe",
+    "tomato",
+    "harbour",
+    "island",
+    "forest",
+    "lecture",
+    "exam",
+    "startup",
+    "piano",
+    "tennis",
+    "yoga",
+    "museum",
+    "bridge",
+    "festival",
+    "library",
+    "grandmother",
+    "cousin",
+    "neighbour",
+    "school",
+    "holiday",
+    "beach",
+]
+
+
+def sentence(i: int) -> str:
+    """A distinct message (so each fact is new, not a repeat the deduplication folds away)."""
+    rng = np.random.default_rng(i)
+    return f"Message {i}: I talked about " + ", ".join(rng.choice(WORDS, size=8, replace=False)) + " today."
 
 
 def one_fact_per_user_message(prompt: Sequence[ChatMessage]) -> str:
-    found = LINE.findall(prompt[-1].content)
+    """The double's answers: a fact for each of the user's numbered messages; a line for a summary."""
+    if prompt[0].content != FACTS_SYSTEM:
+        return "They talked about many things."
+    found = LINE.findall(prompt[-1].content)[:MAX_FACTS]
     facts = [
         {"text": f"The user said ({n}): {said[:150]}", "kind": "fact", "confidence": 1.0, "sources": [int(n)]}
         for n, said in found
@@ -72,10 +137,11 @@ async def run_pipeline(
         async with stack.database.transaction() as db:
             app = await apps.create_app(db, f"bench-{concurrency}-{time.monotonic_ns()}")
             user = await users.create_user(db, app.id, "user")
-            for _ in range(n_sessions):
+            for k in range(n_sessions):
+                seed = 1000 * k
                 session = await sessions.create_session(db, app.id, user.id)
                 turns = [
-                    {"content": f"{i}. {SENTENCE}", "is_user": i % 2 == 0, "metadata": {}}
+                    {"content": sentence(seed + i), "is_user": i % 2 == 0, "metadata": {}}
                     for i in range(per_session)
                 ]
                 await messages.create_messages(db, app.id, user.id, session.id, turns)
@@ -96,6 +162,14 @@ async def run_pipeline(
         stop.set()
         await running
         assert counts.parked == 0, counts
+        async with stack.database.transaction() as db:
+            stored = (
+                await db.execute(text("SELECT count(*) FROM documents WHERE app_id = :a"), {"a": app.id})
+            ).scalar_one()
+        if latency_s == 0 and stored < 0.9 * total // 2:  # a few random sentences are alike enough to merge
+            raise SystemExit(
+                f"only {stored} facts were stored for {total // 2} user messages: the double is off"
+            )
         return total, elapsed
 
 

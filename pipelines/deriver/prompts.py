@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from models.llm import ChatMessage
 
-MAX_FACTS = 12
+MAX_FACTS = 20
 FACT_MAX_CHARS = 240
 
 
