@@ -62,23 +62,35 @@ class Counts:
     oldest_pending_s: float = 0.0
 
 
-_CLAIM = text(
+# Sessions with work that is due: waiting since at least ``wait`` or filling a batch already, not held
+# by a live lease and not backing off. Read from the covering index of pending items.
+_DUE = text(
     """
-    UPDATE derivation_sessions d
-    SET lease_owner = :token, leased_until = now() + :lease
-    WHERE d.session_id = (
-        SELECT session_id FROM derivation_sessions
-        WHERE pending_count > 0
-          AND (leased_until IS NULL OR leased_until < now())
-          AND (not_before IS NULL OR not_before <= now())
-          AND (oldest_pending_at <= now() - :wait OR pending_tokens >= :max_tokens)
-        ORDER BY oldest_pending_at
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING d.session_id, d.app_id, d.user_id
+    SELECT q.session_id, min(q.app_id) AS app_id, min(q.user_id) AS user_id
+    FROM derivation_queue q
+    WHERE q.status = 'pending'
+    GROUP BY q.session_id
+    HAVING (min(q.created_at) <= now() - :wait OR sum(q.tokens) >= :max_tokens)
+       AND NOT EXISTS (
+            SELECT 1 FROM derivation_sessions d
+            WHERE d.session_id = q.session_id AND (d.leased_until > now() OR d.not_before > now())
+       )
+    ORDER BY min(q.created_at)
+    LIMIT :candidates
     """
-).bindparams(bindparam("lease", type_=Interval), bindparam("wait", type_=Interval))
+).bindparams(bindparam("wait", type_=Interval))
+
+# Take the lease unless another worker just did (the row is created by a session's first claim).
+_LEASE = text(
+    """
+    INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
+    VALUES (:session_id, :app_id, :user_id, :token, now() + :lease)
+    ON CONFLICT (session_id) DO UPDATE
+        SET lease_owner = excluded.lease_owner, leased_until = excluded.leased_until
+        WHERE (d.leased_until IS NULL OR d.leased_until <= now()) AND (d.not_before IS NULL OR d.not_before <= now())
+    RETURNING d.session_id
+    """
+).bindparams(bindparam("lease", type_=Interval))
 
 _PENDING = text(
     """
@@ -89,22 +101,12 @@ _PENDING = text(
     """
 )
 
+# Give the session back: offered again after ``delay`` (zero once its batch is done).
+_RELEASE = text(
+    "UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL, not_before = now() + :delay "
+    "WHERE session_id = :session_id AND lease_owner = :token"
+).bindparams(bindparam("delay", type_=Interval))
 
-def _recount(set_also: str = "", *, owned: bool = True) -> str:
-    """SQL that recomputes a session's totals from its items (never adjusted by deltas, so they cannot
-    drift), setting ``set_also`` too; ``owned`` limits it to the claim holding the lease."""
-    return f"""
-        UPDATE derivation_sessions d SET
-            pending_count = t.n, pending_tokens = t.tokens, oldest_pending_at = t.oldest{set_also}
-        FROM (
-            SELECT count(*) AS n, coalesce(sum(tokens), 0) AS tokens, min(created_at) AS oldest
-            FROM derivation_queue WHERE session_id = :session_id AND status = 'pending'
-        ) t
-        WHERE d.session_id = :session_id{" AND d.lease_owner = :token" if owned else ""}
-    """
-
-
-_RELEASE = ", lease_owner = NULL, leased_until = NULL"
 _IDS = bindparam("ids", type_=ARRAY(Text))
 
 
@@ -117,19 +119,24 @@ async def claim(
     max_items: int = 64,
 ) -> Claim | None:
     """Take the session that has waited longest (and is due), with its next batch; None if none is."""
+    due = await db.execute(
+        _DUE, {"wait": timedelta(seconds=wait_s), "max_tokens": max_tokens, "candidates": 8}
+    )
     token = uuid.uuid4().hex
-    params = {
-        "token": token,
-        "lease": timedelta(seconds=lease_s),
-        "wait": timedelta(seconds=wait_s),
-        "max_tokens": max_tokens,
-    }
-    row = (await db.execute(_CLAIM, params)).first()
-    if row is None:
-        return None
-    pending = (await db.execute(_PENDING, {"session_id": row.session_id, "limit": max_items})).all()
-    items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in pending]
-    return Claim(token, row.app_id, row.user_id, row.session_id, tuple(_batch(items, max_tokens)))
+    for row in due.all():
+        params = {
+            "session_id": row.session_id,
+            "app_id": row.app_id,
+            "user_id": row.user_id,
+            "token": token,
+            "lease": timedelta(seconds=lease_s),
+        }
+        if (await db.execute(_LEASE, params)).first() is None:
+            continue  # another worker took it a moment ago
+        pending = (await db.execute(_PENDING, {"session_id": row.session_id, "limit": max_items})).all()
+        items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in pending]
+        return Claim(token, row.app_id, row.user_id, row.session_id, tuple(_batch(items, max_tokens)))
+    return None
 
 
 def _batch(items: Sequence[Item], max_tokens: int) -> list[Item]:
@@ -184,10 +191,7 @@ async def complete(db: AsyncConnection, held: Claim, message_ids: Sequence[str])
         ).bindparams(_IDS),
         {"session_id": held.session_id, "ids": list(message_ids)},
     )
-    await db.execute(
-        text(_recount(_RELEASE + ", not_before = NULL")),
-        {"session_id": held.session_id, "token": held.token},
-    )
+    await db.execute(_RELEASE, {"session_id": held.session_id, "token": held.token, "delay": timedelta(0)})
 
 
 def backoff_s(attempts: int, *, base_s: float = 5.0, max_s: float = 600.0) -> float:
@@ -206,7 +210,7 @@ async def fail(
     """Count a failed attempt on the batch: retried after a backoff, parked (with ``error`` and
     ``raw_output``) once it has failed ``max_attempts`` times. Returns how many items were parked."""
     await _hold(db, held)
-    parked = await db.execute(
+    result = await db.execute(
         text(
             """
             UPDATE derivation_queue SET
@@ -224,14 +228,11 @@ async def fail(
             "max_attempts": max_attempts,
         },
     )
-    rows = parked.all()
-    attempts = max((r.attempts for r in rows), default=1)
-    delay = 0.0 if all(r.status == "parked" for r in rows) else backoff_s(attempts)
+    rows = result.all()
+    still_pending = [r.attempts for r in rows if r.status != "parked"]
+    delay = backoff_s(max(still_pending)) if still_pending else 0.0
     await db.execute(
-        text(_recount(_RELEASE + ", not_before = now() + :delay")).bindparams(
-            bindparam("delay", type_=Interval)
-        ),
-        {"session_id": held.session_id, "token": held.token, "delay": timedelta(seconds=delay)},
+        _RELEASE, {"session_id": held.session_id, "token": held.token, "delay": timedelta(seconds=delay)}
     )
     return sum(r.status == "parked" for r in rows)
 
@@ -240,11 +241,7 @@ async def release(db: AsyncConnection, held: Claim, *, delay_s: float) -> None:
     """Give the session back without spending an attempt (the model or embedder is down): it is
     offered again after ``delay_s``."""
     await db.execute(
-        text(
-            "UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL, "
-            "not_before = now() + :delay WHERE session_id = :session_id AND lease_owner = :token"
-        ).bindparams(bindparam("delay", type_=Interval)),
-        {"session_id": held.session_id, "token": held.token, "delay": timedelta(seconds=delay_s)},
+        _RELEASE, {"session_id": held.session_id, "token": held.token, "delay": timedelta(seconds=delay_s)}
     )
 
 
@@ -273,10 +270,8 @@ async def counts(
                     count(*) FILTER (WHERE q.status = 'done') AS done,
                     extract(epoch FROM now() - min(q.created_at) FILTER (WHERE q.status = 'pending')) AS oldest
                 FROM derivation_queue q
-                JOIN LATERAL (
-                    SELECT coalesce(d.leased_until > now(), false) AS held
-                    FROM derivation_sessions d WHERE d.session_id = q.session_id
-                ) s ON true
+                LEFT JOIN derivation_sessions d ON d.session_id = q.session_id
+                CROSS JOIN LATERAL (SELECT coalesce(d.leased_until > now(), false) AS held) s
                 WHERE {" AND ".join(where)}
                 """
             ),
@@ -312,8 +307,12 @@ async def retry_parked(db: AsyncConnection, *, app_id: str | None = None) -> int
         {"app_id": app_id},
     )
     rows = revived.all()
-    for session_id in sorted({row.session_id for row in rows}):
-        await db.execute(text(_recount(", not_before = NULL", owned=False)), {"session_id": session_id})
+    await db.execute(
+        text("UPDATE derivation_sessions SET not_before = NULL WHERE session_id = ANY(:ids)").bindparams(
+            _IDS
+        ),
+        {"ids": sorted({row.session_id for row in rows})},
+    )
     return len(rows)
 
 
@@ -325,13 +324,12 @@ class Lag:
 
 
 async def lag(db: AsyncConnection) -> Lag:
-    """What waits, and for how long, from the per-session totals: cheap enough for every /health."""
+    """What waits, and for how long: from the covering index of pending items (cheap for /health)."""
     waiting = (
         await db.execute(
             text(
-                "SELECT coalesce(sum(pending_count), 0) AS n, "
-                "extract(epoch FROM now() - min(oldest_pending_at)) AS oldest "
-                "FROM derivation_sessions WHERE pending_count > 0"
+                "SELECT count(*) AS n, extract(epoch FROM now() - min(created_at)) AS oldest "
+                "FROM derivation_queue WHERE status = 'pending'"
             )
         )
     ).one()

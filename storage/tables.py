@@ -243,12 +243,12 @@ class DerivationItem(Base):
     (migration 0004), so no message is stored without it. Kept once done, for the counts."""
 
     __tablename__ = "derivation_queue"
-    message_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
-    )
-    session_id: Mapped[str] = mapped_column(
-        Text, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False
-    )
+    # No foreign keys: checking them would lock the message's and the session's rows on every insert,
+    # which cost concurrent writers of one session a tenth of their throughput (docs/benchmarks.md).
+    # The trigger only ever queues messages it has just stored; whatever deletes messages deletes their
+    # items too, and the deriver completes items whose messages have gone.
+    message_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    session_id: Mapped[str] = mapped_column(Text, nullable=False)
     app_id: Mapped[str] = mapped_column(Text, nullable=False)
     user_id: Mapped[str] = mapped_column(Text, nullable=False)
     seq: Mapped[int] = mapped_column(BigInteger, nullable=False)  # the message's: work goes in message order
@@ -271,8 +271,9 @@ class DerivationItem(Base):
 
 
 class DerivationSession(Base):
-    """Per session with derivation work: how much waits, since when, and which worker holds it (a lease,
-    so a worker that dies only delays the session)."""
+    """Per session that a worker has claimed: who holds it (a lease, so a worker that dies only delays
+    the session) and, after a failure, when it may be tried again. Created by the first claim; message
+    inserts never touch it, so storing messages does not queue up behind a session's row lock."""
 
     __tablename__ = "derivation_sessions"
     session_id: Mapped[str] = mapped_column(
@@ -280,17 +281,6 @@ class DerivationSession(Base):
     )
     app_id: Mapped[str] = mapped_column(Text, nullable=False)
     user_id: Mapped[str] = mapped_column(Text, nullable=False)
-    pending_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
-    pending_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
-    oldest_pending_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # backoff after a failure
     lease_owner: Mapped[str | None] = mapped_column(Text)
     leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-    __table_args__ = (
-        Index(
-            "ix_derivation_sessions_waiting",
-            "oldest_pending_at",
-            postgresql_where=text("pending_count > 0"),
-        ),
-    )

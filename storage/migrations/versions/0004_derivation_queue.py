@@ -34,18 +34,6 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "status IN ('pending', 'done', 'parked')", name=op.f("ck_derivation_queue_status")
         ),
-        sa.ForeignKeyConstraint(
-            ["message_id"],
-            ["messages.id"],
-            name=op.f("fk_derivation_queue_message_id_messages"),
-            ondelete="CASCADE",
-        ),
-        sa.ForeignKeyConstraint(
-            ["session_id"],
-            ["sessions.id"],
-            name=op.f("fk_derivation_queue_session_id_sessions"),
-            ondelete="CASCADE",
-        ),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_derivation_queue")),
     )
     op.create_index(
@@ -53,6 +41,7 @@ def upgrade() -> None:
         "derivation_queue",
         ["session_id", "seq"],
         unique=False,
+        postgresql_include=["created_at", "tokens"],
         postgresql_where=sa.text("status = 'pending'"),
     )
     op.create_index(
@@ -73,9 +62,6 @@ def upgrade() -> None:
         sa.Column("session_id", sa.Text(), nullable=False),
         sa.Column("app_id", sa.Text(), nullable=False),
         sa.Column("user_id", sa.Text(), nullable=False),
-        sa.Column("pending_count", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
-        sa.Column("pending_tokens", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
-        sa.Column("oldest_pending_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("not_before", sa.DateTime(timezone=True), nullable=True),
         sa.Column("lease_owner", sa.Text(), nullable=True),
         sa.Column("leased_until", sa.DateTime(timezone=True), nullable=True),
@@ -87,15 +73,8 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("session_id", name=op.f("pk_derivation_sessions")),
     )
-    op.create_index(
-        "ix_derivation_sessions_waiting",
-        "derivation_sessions",
-        ["oldest_pending_at"],
-        unique=False,
-        postgresql_where=sa.text("pending_count > 0"),
-    )
     # One statement-level trigger: however many messages a statement stores, their work is queued in the
-    # same transaction, and each session's totals move once. A session whose metadata sets
+    # same transaction, by appending only (no shared row is updated, so concurrent writers never wait). A session whose metadata sets
     # deriver_disabled to anything but false (or null) is skipped, as in Honcho v1, and so are copies of
     # messages already derived (a cloned session sets rapport.copying_messages for its transaction). The
     # token estimate (4 characters a token) only bounds batches.
@@ -103,22 +82,11 @@ def upgrade() -> None:
         """
         CREATE FUNCTION rapport_enqueue_derivation() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            WITH queued AS (
-                INSERT INTO derivation_queue (message_id, session_id, app_id, user_id, seq, tokens)
-                SELECT m.id, m.session_id, m.app_id, m.user_id, m.seq, char_length(m.content) / 4 + 8
-                FROM stored_messages m JOIN sessions s ON s.id = m.session_id
-                WHERE coalesce(s.metadata -> 'deriver_disabled', 'null'::jsonb) IN ('null'::jsonb, 'false'::jsonb)
-                  AND coalesce(current_setting('rapport.copying_messages', true), '') <> 'on'
-                RETURNING session_id, app_id, user_id, tokens
-            )
-            INSERT INTO derivation_sessions AS d
-                (session_id, app_id, user_id, pending_count, pending_tokens, oldest_pending_at)
-            SELECT session_id, min(app_id), min(user_id), count(*), sum(tokens), now()
-            FROM queued GROUP BY session_id
-            ON CONFLICT (session_id) DO UPDATE SET
-                pending_count = d.pending_count + excluded.pending_count,
-                pending_tokens = d.pending_tokens + excluded.pending_tokens,
-                oldest_pending_at = coalesce(d.oldest_pending_at, excluded.oldest_pending_at);
+            INSERT INTO derivation_queue (message_id, session_id, app_id, user_id, seq, tokens)
+            SELECT m.id, m.session_id, m.app_id, m.user_id, m.seq, char_length(m.content) / 4 + 8
+            FROM stored_messages m JOIN sessions s ON s.id = m.session_id
+            WHERE coalesce(s.metadata -> 'deriver_disabled', 'null'::jsonb) IN ('null'::jsonb, 'false'::jsonb)
+              AND coalesce(current_setting('rapport.copying_messages', true), '') <> 'on';
             RETURN NULL;
         END
         $$
@@ -136,11 +104,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP TRIGGER messages_derive_on_insert ON messages")
     op.execute("DROP FUNCTION rapport_enqueue_derivation()")
-    op.drop_index(
-        "ix_derivation_sessions_waiting",
-        table_name="derivation_sessions",
-        postgresql_where=sa.text("pending_count > 0"),
-    )
     op.drop_table("derivation_sessions")
     op.drop_index(
         "ix_derivation_queue_parked",
