@@ -254,6 +254,14 @@ def quality(args: argparse.Namespace) -> None:
         with rapport_serve(env, Path(home), startup_timeout_s=300) as url:
             http = httpx.Client(base_url=url, timeout=60)
             app = http.get("/v1/apps/get_or_create/locomo-deriver").json()["id"]
+            # Steady state: the clock starts once a first message has been derived (the model loaded).
+            warm = http.get(f"/v1/apps/{app}/users/get_or_create/warm-up").json()["id"]
+            warm_session = http.post(f"/v1/apps/{app}/users/{warm}/sessions", json={}).json()["id"]
+            http.post(f"/v1/apps/{app}/users/{warm}/sessions/{warm_session}/messages",
+                      json={"content": "Hi, I am new here.", "is_user": True})  # fmt: skip
+            while http.get(f"/v1/apps/{app}/deriver/status", params={"user_id": warm}).json()["done"] < 1:
+                time.sleep(1)
+            total_before = 1
             started = time.monotonic()
             for run in runs:
                 user = http.get(
@@ -271,7 +279,7 @@ def quality(args: argparse.Namespace) -> None:
             last = -1
             while True:
                 status = http.get(f"/v1/apps/{app}/deriver/status").json()
-                if status["done"] + status["parked"] >= total:
+                if status["done"] + status["parked"] >= total + total_before:
                     break
                 if status["done"] != last:
                     last = status["done"]

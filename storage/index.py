@@ -8,6 +8,7 @@ compacts small fragments and builds the ANN index once a table passes `vector_st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -100,7 +101,6 @@ class VectorIndex:
         ``recreate`` drops the tables first, whatever they hold (a rebuild after changing the model).
         """
         import lancedb
-        from lancedb.index import FTS
 
         db = await lancedb.connect_async(uri, read_consistency_interval=timedelta(0))
         if recreate:
@@ -108,24 +108,43 @@ class VectorIndex:
                 await db.drop_table(name, ignore_missing=True)
         tables: dict[str, Any] = {}
         for name in (DOCUMENTS, MESSAGES):
-            expected = schema(name, dimension)  # type: ignore[arg-type]
-            existing = set((await db.list_tables()).tables)
-            if name in existing:
-                table = await db.open_table(name)
-                found = (await table.schema()).field("vector").type.list_size
-                if found != dimension:
-                    raise IndexDimensionMismatch(
-                        f"the {name} index at {uri} holds {found}-dimensional vectors but the embedding model "
-                        f"makes {dimension}: run `rapport reindex --recreate` after changing embedding.model"
+            # Several processes open a fresh index at once when a service starts (API replicas, the index
+            # writer, derivation workers): one creates each table and index, the others see a conflict
+            # or a table that is not visible yet, and look again.
+            for attempt in range(10):
+                try:
+                    tables[name] = await cls._open_table(db, uri, name, dimension)
+                    break
+                except (RuntimeError, ValueError) as exc:
+                    racing = (
+                        "commit conflict" in str(exc)
+                        or "not found" in str(exc)
+                        or "already exists" in str(exc)
                     )
-            else:
-                table = await db.create_table(name, schema=expected, exist_ok=True)
-            if name == MESSAGES and not any(i.index_type == "FTS" for i in await table.list_indices()):
-                # Full-text search needs the index to exist; rows added later are searched unindexed
-                # until `maintain` folds them in.
-                await table.create_index("text", config=FTS(with_position=False))
-            tables[name] = table
+                    if isinstance(exc, IndexDimensionMismatch) or not racing or attempt == 9:
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
         return cls(uri, db, tables, dimension, ann or AnnOptions())
+
+    @staticmethod
+    async def _open_table(db: Any, uri: str, name: str, dimension: int) -> Any:
+        from lancedb.index import FTS
+
+        if name in set((await db.list_tables()).tables):
+            table = await db.open_table(name)
+            found = (await table.schema()).field("vector").type.list_size
+            if found != dimension:
+                raise IndexDimensionMismatch(
+                    f"the {name} index at {uri} holds {found}-dimensional vectors but the embedding model "
+                    f"makes {dimension}: run `rapport reindex --recreate` after changing embedding.model"
+                )
+        else:
+            table = await db.create_table(name, schema=schema(name, dimension), exist_ok=True)  # type: ignore[arg-type]
+        # Full-text search needs the index to exist; rows added later are searched unindexed until
+        # `maintain` folds them in.
+        if name == MESSAGES and not any(i.index_type == "FTS" for i in await table.list_indices()):
+            await table.create_index("text", config=FTS(with_position=False))
+        return table
 
     async def truncate(self) -> None:
         """Remove every row of both tables (keeping their schemas and indexes)."""

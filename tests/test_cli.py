@@ -68,3 +68,50 @@ def test_reindex_rebuilds_from_postgres(tmp_path: Path) -> None:
         assert unknown.returncode == 1 and "not found" in unknown.stderr
         both = _rapport("reindex", "--app", app_id, "--recreate", env=env)
         assert both.returncode == 2
+
+
+def test_deriver_status_and_retry(tmp_path: Path) -> None:
+    from storage import derivation
+
+    with scratch_database("rapport_cli") as url:
+        env = {"DB_CONNECTION_URI": url, "RAPPORT_HOME": str(tmp_path)}
+        assert _rapport("db", "upgrade", env=env).returncode == 0
+
+        async def seed_and_park() -> None:
+            database = Database(url, DBSettings())
+            t = await make_tree(database)
+            async with database.transaction() as db:
+                await messages.create_message(
+                    db, t.app_id, t.user_id, t.session_id, content="hi", is_user=True
+                )
+                await messages.create_message(
+                    db, t.app_id, t.user_id, t.session_id, content="yo", is_user=False
+                )
+            async with database.transaction() as db:
+                held = await derivation.claim(db, lease_s=60, wait_s=0, max_tokens=10)  # the first alone
+                assert held is not None
+                await derivation.fail(db, held, "LLMOutputError: no JSON", raw_output="{", max_attempts=1)
+            await database.dispose()
+
+        asyncio.run(seed_and_park())
+        status = _rapport("deriver", "status", env=env)
+        assert status.returncode == 0, status.stderr
+        assert "pending: 1" in status.stdout and "parked: 1" in status.stdout
+        assert "1 parked: LLMOutputError: no JSON" in status.stdout
+        revived = _rapport("deriver", "retry", env=env)
+        assert revived.returncode == 0 and "1 parked messages will be derived again" in revived.stdout
+        assert "pending: 2" in _rapport("deriver", "status", env=env).stdout
+        assert "parked: 0" in _rapport("deriver", "status", env=env).stdout
+
+
+def test_deriver_run_names_the_setting_when_the_model_is_missing(tmp_path: Path) -> None:
+    with scratch_database("rapport_cli") as url:
+        env = {
+            "DB_CONNECTION_URI": url,
+            "RAPPORT_HOME": str(tmp_path),
+            "VECTOR_STORE_URI": str(tmp_path / "lance"),
+            "LLM_LOCAL_MODEL": str(tmp_path / "absent.gguf"),
+        }
+        done = _rapport("deriver", "run", env=env)
+        assert done.returncode == 1
+        assert "local_model" in done.stderr
