@@ -25,6 +25,9 @@ from storage.errors import InvalidError, UnavailableError
 
 log = logging.getLogger(__name__)
 
+# What LanceDB says when another process created the same table or index a moment earlier.
+RACE_SIGNS = ("commit conflict", "concurrent transaction", "not found", "already exists")
+
 DOCUMENTS: Final = "documents"
 MESSAGES: Final = "messages"
 Table = Literal["documents", "messages"]
@@ -116,11 +119,7 @@ class VectorIndex:
                     tables[name] = await cls._open_table(db, uri, name, dimension)
                     break
                 except (RuntimeError, ValueError) as exc:
-                    racing = (
-                        "commit conflict" in str(exc)
-                        or "not found" in str(exc)
-                        or "already exists" in str(exc)
-                    )
+                    racing = any(sign in str(exc) for sign in RACE_SIGNS)
                     if isinstance(exc, IndexDimensionMismatch) or not racing or attempt == 9:
                         raise
                     await asyncio.sleep(0.05 * (attempt + 1))
