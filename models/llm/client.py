@@ -127,6 +127,15 @@ def output_schema(output: type[BaseModel]) -> dict[str, Any]:
     return output.model_json_schema()
 
 
+def response_format(schema: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The request fields that constrain an OpenAI-style chat completion to ``schema`` (name, JSON schema);
+    none without one. vLLM, llama.cpp and Ollama enforce it by guided decoding."""
+    if schema is None:
+        return {}
+    name, json_schema = schema
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}}
+
+
 def parse_output(output: type[M], text: str) -> M:
     """The model's answer as ``output``; tolerates a fenced code block around the JSON."""
     body = text.strip()

@@ -26,6 +26,7 @@ from models.llm.client import (
     LLMError,
     RetryPolicy,
     Usage,
+    response_format,
 )
 
 log = logging.getLogger(__name__)
@@ -105,13 +106,7 @@ class LocalLLM(LLMClient):
         temperature: float,
         schema: tuple[str, dict[str, Any]] | None,
     ) -> Completion:
-        extra: dict[str, Any] = {}
-        if schema is not None:
-            name, json_schema = schema
-            extra["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": name, "schema": json_schema},
-            }
+        extra = response_format(schema)
         request = self._request(messages, max_tokens, temperature, **extra)
         server = await asyncio.to_thread(lambda: self.server)  # the first call loads the model
         try:

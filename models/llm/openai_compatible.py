@@ -18,6 +18,7 @@ from models.llm.client import (
     RetryPolicy,
     TransientError,
     Usage,
+    response_format,
     retry_after,
 )
 
@@ -69,13 +70,7 @@ class OpenAICompatibleLLM(LLMClient):
         temperature: float,
         schema: tuple[str, dict[str, Any]] | None,
     ) -> Completion:
-        extra: dict[str, Any] = {}
-        if schema is not None:
-            name, json_schema = schema
-            extra["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": name, "schema": json_schema},
-            }
+        extra = response_format(schema)
         body = self._body(messages, max_tokens, temperature, **extra)
         try:
             response = await self._http.post("/chat/completions", json=body)
