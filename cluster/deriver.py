@@ -9,29 +9,18 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import exc as sa
-
-from cluster.worker import QueueWorker, WorkerOptions
+from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
 from pipelines.deriver import Deriver, DeriverOptions
 from rapport.settings import DeriverSettings, Settings
 from storage import derivation
 from storage.derivation import Claim
-from storage.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
 # Errors that mean a dependency is down or misconfigured, not that the work is bad: the work waits
 # (no attempt counted) until it is back. A wrong key parks nothing; it stalls until fixed, loudly.
-OUTAGES: tuple[type[BaseException], ...] = (
-    LLMUnavailable,
-    LLMConfigError,
-    UnavailableError,
-    sa.OperationalError,
-    sa.InterfaceError,
-    sa.TimeoutError,
-    OSError,  # the index's storage, a socket, a timeout
-)
+OUTAGES: tuple[type[BaseException], ...] = (LLMUnavailable, LLMConfigError, *DEPENDENCY_OUTAGES)
 
 
 class DerivationSource:

@@ -15,9 +15,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
+from sqlalchemy import exc as sa
+
+from storage.errors import UnavailableError
+
 log = logging.getLogger(__name__)
 
 W = TypeVar("W")
+
+# Errors that mean the database, the index, the embedder or a socket is down rather than that the work is
+# bad. Sources add their own (the deriver adds the LLM's).
+DEPENDENCY_OUTAGES: tuple[type[BaseException], ...] = (
+    UnavailableError,
+    sa.OperationalError,
+    sa.InterfaceError,
+    sa.TimeoutError,
+    OSError,  # the index's storage, a socket, a timeout
+)
 Result = Literal["done", "idle", "failed", "outage"]
 
 

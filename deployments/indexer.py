@@ -34,6 +34,7 @@ class IndexWriter:
             open_stack(config, embedder=model, run_index_sync=True)
         )
         self.sync = stack.sync
+        self.loop = stack.sync_loop
 
     async def write_documents(
         self, rows: list[dict[str, Any]], vectors: np.ndarray, outbox_ids: list[int]
@@ -45,7 +46,7 @@ class IndexWriter:
         await self.sync.apply(outbox_ids)
 
     async def check_health(self) -> None:
-        if not self.sync.running:
+        if self.loop is None or not self.loop.running:
             raise RuntimeError("the index sync loop stopped; the replica will be restarted")
 
     async def __del__(self) -> None:

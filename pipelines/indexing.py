@@ -9,9 +9,7 @@ anything that failed, from a crash or an error, on the next round. `reindex` reb
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -23,6 +21,7 @@ from models.embedding import TextEmbedder
 from rapport.settings import VectorStoreSettings
 from storage import outbox
 from storage.db import Database
+from storage.errors import UnavailableError
 from storage.index import DOCUMENTS, MESSAGES, Table, VectorIndex
 from storage.query import Record, fetch_by_ids, record_columns
 from storage.tables import Document, Message
@@ -112,8 +111,6 @@ INDEXED = (
 TABLE_OF_KIND: dict[str, Table] = {spec.kind: spec.table for spec in INDEXED}
 INDEXED_BY_KIND = {spec.kind: spec for spec in INDEXED}
 
-LEASE_S = 300  # a claimed entry comes back if its worker has not finished with it by then
-OUTAGE_RETRY_S = 10  # pause after a round in which nothing could be applied
 CALL_TIMEOUT_S = 120  # an embedding or index call that takes longer counts as failed
 
 
@@ -140,9 +137,6 @@ class IndexSync:
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self._writes_since_upkeep = 0
-        self._outage = False
-        self._stop = asyncio.Event()
-        self._loop: asyncio.Task[None] | None = None
 
     @classmethod
     def configured(
@@ -151,25 +145,6 @@ class IndexSync:
         return cls(
             database, index, embedder, batch_size=settings.sync_batch, max_attempts=settings.max_attempts
         )
-
-    def start(self, settings: VectorStoreSettings) -> None:
-        """Run the sync loop as a background task of the current event loop."""
-        self._loop = asyncio.create_task(
-            self.run(
-                self._stop, interval_s=settings.sync_interval_s, maintain_every_s=settings.maintain_interval_s
-            )
-        )
-
-    @property
-    def running(self) -> bool:
-        return self._loop is not None and not self._loop.done()
-
-    async def stop(self, timeout_s: float = 30) -> None:
-        """Ask the loop to finish its round and wait for it (at most ``timeout_s``)."""
-        self._stop.set()
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._loop, timeout=timeout_s)
 
     # --- inline writes (the API awaits these) ----------------------------------------------------------
 
@@ -188,80 +163,49 @@ class IndexSync:
             await self._apply(entries)
             await outbox.done(db, [e.id for e in entries])
 
-    # --- background rounds -----------------------------------------------------------------------------
+    # --- what a background round does (scheduled by cluster/index_sync.py) -------------------------
 
-    async def drain(self) -> int:
-        """Apply one batch of due entries; returns how many were handled (applied, or failed and counted).
-
-        Entries are claimed with a lease (their ``available_at`` moves ahead) in a short transaction, the
-        work runs outside any transaction, and a second one records the outcome: a worker that dies
-        mid-round only delays its entries by the lease.
-        """
-        async with self.database.transaction() as db:
-            entries = await outbox.claim(db, self.batch_size, lease_s=LEASE_S)
-        if not entries:
-            return 0
-        applied, failures = await self._apply_isolating_failures(entries)
-        async with self.database.transaction() as db:
-            await outbox.done(db, [e.id for e in applied])
-            if failures and not applied and len(entries) > 1:
-                # Nothing at all went through: the embedder or the index is down, not these entries.
-                # Retry them later without spending their attempts.
-                self._outage = True
-                await outbox.release(db, [e.id for e, _ in failures], delay_s=OUTAGE_RETRY_S)
-                log.warning(
-                    "index sync: a whole batch failed (%s); retrying in %ds", failures[0][1], OUTAGE_RETRY_S
-                )
-            else:
-                self._outage = False
-                for entry, error in failures:
-                    level = logging.ERROR if entry.attempts + 1 >= self.max_attempts else logging.WARNING
-                    log.log(level, "index entry %s (%s %s %s) failed: %s", entry.id, entry.action, entry.kind,
-                            entry.target_id or entry.scope, error)  # fmt: skip
-                    await outbox.failed(db, [entry.id], error, max_attempts=self.max_attempts)
-        return len(entries)
-
-    async def run(
-        self, stop: asyncio.Event, *, interval_s: float = 0.5, maintain_every_s: float = 60.0
-    ) -> None:
-        """Drain until ``stop`` is set; compact and maintain the index now and then."""
-        last_upkeep = time.monotonic()
-        log.info("index sync running (every %.1fs, batches of %d)", interval_s, self.batch_size)
-        while not stop.is_set():
-            handled = 0
-            try:
-                handled = await self.drain()
-                if self._writes_since_upkeep and time.monotonic() - last_upkeep > maintain_every_s:
-                    report = await self.index.maintain()
-                    log.info("index upkeep: %s", report)
-                    self._writes_since_upkeep, last_upkeep = 0, time.monotonic()
-            except Exception:
-                log.exception("index sync round failed; retrying")
-            if not handled or self._outage:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait(), timeout=OUTAGE_RETRY_S if self._outage else interval_s
-                    )
-
-    async def _apply_isolating_failures(
+    async def apply_isolating_failures(
         self, entries: Sequence[outbox.Entry]
     ) -> tuple[list[outbox.Entry], list[tuple[outbox.Entry, str]]]:
         """Apply a batch; on failure, halve it until the failing entries are found. Returns the entries
-        applied and the ones that failed, with their errors. If the embedder or the index itself is
-        down, every entry fails at once, without bisecting (see ``drain``)."""
+        applied and the ones that failed, with their errors.
+
+        Raises ``UnavailableError`` when nothing went through because the embedder or the index itself
+        is down: then no entry is to blame, and none should spend an attempt.
+        """
         try:
             await self._apply(entries)
             return list(entries), []
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if len(entries) == 1 or not await self._dependencies_answer():
-                return [], [(e, error) for e in entries]
-            middle = len(entries) // 2
-            first_ok, first_failed = await self._apply_isolating_failures(entries[:middle])
-            second_ok, second_failed = await self._apply_isolating_failures(entries[middle:])
-            return first_ok + second_ok, first_failed + second_failed
+            if not await self.dependencies_answer():
+                raise UnavailableError("the embedder or the search index", str(exc)) from exc
+            return await self._bisect(entries, f"{type(exc).__name__}: {exc}")
 
-    async def _dependencies_answer(self) -> bool:
+    async def _bisect(
+        self, entries: Sequence[outbox.Entry], error: str
+    ) -> tuple[list[outbox.Entry], list[tuple[outbox.Entry, str]]]:
+        if len(entries) == 1:
+            return [], [(entries[0], error)]
+        applied: list[outbox.Entry] = []
+        failed: list[tuple[outbox.Entry, str]] = []
+        for half in (entries[: len(entries) // 2], entries[len(entries) // 2 :]):
+            try:
+                await self._apply(half)
+                applied += half
+            except Exception as exc:
+                ok, bad = await self._bisect(half, f"{type(exc).__name__}: {exc}")
+                applied, failed = applied + ok, failed + bad
+        return applied, failed
+
+    async def maintain(self) -> dict[str, Any] | None:
+        """Compact and index the tables if anything was written since the last time."""
+        if not self._writes_since_upkeep:
+            return None
+        self._writes_since_upkeep = 0
+        return await self.index.maintain()
+
+    async def dependencies_answer(self) -> bool:
         """Whether the embedder and the index work at all (so a failure is the entries' own)."""
         try:
             await asyncio.wait_for(self.embedder.embed(["probe"]), timeout=30)

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cluster.index_sync import IndexSyncLoop
 from models.embedding import TextEmbedder
 from pipelines.indexing import IndexSync, IndexWriter
 from pipelines.memory import Memory
@@ -33,14 +34,16 @@ class Stack:
     database: Database
     embedder: TextEmbedder
     index: VectorIndex
-    sync: IndexSync  # the index's writer in this process (idle unless started)
+    sync: IndexSync  # the index's writer in this process
     memory: Memory
+    sync_loop: IndexSyncLoop | None = None  # applying the outbox in the background, if asked to
 
 
 @asynccontextmanager
 async def open_stack(
     settings: Settings,
     *,
+    database: Database | None = None,
     embedder: TextEmbedder | None = None,
     writer: IndexWriter | None = None,
     run_index_sync: bool = False,
@@ -48,6 +51,7 @@ async def open_stack(
 ) -> AsyncIterator[Stack]:
     """Connect to (or start) the database, load or take the embedder, open the index.
 
+    ``database``: use this open database (the caller keeps it) instead of connecting from the settings.
     ``embedder``: use this one (e.g. a Serve handle adapter) instead of loading the model here.
     ``writer``: where the API's inline index writes go (default: this process's index sync).
     ``run_index_sync``: also apply the index outbox in the background from this process.
@@ -56,8 +60,9 @@ async def open_stack(
     from storage.db import open_database
     from storage.index import open_index
 
-    database = await open_database(settings)
-    sync: IndexSync | None = None
+    borrowed = database is not None
+    database = database or await open_database(settings)
+    loop: IndexSyncLoop | None = None
     try:
         if embedder is None:
             model = settings.embedding
@@ -65,13 +70,14 @@ async def open_stack(
         index = await open_index(settings, embedder.dimension, recreate=recreate_index)
         sync = IndexSync.configured(database, index, embedder, settings.vector_store)
         if run_index_sync:
-            sync.start(settings.vector_store)
+            loop = IndexSyncLoop(sync, settings.vector_store).start()
         memory = Memory(database, embedder, index, writer or sync)
-        yield Stack(settings, database, embedder, index, sync, memory)
+        yield Stack(settings, database, embedder, index, sync, memory, loop)
     finally:
-        if sync is not None and sync.running:
-            await sync.stop()
-        await database.dispose()
+        if loop is not None:
+            await loop.stop()
+        if not borrowed:
+            await database.dispose()
 
 
 def build_deriver(stack: Stack) -> Deriver:
@@ -86,3 +92,4 @@ def build_deriver(stack: Stack) -> Deriver:
         llm if summary_settings == settings.llm_for("deriver") else build_llm(summary_settings, settings.home)
     )
     return Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(settings.deriver))
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from cluster.index_sync import drain
 from pipelines.memory import Memory
 
 
@@ -50,7 +51,7 @@ async def test_message_search_returns_messages_with_scores(client: httpx.AsyncCl
     )
     health = (await client.get("/health")).json()
     assert health["index"]["pending"] == 4, "the lag is visible before the sync runs"
-    await memory.writer.drain()  # type: ignore[attr-defined]
+    await drain(memory.writer)
     assert (await client.get("/health")).json()["index"]["pending"] == 0
 
     for mode in ("semantic", "fulltext", "hybrid"):

@@ -13,18 +13,22 @@ from models.embedding import EmbeddingModelNotFound, SentenceTransformerEmbedder
 from models.embedding.sentence_transformer import pick_precision
 
 
-def test_vectors_are_unit_length_and_similar_texts_are_close(embedder: SentenceTransformerEmbedder) -> None:
-    vectors = embedder.embed_sync(["I love green tea", "Green tea is my favourite drink", "The bus was late"])
-    assert vectors.shape == (3, embedder.dimension) and vectors.dtype == np.float32
+def test_vectors_are_unit_length_and_similar_texts_are_close(
+    real_embedder: SentenceTransformerEmbedder,
+) -> None:
+    vectors = real_embedder.embed_sync(
+        ["I love green tea", "Green tea is my favourite drink", "The bus was late"]
+    )
+    assert vectors.shape == (3, real_embedder.dimension) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
 
 
-def test_text_past_the_window_is_not_dropped(embedder: SentenceTransformerEmbedder) -> None:
+def test_text_past_the_window_is_not_dropped(real_embedder: SentenceTransformerEmbedder) -> None:
     filler = "the weather report for the region said it would stay mild and dry. " * 60
-    assert len(embedder.tokenizer(filler)["input_ids"]) > embedder.max_tokens
-    plain, with_ending = embedder.embed_sync([filler, filler + "My daughter plays the violin."])
-    violin = embedder.embed_sync(["violin lessons"])[0]
+    assert len(real_embedder.tokenizer(filler)["input_ids"]) > real_embedder.max_tokens
+    plain, with_ending = real_embedder.embed_sync([filler, filler + "My daughter plays the violin."])
+    violin = real_embedder.embed_sync(["violin lessons"])[0]
     assert with_ending @ violin > plain @ violin + 0.02, "the words after the model's window still count"
     assert np.isclose(np.linalg.norm(with_ending), 1.0, atol=1e-3)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from cluster.index_sync import drain
 from models.embedding import SentenceTransformerEmbedder
 from pipelines.indexing import IndexSync, message_text
 from pipelines.memory import Memory
@@ -53,9 +54,9 @@ async def test_a_failed_index_write_is_repaired_from_the_outbox(
     )
 
     sync = IndexSync(database, vector_index, embedder)
-    assert await sync.drain() == 0, "the entry waits out the inline grace period first"
+    assert await drain(sync) == 0, "the entry waits out the inline grace period first"
     await _make_due(database)
-    assert await sync.drain() == 1
+    assert await drain(sync) == 1
     found = await crashing.query_documents(**scope, query="bees", top_k=1)
     assert [d.id for d in found] == [document.id]
 
@@ -77,13 +78,13 @@ async def test_failing_entries_are_retried_then_parked_without_blocking_others(
     items = [{"content": c, "is_user": True} for c in ("fine one", "poison pill", "fine two")]
     await memory.add_messages(t.app_id, t.user_id, t.session_id, items)
 
-    assert await sync.drain() == 3
+    assert await drain(sync) == 3
     assert await vector_index.count(MESSAGES) == 2, "the good entries went through"
     lag = await memory.index_lag()
     assert (lag.pending, lag.parked) == (1, 0), "the bad one waits for a retry"
 
     await _make_due(database)
-    await sync.drain()
+    await drain(sync)
     lag = await memory.index_lag()
     assert (lag.pending, lag.parked) == (0, 1), "after max_attempts it is parked, and reported"
     async with database.transaction() as db:
@@ -103,7 +104,7 @@ async def test_reindex_from_an_empty_index_gives_the_same_results(memory: Memory
         t.session_id,
         [{"content": f"turn about {w}", "is_user": True} for w in ("fish", "music", "food")],
     )
-    await memory.writer.drain()  # type: ignore[attr-defined]
+    await drain(memory.writer)
 
     async def results() -> tuple[list, list]:
         docs = await memory.query_documents(
@@ -149,7 +150,7 @@ async def test_reindex_of_one_app_leaves_the_others(memory: Memory, database: Da
         await memory.add_message(
             tree.app_id, tree.user_id, tree.session_id, content="hello", is_user=True, metadata={}
         )
-    await memory.writer.drain()  # type: ignore[attr-defined]
+    await drain(memory.writer)
     counts = await memory.writer.reindex(app_id=a.app_id)  # type: ignore[attr-defined]
     assert counts[MESSAGES] == 1
     assert await memory.index.count(MESSAGES) == 2
@@ -181,7 +182,7 @@ async def test_an_outage_retries_later_without_spending_attempts(
         t.app_id, t.user_id, t.session_id, [{"content": f"m{i}", "is_user": True} for i in range(5)]
     )
     down = IndexSync(database, vector_index, DownEmbedder(), max_attempts=1)  # type: ignore[arg-type]
-    assert await down.drain() == 5
+    assert await drain(down) == 5
     async with database.transaction() as db:
         rows = (
             await db.execute(text("SELECT attempts, parked, available_at > now() FROM index_outbox"))
@@ -189,7 +190,7 @@ async def test_an_outage_retries_later_without_spending_attempts(
     assert rows == [(0, False, True)] * 5, "released for later, attempts untouched, nothing parked"
 
     await _make_due(database)
-    assert await memory.writer.drain() == 5  # type: ignore[attr-defined]  # back up: all applied
+    assert await drain(memory.writer) == 5  # back up: all applied
     assert await vector_index.count(MESSAGES) == 5
 
 
@@ -200,9 +201,9 @@ async def test_a_claimed_entry_comes_back_if_its_worker_dies(database: Database,
     await memory.add_message(t.app_id, t.user_id, t.session_id, content="hi", is_user=True, metadata={})
     async with database.transaction() as db:
         assert len(await outbox.claim(db, 10, lease_s=300)) == 1  # ... and the worker dies here
-    assert await memory.writer.drain() == 0, "leased to the dead worker"  # type: ignore[attr-defined]
+    assert await drain(memory.writer) == 0, "leased to the dead worker"
     await _make_due(database)  # the lease runs out
-    assert await memory.writer.drain() == 1  # type: ignore[attr-defined]
+    assert await drain(memory.writer) == 1
 
 
 async def test_writes_that_lose_a_race_are_corrected(memory: Memory, database: Database) -> None:
@@ -231,4 +232,4 @@ async def test_parked_entries_can_be_retried(database: Database, memory: Memory)
         await db.execute(text("UPDATE index_outbox SET parked = true, attempts = 10"))
         assert await outbox.unpark(db) == 1
     assert (await memory.index_lag()).parked == 0
-    assert await memory.writer.drain() == 1  # type: ignore[attr-defined]
+    assert await drain(memory.writer) == 1

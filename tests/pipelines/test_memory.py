@@ -1,9 +1,11 @@
-"""Documents and messages through the write and search paths: real Postgres, LanceDB and model."""
+"""Documents and messages through the write and search paths: real Postgres and LanceDB (and the real
+model where what ranks first is asserted)."""
 
 from __future__ import annotations
 
 from sqlalchemy import text
 
+from cluster.index_sync import drain
 from pipelines.memory import Memory
 from storage import apps, collections, sessions, users
 from storage.db import Database
@@ -29,8 +31,9 @@ async def _outbox(database: Database) -> int:
 
 
 async def test_documents_are_queryable_as_soon_as_they_are_written(
-    memory: Memory, database: Database
+    real_memory: Memory, database: Database
 ) -> None:
+    memory = real_memory  # what ranks first needs the real model
     t = await make_tree(database)
     cid = await _collection(database, t)
     created = [
@@ -95,7 +98,7 @@ async def test_messages_are_indexed_by_the_sync_and_then_searchable(
         await memory.search_messages(app_id=t.app_id, user_id=t.user_id, query="dog", mode="fulltext") == []
     )
 
-    assert await memory.writer.drain() == 4  # type: ignore[attr-defined]
+    assert await drain(memory.writer) == 4
     assert await _outbox(database) == 0
     assert await memory.index.count(MESSAGES) == 4
 
@@ -130,7 +133,7 @@ async def test_search_stays_inside_its_user_and_session(memory: Memory, database
     await memory.add_message(
         other.app_id, other.user_id, other.session_id, content="cat", is_user=True, metadata={}
     )
-    await memory.writer.drain()  # type: ignore[attr-defined]
+    await drain(memory.writer)
 
     everywhere = await memory.search_messages(app_id=t.app_id, user_id=t.user_id, query="cat")
     assert {m.id for m, _ in everywhere} == {mine.id, later.id}
@@ -147,7 +150,7 @@ async def test_clone_and_metadata_updates_reindex(memory: Memory, database: Data
     )
     clone = await memory.clone_session(t.app_id, t.user_id, t.session_id, message_id=None, deep_copy=False)
     await memory.update_message(t.app_id, t.user_id, t.session_id, m.id, {"speaker": "Zelda"})
-    await memory.writer.drain()  # type: ignore[attr-defined]
+    await drain(memory.writer)
     assert await memory.index.count(MESSAGES, {"session_id": clone.id}) == 1
     hits = await memory.search_messages(
         app_id=t.app_id, user_id=t.user_id, session_id=t.session_id, query="Zelda", mode="fulltext"
