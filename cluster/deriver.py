@@ -11,7 +11,7 @@ from typing import Any
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
-from pipelines.deriver import Deriver, DeriverOptions
+from pipelines.deriver import Deriver
 from rapport.settings import DeriverSettings, Settings
 from storage import derivation
 from storage.derivation import Claim
@@ -105,6 +105,21 @@ async def run_workers(workers: list[QueueWorker[Claim]], stop: asyncio.Event) ->
     await asyncio.gather(*(worker.run(stop) for worker in workers))
 
 
+async def derive_until(
+    settings: Settings, stop: asyncio.Event, *, embedder: Any = None, llm: Any = None
+) -> None:
+    """Open the stack the settings describe and derive with ``deriver.concurrency`` workers until ``stop``
+    is set (`rapport deriver run`, ``DerivationActor``). ``embedder`` and ``llm`` replace the configured
+    models (a Serve handle, a test double)."""
+    from rapport.stack import build_deriver, open_stack
+
+    async with open_stack(settings, embedder=embedder) as stack:
+        deriver = build_deriver(stack, llm)
+        log.info("deriving with %s", deriver.llm.name)
+        await run_workers(derivation_workers(deriver, settings.deriver), stop)
+    log.info("deriver stopped")
+
+
 class DerivationActor:
     """Derivation workers in a plain Ray actor (``ray.remote(DerivationActor)``), outside Serve: for
     batch jobs and tests. The models may be passed in (a scripted LLM, a hashing embedder); otherwise
@@ -121,15 +136,7 @@ class DerivationActor:
 
     async def run(self) -> None:
         """Derive until ``stop`` is called."""
-        from rapport.stack import build_deriver, open_stack
-
-        async with open_stack(self.settings, embedder=self._embedder) as stack:
-            deriver = (
-                build_deriver(stack)
-                if self._llm is None
-                else Deriver(stack.memory, self._llm, options=DeriverOptions.of(self.settings.deriver))
-            )
-            await run_workers(derivation_workers(deriver, self.settings.deriver), self._stop)
+        await derive_until(self.settings, self._stop, embedder=self._embedder, llm=self._llm)
 
     def stop(self) -> None:
         self._stop.set()

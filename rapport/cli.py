@@ -237,21 +237,16 @@ def deriver_run() -> None:
     import asyncio
     import signal
 
-    from cluster.deriver import derivation_workers, run_workers
-    from rapport.stack import build_deriver, open_stack
+    from cluster.deriver import derive_until
 
     settings = _settings()
 
     async def run() -> None:
-        async with open_stack(settings) as stack:
-            deriver = build_deriver(stack)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            log.info("deriving with %s (Ctrl-C stops)", deriver.llm.name)
-            await run_workers(derivation_workers(deriver, settings.deriver), stop)
-            log.info("deriver stopped")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await derive_until(settings, stop)
 
     from models.embedding import EmbeddingModelNotFound
     from models.llm import LLMError

@@ -127,7 +127,10 @@ class LLMSettings(_Section):
     local_context_tokens: int = Field(default=8192, ge=512, le=131_072)
     local_threads: int | None = Field(default=None, ge=1, le=512, description="Unset: every core.")
     local_parallel: int = Field(
-        default=1, ge=1, le=64, description="Requests the local model decodes at once."
+        default=2,
+        ge=1,
+        le=64,
+        description="Requests the local model decodes at once (a batch's facts and its summary run together).",
     )
 
 

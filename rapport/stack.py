@@ -23,6 +23,7 @@ from storage.db import Database
 from storage.index import VectorIndex
 
 if TYPE_CHECKING:
+    from models.llm import LLMClient
     from pipelines.deriver import Deriver
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,15 @@ async def open_stack(
             await database.dispose()
 
 
-def build_deriver(stack: Stack) -> Deriver:
-    """The deriver over this stack, with the LLMs the settings name for derivation and summaries."""
+def build_deriver(stack: Stack, llm: LLMClient | None = None) -> Deriver:
+    """The deriver over this stack, with the LLMs the settings name for derivation and summaries (or
+    ``llm`` for both)."""
     from models.llm import build_llm
     from pipelines.deriver import Deriver, DeriverOptions
 
     settings = stack.settings
+    if llm is not None:
+        return Deriver(stack.memory, llm, options=DeriverOptions.of(settings.deriver))
     llm = build_llm(settings.llm_for("deriver"), settings.home)
     summary_settings = settings.llm_for("summary")
     summary_llm = (
