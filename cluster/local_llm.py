@@ -82,7 +82,7 @@ async def node_local_llm(llm: LLMSettings, home: Path) -> NodeModel:
     client = OpenAICompatibleLLM(
         f"{address}/v1",
         llm.model or llm.local_model,
-        timeout_s=llm.timeout_s,
+        timeout_s=llm.call_timeout_s,
         max_tokens=llm.max_tokens,
         retry=RetryPolicy(attempts=llm.max_retries + 1),
     )

@@ -110,12 +110,20 @@ class EmbeddingSettings(_Section):
 Provider = Literal["local", "anthropic", "openai"]
 
 
+REMOTE_TIMEOUT_S = 60.0
+LOCAL_TIMEOUT_S = 600.0
+
+
 class LLMSettings(_Section):
     provider: Provider = "local"
     model: str | None = Field(default=None, description="Model name; each provider has its own default.")
     base_url: str | None = Field(default=None, description="For provider=openai: any OpenAI-compatible URL.")
     api_key: SecretStr | None = None
-    timeout_s: float = Field(default=60.0, gt=0)
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds one call may take; unset: 60 for a remote provider, 600 for the local model.",
+    )
     max_tokens: int = Field(default=512, ge=1, le=32_768)
     max_retries: int = Field(
         default=3, ge=0, le=20, description="Retries of a call on 429, 5xx or transport errors, with backoff."
@@ -132,6 +140,15 @@ class LLMSettings(_Section):
         le=64,
         description="Requests the local model decodes at once (a batch's facts and its summary run together).",
     )
+
+
+    @property
+    def call_timeout_s(self) -> float:
+        """``timeout_s``, or the provider's default: a CPU reading a long batch takes minutes, and a call
+        given up on still runs to its end on a local server, so a short timeout there only adds work."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        return LOCAL_TIMEOUT_S if self.provider == "local" else REMOTE_TIMEOUT_S
 
 
 class _UsesLLM(_Section):

@@ -48,7 +48,7 @@ def build_llm(llm: LLMSettings, home: Path) -> LLMClient:
             llm.model or DEFAULT_MODEL,
             api_key=key,
             base_url=llm.base_url,
-            timeout_s=llm.timeout_s,
+            timeout_s=llm.call_timeout_s,
             max_tokens=llm.max_tokens,
             retry=retry,
         )
@@ -63,7 +63,7 @@ def build_llm(llm: LLMSettings, home: Path) -> LLMClient:
             llm.base_url,
             llm.model,
             api_key=key,
-            timeout_s=llm.timeout_s,
+            timeout_s=llm.call_timeout_s,
             max_tokens=llm.max_tokens,
             retry=retry,
         )

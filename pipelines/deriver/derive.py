@@ -12,7 +12,6 @@ nothing is stored by a worker that lost its lease.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,16 +135,8 @@ class Deriver:
                 db, held.session_id, before_seq=batch[0].seq, limit=self.options.history_messages, newest=True
             )
         outcome = Outcome()
-        # The two calls are independent: side by side, a server (or llama.cpp's slots) decodes them
-        # together, and a summary adds little to the batch's time.
-        extracting = asyncio.ensure_future(self._extract(user.name, summary, history, batch, outcome))
-        summarising = asyncio.ensure_future(self._summaries(user.name, held, batch, before, outcome))
-        try:
-            facts, summaries = await asyncio.gather(extracting, summarising)
-        except BaseException:
-            summarising.cancel()  # one failed: the batch is retried whole, the other's answer is not needed
-            extracting.cancel()
-            raise
+        facts = await self._extract(user.name, summary, history, batch, outcome)
+        summaries = await self._summaries(user.name, held, batch, before, outcome)
         vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
 
         async with self.memory.documents_transaction() as tx:
