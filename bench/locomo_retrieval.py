@@ -67,8 +67,9 @@ def load(path: Path) -> list[dict]:
             evidence = [e for e in evidence if e in known]
             if evidence:
                 questions.append(
-                    {"question": qa["question"], "category": qa["category"], "evidence": evidence}
-                )
+                    {"question": qa["question"], "category": qa["category"], "evidence": evidence,
+                     "answer": str(qa.get("answer", ""))}
+                )  # fmt: skip
             else:
                 skipped += 1
         conversations.append(

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from models.embedding import TextEmbedder
 from storage import collections, documents, messages, sessions, users
 from storage.db import Database
@@ -93,8 +95,12 @@ async def search_messages(
     top_k: int = 10,
     mode: Mode = "hybrid",
     filter: dict[str, Any] | None = None,
+    vector: np.ndarray | None = None,
 ) -> list[tuple[Record, float]]:
-    """A user's (or one session's) messages that best answer ``query``, best first, with their scores."""
+    """A user's (or one session's) messages that best answer ``query``, best first, with their scores.
+
+    ``vector``: the query's embedding when the caller already has it (context gathering embeds its
+    queries once for facts and messages alike)."""
     query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
     filter = check_filter(filter)
     recipe = RECIPES[mode]
@@ -104,7 +110,10 @@ async def search_messages(
         else:
             await sessions.get_session(db, app_id, user_id, session_id)
     scope: dict[str, str | None] = {"app_id": app_id, "user_id": user_id, "session_id": session_id}
-    vector = (await embedder.embed([query]))[0] if recipe.semantic else None
+    if not recipe.semantic:
+        vector = None
+    elif vector is None:
+        vector = (await embedder.embed([query]))[0]
 
     candidates = max(recipe.candidates, 5 * top_k)
     while True:

@@ -184,7 +184,19 @@ class DeriverSettings(_UsesLLM):
 
 
 class DialecticSettings(_UsesLLM):
-    top_k: int = Field(default=10, ge=1, le=200)
+    top_k: int = Field(default=10, ge=1, le=200, description="Facts, and relevant messages, per query.")
+    context_tokens: int = Field(
+        default=2000,
+        ge=64,
+        le=100_000,
+        description="Most tokens of context (estimated) in an answer's prompt.",
+    )
+    recent_messages: int = Field(
+        default=8, ge=0, le=100, description="The session's last messages shown with the context."
+    )
+    query_rewrite: bool = Field(
+        default=False, description="One more LLM call per question: it writes extra search queries."
+    )
 
 
 class VectorStoreSettings(_Section):

@@ -25,6 +25,7 @@ from storage.index import VectorIndex
 if TYPE_CHECKING:
     from models.llm import LLMClient
     from pipelines.deriver import Deriver
+    from pipelines.dialectic import Dialectic
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +98,23 @@ def build_deriver(stack: Stack, llm: LLMClient | None = None) -> Deriver:
     )
     return Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(settings.deriver))
 
+
+def dialectic_llm(settings: Settings) -> LLMClient:
+    """The dialectic's LLM (``Settings.llm_for("dialectic")``), built on its first call, not here: an API
+    process that never answers a chat loads no model. A local model already loaded in this process is
+    shared (models/llm/local.py keeps one per file)."""
+    from models.llm import build_llm
+    from models.llm.lazy import LazyLLM
+
+    llm = settings.llm_for("dialectic")
+    name = f"{llm.provider}/{llm.model or (llm.local_model if llm.provider == 'local' else 'default')}"
+    # build_llm may join and hash the local weights on their first use: off the event loop.
+    return LazyLLM(lambda: asyncio.to_thread(build_llm, llm, settings.home), name=name)
+
+
+def build_dialectic(stack: Stack, llm: LLMClient | None = None) -> Dialectic:
+    """The dialectic over this stack, with ``llm`` or the one the settings name (built on first use)."""
+    from pipelines.dialectic import Dialectic, DialecticOptions
+
+    settings = stack.settings
+    return Dialectic(stack.memory, llm or dialectic_llm(settings), DialecticOptions.of(settings.dialectic))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -152,3 +153,21 @@ async def latest_summary(
         .limit(1)
     )
     return (await db.execute(query)).first()
+
+
+async def latest_by_label(
+    db: AsyncConnection, user_id: str, labels: Sequence[str], *, session_id: str | None = None
+) -> list[Record]:
+    """The newest metamessage of each label (of one session, or of any of the user's), in ``labels``'
+    order; labels with none are left out."""
+    found = []
+    for label in labels:
+        query = select(*record_columns(Metamessage)).where(
+            Metamessage.user_id == user_id, Metamessage.label == label
+        )
+        if session_id is not None:
+            query = query.where(Metamessage.session_id == session_id)
+        row = (await db.execute(query.order_by(Metamessage.seq.desc()).limit(1))).first()
+        if row is not None:
+            found.append(row)
+    return found

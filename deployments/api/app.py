@@ -16,6 +16,7 @@ from deployments.api.limits import BodySizeLimit
 from deployments.api.routers import (
     apps,
     collections,
+    context,
     deriver,
     documents,
     health,
@@ -26,6 +27,7 @@ from deployments.api.routers import (
     sessions,
     users,
 )
+from models.llm import LLMClient
 from pipelines.memory import Memory
 from rapport.settings import Settings
 
@@ -40,6 +42,7 @@ ROUTERS = (
     collections,
     documents,
     search,
+    context,
     deriver,
     keys,
     health,
@@ -58,19 +61,30 @@ async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
 
 
 def create_api(
-    settings: Settings, memory: Memory | None = None, make_memory: MemoryFactory = local_memory
+    settings: Settings,
+    memory: Memory | None = None,
+    make_memory: MemoryFactory = local_memory,
+    dialectic_llm: LLMClient | None = None,
 ) -> FastAPI:
-    """Build the API around ``memory``, or around one ``make_memory`` builds at start-up."""
+    """Build the API around ``memory``, or around one ``make_memory`` builds at start-up.
+
+    ``dialectic_llm``: the chat route's model (default: the settings', built on the first chat call, so
+    that starting the API loads no model)."""
+    from rapport.stack import dialectic_llm as configured_llm
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if memory is not None:
-            yield
-            return
-        async with make_memory(settings) as built:
-            app.state.memory = built
-            log.info("API ready on %r", built.database)
-            yield
+        try:
+            if memory is not None:
+                yield
+                return
+            async with make_memory(settings) as built:
+                app.state.memory = built
+                log.info("API ready on %r", built.database)
+                yield
+        finally:
+            if dialectic_llm is None:  # ours: release its connections (a no-op if never built)
+                await app.state.dialectic_llm.close()
 
     app = FastAPI(
         title="Rapport",
@@ -79,6 +93,7 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.dialectic_llm = dialectic_llm or configured_llm(settings)
     if memory is not None:
         app.state.memory = memory
     for module in ROUTERS:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from models.llm.client import LLMConfigError, LLMError, LLMUnavailable
 from storage.errors import ConflictError, InvalidError, NotFoundError, StorageError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ _DESCRIPTIONS = {
     409: "The request conflicts with what is stored (a name already taken, a concurrent change)",
     413: "The request body is larger than the server's limit (serve.max_body_bytes)",
     501: "Not supported by this version of the server",
-    503: "The database or the search index cannot be reached just now; retry after Retry-After seconds",
+    503: "The database, the search index or (for the dialectic) the LLM cannot answer just now; retry "
+    "after Retry-After seconds",
 }
 
 
@@ -149,6 +151,19 @@ async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
     return _unavailable(exc.detail)
 
 
+async def _llm_error(_: Request, exc: Exception) -> JSONResponse:
+    """The model is down, overloaded or misconfigured: no answer now, and nothing stored was touched.
+    A misconfiguration is a 503 too (500 reads as a bug), with the setting to change in the detail."""
+    if isinstance(exc, LLMUnavailable):
+        log.warning("LLM unavailable: %s", exc)
+        return _unavailable(f"the language model cannot answer just now ({exc}); retry shortly")
+    if isinstance(exc, LLMConfigError):
+        log.error("LLM misconfigured: %s", exc)
+        return _unavailable(f"the language model is misconfigured; an operator must fix a setting: {exc}")
+    log.error("LLM failed: %s", exc)
+    return _unavailable(f"the language model failed to answer ({exc}); retry shortly")
+
+
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidError)
     error = {"loc": _loc(request, exc.field), "msg": exc.detail, "type": "value_error"}
@@ -201,6 +216,7 @@ HANDLERS: dict[type[Exception], Any] = {
     UnavailableError: _store_unavailable,
     StorageError: _storage_error,
     APIError: _api_error,
+    LLMError: _llm_error,
     RequestValidationError: _validation_error,
     StarletteHTTPException: _http_error,
     # Outages of the database: connections refused or dropped, a server shutting down, the pool

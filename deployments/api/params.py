@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
+from pipelines.dialectic import Dialectic, DialecticOptions
 from pipelines.memory import Memory
 from storage.db import Database
 
@@ -18,8 +19,15 @@ async def get_database(request: Request) -> Database:
     return request.app.state.memory.database  # type: ignore[no-any-return]
 
 
+async def get_dialectic(request: Request) -> Dialectic:
+    """The dialectic over the app's memory and its one LLM client (built on the first chat, not here)."""
+    state = request.app.state
+    return Dialectic(state.memory, state.dialectic_llm, DialecticOptions.of(state.settings.dialectic))
+
+
 DB = Annotated[Database, Depends(get_database)]
 Mem = Annotated[Memory, Depends(get_memory)]
+Dial = Annotated[Dialectic, Depends(get_dialectic)]
 
 AppId = Annotated[str, Path(description="ID of the app")]
 UserId = Annotated[str, Path(description="ID of the user")]

@@ -72,3 +72,33 @@ def test_posted_messages_become_facts_in_the_honcho_collection(served: str) -> N
         **ids, collection_id=collection.id, query="where does ana live?"
     )
     assert found, "derived facts are searchable at once"
+
+
+def test_the_dialectic_answers_through_the_client_streamed_and_not(served: str) -> None:
+    """The official client's chat, with a string and with a list, streamed and not, answered by the
+    default local model (after the test above, the user has facts to answer from)."""
+    client = Honcho(base_url=served, max_retries=0, timeout=300)
+    app = client.apps.get_or_create(name="deriver-e2e")
+    user = client.apps.users.get_or_create(app_id=app.id, name="ana")
+    ids = {"app_id": app.id, "user_id": user.id}
+    session = client.apps.users.sessions.create(**ids)
+
+    answer = client.apps.users.sessions.chat(session.id, **ids, queries="Where does ana live?")
+    assert isinstance(answer.content, str) and answer.content.strip(), answer
+
+    several = client.apps.users.sessions.chat(
+        session.id, **ids, queries=["Who is Rosa?", "Is ana allergic to anything?"]
+    )
+    assert several.content.strip(), several
+
+    streamed = client.apps.users.sessions.chat(session.id, **ids, queries="Where does ana work?", stream=True)
+    body = streamed if isinstance(streamed, str) else getattr(streamed, "content", streamed)
+    assert isinstance(body, str) and body.strip(), f"the streamed body came back: {streamed!r}"
+
+    with client.apps.users.sessions.with_streaming_response.chat(
+        session.id, **ids, queries=["What does ana miss?", "Where is Porto?"], stream=True
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks = [chunk for chunk in response.iter_text() if chunk]
+    assert chunks and "".join(chunks).strip()
+    assert not "".join(chunks).lstrip().startswith("data:"), "raw text chunks, as Honcho v1.1.0 sent them"

@@ -124,9 +124,6 @@ def test_sessions_messages_and_metamessages(client: Honcho) -> None:
     assert [x.id for x in sessions.list(**ids, is_active=True).items] == [clone.id, full_clone.id]
     assert sessions.list(**ids).total == 3
 
-    with pytest.raises(honcho.InternalServerError):  # 501 until the dialectic lands
-        sessions.chat(**s, queries="what does alice like?")
-
 
 def test_message_search_through_serve(client: Honcho) -> None:
     """The search extension, through the Embedder and IndexWriter deployments."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi.responses import StreamingResponse
 
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_scope
-from deployments.api.errors import APIError, responses
-from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
+from deployments.api.params import DB, AppId, Dial, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
 from storage import sessions as store
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(
     prefix="/v1/apps/{app_id}/users/{user_id}/sessions",
@@ -105,20 +109,51 @@ async def delete_session(
 @router.post(
     "/{session_id}/chat",
     response_model=schemas.DialecticResponse,
-    responses={200: {"content": {"text/event-stream": {}}}, **responses(501)},
+    responses={
+        200: {
+            "description": "Response to a question informed by Honcho's User Representation",
+            "content": {"text/event-stream": {}},
+        }
+    },
 )
 async def chat(
+    dialectic: Dial,
     app_id: AppId,
     user_id: UserId,
     session_id: SessionId,
     options: Annotated[schemas.DialecticOptions, Body(description="Dialectic Endpoint Parameters")],
-) -> schemas.DialecticResponse:
-    """Chat with the Dialectic API"""
-    raise APIError(
-        501,
-        "the dialectic endpoint needs the LLM and derivation pipeline, which this Rapport version "
-        "does not ship yet; its stored data is unaffected",
-    )
+) -> Any:
+    """Chat with the Dialectic API
+
+    Answers from what Rapport knows about the user (facts, summaries, relevant and recent messages).
+    With ``stream``, the answer's text arrives as it is written, as raw chunks (``text/event-stream``
+    without ``data:`` framing, as Honcho v1.1.0 sent it). Errors found before the first chunk (unknown
+    ids, an LLM that is down or misconfigured) are answered with their status and a JSON detail."""
+    if not options.stream:
+        content = await dialectic.answer(app_id, user_id, session_id, options.queries)
+        return schemas.DialecticResponse(content=content)
+    pieces = dialectic.stream(app_id, user_id, session_id, options.queries)
+    try:
+        first = await anext(pieces)
+    except StopAsyncIteration:
+        first = ""
+    # Proxies that buffer (nginx) would hold the chunks back until the answer is complete.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(_rest_of(first, pieces), media_type="text/event-stream", headers=headers)
+
+
+async def _rest_of(first: str, pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+    """The answer after its first chunk. The status is sent by now: a failure is logged and ends the
+    stream early (the client sees a short answer), it cannot become an error response."""
+    try:
+        if first:
+            yield first
+        async for piece in pieces:
+            yield piece
+    except Exception:
+        log.exception("the dialectic's answer broke off mid-stream")
+    finally:
+        await pieces.aclose()
 
 
 @router.get("/{session_id}/clone", response_model=schemas.Session)
