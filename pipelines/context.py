@@ -230,6 +230,7 @@ async def _messages(
         query=query,
         top_k=top_k,
         vector=vector,
+        scope_checked=True,  # gather_context has found the user
     )
 
 

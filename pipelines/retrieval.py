@@ -6,6 +6,7 @@ come back from PostgreSQL (the source of truth), in the order the index ranked t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -83,6 +84,10 @@ def boost_neighbours(
     return boosted
 
 
+async def _none() -> list[Hit]:
+    return []
+
+
 async def search_messages(
     database: Database,
     index: VectorIndex,
@@ -96,19 +101,22 @@ async def search_messages(
     mode: Mode = "hybrid",
     filter: dict[str, Any] | None = None,
     vector: np.ndarray | None = None,
+    scope_checked: bool = False,
 ) -> list[tuple[Record, float]]:
     """A user's (or one session's) messages that best answer ``query``, best first, with their scores.
 
     ``vector``: the query's embedding when the caller already has it (context gathering embeds its
-    queries once for facts and messages alike)."""
+    queries once for facts and messages alike). ``scope_checked``: the caller has already found the user
+    (and session), so an unknown one needs no second look-up to become a 404."""
     query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
     filter = check_filter(filter)
     recipe = RECIPES[mode]
-    async with database.transaction() as db:  # a clear 404 for an unknown user or session
-        if session_id is None:
-            await users.get_user(db, app_id, user_id)
-        else:
-            await sessions.get_session(db, app_id, user_id, session_id)
+    if not scope_checked:
+        async with database.transaction() as db:  # a clear 404 for an unknown user or session
+            if session_id is None:
+                await users.get_user(db, app_id, user_id)
+            else:
+                await sessions.get_session(db, app_id, user_id, session_id)
     scope: dict[str, str | None] = {"app_id": app_id, "user_id": user_id, "session_id": session_id}
     if not recipe.semantic:
         vector = None
@@ -117,11 +125,9 @@ async def search_messages(
 
     candidates = max(recipe.candidates, 5 * top_k)
     while True:
-        semantic = (
-            await index.nearest(MESSAGES, vector, scope=scope, limit=candidates) if vector is not None else []
-        )
-        fulltext = (
-            await index.matching(MESSAGES, query, scope=scope, limit=candidates) if recipe.fulltext else []
+        semantic, fulltext = await asyncio.gather(  # the two retrievers side by side
+            index.nearest(MESSAGES, vector, scope=scope, limit=candidates) if vector is not None else _none(),
+            index.matching(MESSAGES, query, scope=scope, limit=candidates) if recipe.fulltext else _none(),
         )
         scores = fuse(semantic, fulltext, recipe)
         async with database.transaction() as db:

@@ -141,7 +141,6 @@ class LLMSettings(_Section):
         description="Requests the local model decodes at once (a batch's facts and its summary run together).",
     )
 
-
     @property
     def call_timeout_s(self) -> float:
         """``timeout_s``, or the provider's default: a CPU reading a long batch takes minutes, and a call
