@@ -25,7 +25,7 @@ import asyncio
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,34 +126,28 @@ async def gather_context(
     options = options or ContextOptions()
     asked = check_queries(queries)
     texts = list(dict.fromkeys([*asked, *related]))
-    known, vectors = await asyncio.gather(
-        _known(memory, app_id, user_id, session_id, options.recent_messages),
-        memory.embedder.embed(texts),
-    )
+    # Everything starts at once: the user's summaries and recent messages, the queries' embedding, and
+    # the messages' full-text search (which needs no vector). Facts wait for the embedding and for the
+    # user's facts collection; the message search's vector half waits for the embedding alone.
+    known = asyncio.ensure_future(_known(memory, app_id, user_id, session_id, options.recent_messages))
+    vectors = asyncio.ensure_future(memory.embedder.embed(texts))
     # More messages than top_k, since overlap with the facts and the recent messages may drop some (the
     # search ranks 100 candidates whatever it returns: the extra ones cost nothing more).
-    wanted = 2 * options.top_k + len(known.recent)
-    fact_searches = (
-        [
-            _facts(memory, app_id, user_id, known.honcho_id, t, v, options.top_k)
-            for t, v in zip(texts, vectors, strict=True)
-        ]
-        if known.honcho_id is not None
-        else []
+    wanted = 2 * options.top_k + options.recent_messages
+    found = await retrieval.gather_all(
+        known,
+        vectors,
+        *(_facts(memory, app_id, user_id, known, vectors, i, t, options.top_k) for i, t in enumerate(texts)),
+        *(_messages(memory, app_id, user_id, vectors, i, t, wanted) for i, t in enumerate(texts)),
     )
-    message_searches = [
-        _messages(memory, app_id, user_id, t, v, wanted) for t, v in zip(texts, vectors, strict=True)
-    ]
-    found_facts, found_messages = await asyncio.gather(
-        asyncio.gather(*fact_searches), asyncio.gather(*message_searches)
-    )
+    found_facts, found_messages = found[2 : 2 + len(texts)], found[2 + len(texts) :]
     top_k = options.top_k * len(asked)
     return fit(
-        known.user,
+        known.result().user,
         facts=newest_first_within_topics(_merged(found_facts)[:top_k]),
         messages=_merged(found_messages),
-        summaries=known.summaries,
-        recent=known.recent,
+        summaries=known.result().summaries,
+        recent=known.result().recent,
         top_k=top_k,
         max_tokens=options.max_tokens,
     )
@@ -196,15 +190,19 @@ async def _facts(
     memory: Memory,
     app_id: str,
     user_id: str,
-    collection_id: str,
+    known: Awaitable[_Known],
+    vectors: Awaitable[np.ndarray],
+    i: int,
     query: str,
-    vector: np.ndarray,
     top_k: int,
 ) -> list[tuple[Record, float]]:
-    """The user's facts that best answer ``query``: nearest by embedding, re-scored on their words."""
+    """The user's facts that best answer query ``i``: nearest by embedding, re-scored on their words."""
+    collection_id = (await known).honcho_id
+    if collection_id is None:  # nothing derived for this user yet
+        return []
     limit = max(FACTS_RECIPE.candidates, 5 * top_k)
     semantic = await memory.index.nearest(
-        DOCUMENTS, vector, scope={"collection_id": collection_id}, limit=limit
+        DOCUMENTS, (await vectors)[i], scope={"collection_id": collection_id}, limit=limit
     )
     async with memory.database.transaction() as db:
         found = await documents.fetch_many(
@@ -219,8 +217,17 @@ async def _facts(
 
 
 async def _messages(
-    memory: Memory, app_id: str, user_id: str, query: str, vector: np.ndarray, top_k: int
+    memory: Memory,
+    app_id: str,
+    user_id: str,
+    vectors: Awaitable[np.ndarray],
+    i: int,
+    query: str,
+    top_k: int,
 ) -> list[tuple[Record, float]]:
+    async def vector() -> np.ndarray:
+        return (await vectors)[i]
+
     return await retrieval.search_messages(
         memory.database,
         memory.index,
@@ -229,8 +236,8 @@ async def _messages(
         user_id=user_id,
         query=query,
         top_k=top_k,
-        vector=vector,
-        scope_checked=True,  # gather_context has found the user
+        vector=vector(),
+        scope_checked=True,  # _known finds the user, in parallel: a 404 from there cancels this search
     )
 
 

@@ -7,7 +7,8 @@ come back from PostgreSQL (the source of truth), in the order the index ranked t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import inspect
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,14 +101,15 @@ async def search_messages(
     top_k: int = 10,
     mode: Mode = "hybrid",
     filter: dict[str, Any] | None = None,
-    vector: np.ndarray | None = None,
+    vector: np.ndarray | Awaitable[np.ndarray] | None = None,
     scope_checked: bool = False,
 ) -> list[tuple[Record, float]]:
     """A user's (or one session's) messages that best answer ``query``, best first, with their scores.
 
-    ``vector``: the query's embedding when the caller already has it (context gathering embeds its
-    queries once for facts and messages alike). ``scope_checked``: the caller has already found the user
-    (and session), so an unknown one needs no second look-up to become a 404."""
+    The full-text search needs no embedding, so it runs while the query is embedded. ``vector``: the
+    query's embedding, or a task that will have it, when the caller embeds its queries itself (context
+    gathering embeds them once for facts and messages alike). ``scope_checked``: the caller has already
+    found the user (and session), so an unknown one needs no second look-up to become a 404."""
     query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
     filter = check_filter(filter)
     recipe = RECIPES[mode]
@@ -118,15 +120,20 @@ async def search_messages(
             else:
                 await sessions.get_session(db, app_id, user_id, session_id)
     scope: dict[str, str | None] = {"app_id": app_id, "user_id": user_id, "session_id": session_id}
-    if not recipe.semantic:
-        vector = None
-    elif vector is None:
-        vector = (await embedder.embed([query]))[0]
+    resolved: list[np.ndarray] = []  # the query's vector, once known
+
+    async def nearest(limit: int) -> list[Hit]:
+        if not resolved:
+            if vector is None:
+                resolved.append((await embedder.embed([query]))[0])
+            else:
+                resolved.append(await vector if inspect.isawaitable(vector) else vector)
+        return await index.nearest(MESSAGES, resolved[0], scope=scope, limit=limit)
 
     candidates = max(recipe.candidates, 5 * top_k)
     while True:
-        semantic, fulltext = await asyncio.gather(  # the two retrievers side by side
-            index.nearest(MESSAGES, vector, scope=scope, limit=candidates) if vector is not None else _none(),
+        semantic, fulltext = await gather_all(  # the two retrievers side by side
+            nearest(candidates) if recipe.semantic else _none(),
             index.matching(MESSAGES, query, scope=scope, limit=candidates) if recipe.fulltext else _none(),
         )
         scores = fuse(semantic, fulltext, recipe)
@@ -142,6 +149,19 @@ async def search_messages(
         if len(ranked) >= top_k or exhausted or candidates >= MAX_CANDIDATES:
             return [(found[i][0], scores[i]) for i in ranked[:top_k]]
         candidates *= 4  # the filter (or stale index rows) took too many: look further down the lists
+
+
+async def gather_all(*awaitables: Awaitable[Any]) -> list[Any]:
+    """The results of ``awaitables`` run side by side, in order; the first failure cancels the rest and
+    is raised as itself (``asyncio.gather`` leaves the others running, ``TaskGroup`` wraps the error)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def query_documents(

@@ -73,6 +73,13 @@ async def test_serve_client_coalesces_concurrent_calls() -> None:
     assert len(handle.requests) == 3 and all(len(r) <= 8 for r in handle.requests), handle.requests
 
 
+async def test_serve_client_sends_a_lone_call_at_once_when_nothing_is_in_flight() -> None:
+    handle = FakeHandle()
+    client = ServeEmbedder(handle, 1, max_texts=8, wait_s=30)  # a wait would outlast the timeout
+    vectors = await asyncio.wait_for(client.embed(["7"]), timeout=5)
+    assert vectors.tolist() == [[7.0]] and handle.requests == [["7"]]
+
+
 async def test_serve_client_sends_texts_alone_without_batching_and_reports_failures() -> None:
     handle = FakeHandle()
     alone = ServeEmbedder(handle, 1, max_texts=1)
