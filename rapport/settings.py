@@ -138,7 +138,7 @@ class LLMSettings(_Section):
         default=2,
         ge=1,
         le=64,
-        description="Requests the local model decodes at once (a batch's facts and its summary run together).",
+        description="Requests the local model holds at once, each slot with its own prompt cache.",
     )
 
     @property

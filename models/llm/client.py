@@ -136,6 +136,25 @@ def response_format(schema: tuple[str, dict[str, Any]] | None) -> dict[str, Any]
     return {"response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": json_schema}}}
 
 
+def log_timings(model: str, answer: dict[str, Any], usage: dict[str, Any]) -> None:
+    """One line per call where the server says where its time went (llama.cpp's ``timings``: reading
+    the prompt, generating), with how much of the prompt a KV cache spared. Others log nothing."""
+    timings = answer.get("timings")
+    if not isinstance(timings, dict):
+        return
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens", 0) if isinstance(details, dict) else 0
+    log.info(
+        "%s: prompt %s tokens (%s cached) read in %.1f s, %s tokens generated in %.1f s",
+        model,
+        usage.get("prompt_tokens", "?"),
+        cached,
+        (timings.get("prompt_ms") or 0) / 1000,
+        usage.get("completion_tokens", "?"),
+        (timings.get("predicted_ms") or 0) / 1000,
+    )
+
+
 def parse_output(output: type[M], text: str) -> M:
     """The model's answer as ``output``; tolerates a fenced code block around the JSON."""
     body = text.strip()

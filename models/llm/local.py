@@ -26,6 +26,7 @@ from models.llm.client import (
     LLMError,
     RetryPolicy,
     Usage,
+    log_timings,
     response_format,
 )
 
@@ -116,6 +117,7 @@ class LocalLLM(LLMClient):
         if not isinstance(result, dict) or "error" in result:
             raise LLMError(f"the local model failed: {_error(result)}")
         usage = result.get("usage") or {}
+        log_timings(self.model, result, usage)
         return Completion(
             result["choices"][0]["message"].get("content") or "",
             Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),

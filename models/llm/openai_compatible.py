@@ -18,6 +18,7 @@ from models.llm.client import (
     RetryPolicy,
     TransientError,
     Usage,
+    log_timings,
     response_format,
     retry_after,
 )
@@ -83,6 +84,7 @@ class OpenAICompatibleLLM(LLMClient):
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise TransientError(f"{self.base_url} answered 200 with no completion in it") from exc
         usage = data.get("usage") or {}
+        log_timings(self.model, data, usage)
         return Completion(
             text,
             Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),

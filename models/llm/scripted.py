@@ -32,7 +32,9 @@ class ScriptedLLM(LLMClient):
         self._next = 0
         self.latency_s = latency_s
         self.prompts: list[list[ChatMessage]] = []
-        self.schemas: list[str | None] = []
+        self.schemas: list[str | None] = []  # the output schema's name asked for in each call
+        self.schema_bodies: list[dict[str, Any] | None] = []
+        self.max_tokens_asked: list[int] = []
 
     def _answer(self, messages: Sequence[ChatMessage]) -> str:
         self.prompts.append(list(messages))
@@ -57,6 +59,8 @@ class ScriptedLLM(LLMClient):
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         self.schemas.append(schema[0] if schema else None)
+        self.schema_bodies.append(schema[1] if schema else None)
+        self.max_tokens_asked.append(max_tokens)
         text = self._answer(messages)
         prompt_tokens = sum(len(m.content.split()) for m in messages)
         return Completion(text, Usage(prompt_tokens, len(text.split())), self.model)

@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.llm import LLMClient, Usage
 from pipelines.deriver.prompts import (
-    Derivation,
+    TOKENS_PER_FACT,
     DerivedFact,
     Line,
     SummaryType,
+    derivation_limited,
+    facts_limit,
     facts_prompt,
     summary_prompt,
 )
@@ -195,13 +197,19 @@ class Deriver:
         users_messages = {i: m.id for i, m in enumerate(batch, start=1) if m.is_user}
         if not users_messages:
             return []  # nothing the user said: context for later batches, no facts
+        limit = facts_limit(len(users_messages))
         prompt = facts_prompt(
             user_name,
             summary.content if summary is not None else None,
             [line(m, user_name) for m in history],
             numbered,
+            limit,
         )
-        result, completion = await self.llm.structured(prompt, Derivation)
+        result, completion = await self.llm.structured(
+            prompt,
+            derivation_limited(limit),
+            max_tokens=max(self.llm.max_tokens, limit * TOKENS_PER_FACT + 20),
+        )
         outcome.usage = outcome.usage + completion.usage
         facts = []
         for fact in result.facts:

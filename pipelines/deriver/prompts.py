@@ -7,10 +7,11 @@ ids, so it cannot invent a source; the numbers are mapped back to message ids in
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from models.llm import ChatMessage
 
@@ -35,6 +36,30 @@ class Derivation(BaseModel):
     """What one batch of messages says about the user."""
 
     facts: list[DerivedFact] = Field(max_length=MAX_FACTS)
+
+
+# Tokens one fact can take in the answer: its text (at most FACT_MAX_CHARS, about 4 characters a token),
+# the other fields and the JSON around them. The answer's token limit grows with the facts allowed, so
+# that constrained decoding always has room to close the JSON.
+TOKENS_PER_FACT = FACT_MAX_CHARS // 4 + 40
+
+
+def facts_limit(user_messages: int) -> int:
+    """How many facts a batch may yield: two, plus one for every two of the user's messages, at most
+    MAX_FACTS. The reference observations of LoCoMo hold about one for every three messages; without a
+    limit, a small model can list fact after fact until it runs out of tokens, and the cut-off answer is
+    wasted (on a CPU, a minute of generation)."""
+    return min(MAX_FACTS, 2 + user_messages // 2)
+
+
+@functools.cache
+def derivation_limited(limit: int) -> type[Derivation]:
+    """Derivation with at most ``limit`` facts in its schema, so the grammar itself stops the list."""
+    return create_model(
+        f"Derivation{limit}",
+        __base__=Derivation,
+        facts=(list[DerivedFact], Field(max_length=limit)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +109,10 @@ Answer:
 
 
 def facts_prompt(
-    user_name: str, summary: str | None, history: list[Line], batch: list[Line]
+    user_name: str, summary: str | None, history: list[Line], batch: list[Line], limit: int = MAX_FACTS
 ) -> list[ChatMessage]:
-    """The extraction prompt: what is known so far as context, the numbered batch to read."""
+    """The extraction prompt: what is known so far as context, the numbered batch to read, and how many
+    facts at most (``limit``; the output schema holds the model to it)."""
     parts = [f"The user is {user_name}."]
     if summary:
         parts.append(f"Summary of the conversation so far:\n{summary}")
@@ -95,7 +121,10 @@ def facts_prompt(
             "Earlier messages (context only, not numbered):\n" + "\n".join(line.render() for line in history)
         )
     parts.append("Messages:\n" + "\n".join(line.render() for line in batch))
-    parts.append(f"What do the numbered messages reveal about {user_name}? Answer with the JSON object.")
+    parts.append(
+        f"What do the numbered messages reveal about {user_name}? At most {limit} facts, the most telling "
+        "first. Answer with the JSON object."
+    )
     return [ChatMessage("system", FACTS_SYSTEM), ChatMessage("user", "\n\n".join(parts))]
 
 

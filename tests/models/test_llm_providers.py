@@ -3,6 +3,7 @@ retries on 429/5xx with backoff, and clear errors for what a retry cannot fix.""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,22 @@ async def test_openai_streaming_yields_the_pieces_in_order(
     pieces = [piece async for piece in openai_llm.stream(PROMPT)]
     assert pieces == ["She ", "moved ", "to Lisbon."]
     assert openai_server.requests[0]["stream"] is True
+
+
+async def test_a_llama_cpp_server_says_where_the_time_went(
+    openai_server: FakeServer, openai_llm: LLMClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    reply = openai_reply("She moved.", 900, 40)
+    reply.body["usage"]["prompt_tokens_details"] = {"cached_tokens": 600}
+    reply.body["timings"] = {"prompt_ms": 5200.0, "predicted_ms": 3900.0}  # llama.cpp's extra field
+    openai_server.script(reply, openai_reply("Again."))  # the second, from a server without timings
+    with caplog.at_level(logging.INFO, logger="models.llm.client"):
+        await openai_llm.complete(PROMPT)
+        await openai_llm.complete(PROMPT)
+    lines = [r.getMessage() for r in caplog.records if "read in" in r.getMessage()]
+    assert lines == [
+        "served-model: prompt 900 tokens (600 cached) read in 5.2 s, 40 tokens generated in 3.9 s"
+    ]
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

@@ -18,7 +18,7 @@ from models.embedding.hashing import HashingEmbedder
 from models.llm import ChatMessage, LLMUnavailable
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
-from pipelines.deriver.prompts import FACTS_SYSTEM
+from pipelines.deriver.prompts import FACTS_SYSTEM, TOKENS_PER_FACT
 from pipelines.indexing import IndexSync
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
@@ -135,6 +135,29 @@ async def test_facts_are_stored_with_their_sources(database: Database, memory_ha
     shown = llm.prompts[0][1].content
     assert "[1] ana (2023-05-08): I moved to Lisbon in May" in shown
     assert "[2] assistant (2023-05-08): Nice! Why Lisbon?" in shown
+
+
+async def test_a_batch_yields_at_most_a_few_facts_per_message_of_the_user(
+    database: Database, memory_hashed: Memory
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, "I moved to Lisbon in May", "Why?", "For my job at a bakery")  # 2 of hers
+    too_many = facts(*((f"ana fact number {i}.", [1]) for i in range(4)))
+    llm = ScriptedLLM([too_many, facts(("ana lives in Lisbon.", [1]), ("ana works at a bakery.", [3]))])
+    assert await worker(memory_hashed, llm).run_once() == "done"
+
+    # The schema itself holds the model to the limit (constrained decoding stops the list there), the
+    # prompt says so, and the answer has room for that many facts of the longest kind.
+    limit = 3  # two, plus one for every two of the user's messages
+    assert llm.schema_bodies[0]["properties"]["facts"]["maxItems"] == limit
+    assert f"At most {limit} facts" in llm.prompts[0][1].content
+    assert llm.max_tokens_asked[0] >= limit * TOKENS_PER_FACT
+    # A model without constrained decoding that lists more gets the repair turn, not a silent cut.
+    assert len(llm.prompts) == 2
+    assert [f.content for f in await facts_of(database, tree)] == [
+        "ana lives in Lisbon.",
+        "ana works at a bakery.",
+    ]
 
 
 async def test_a_repeated_fact_reinforces_the_stored_one(database: Database, memory_hashed: Memory) -> None:
