@@ -10,8 +10,10 @@ for the deriver, the summaries and the dialectic), ingests the first --sessions 
 then for each question of categories 1-4 whose evidence lies in those sessions:
 - context evidence recall: asks `POST .../users/{user}/context` (the user is the speaker the question
   names) and reports the share of the question's evidence turns among the top 10 and 20 items, counting a
-  fact as covering the turns it names as sources: messages only, facts only, and both (facts and
-  messages taken in turns, best of each first);
+  fact as covering the turns it names as sources: messages only (the message search on its own,
+  `POST .../users/{user}/search`, its first k), facts only (the context's first k facts), and both (the
+  whole context asked with top_k k/2: at most k/2 facts and k/2 messages, the messages leaving out those
+  its facts came from);
 - answer quality: LoCoMo's token F1 of the dialectic's answer (`POST .../sessions/{id}/chat`) against the
   gold answer, per category, for the first --questions questions (taken in turn from each category);
 - latency p50/p95 of both calls.
@@ -165,12 +167,14 @@ def interleave(*lists: list) -> list:
     return merged
 
 
-def covered_turns(context: dict, dia_of: dict[str, str]) -> dict[str, list[set[str]]]:
-    """Per source, the evidence turns each ranked item covers."""
-    facts = [{dia_of[i] for i in f["document"]["metadata"].get("message_ids", []) if i in dia_of}
-             for f in context["facts"]]  # fmt: skip
-    messages = [{m["message"]["metadata"].get("dia_id")} for m in context["messages"]]
-    return {"messages": messages, "facts": facts, "both": interleave(facts, messages)}
+def fact_turns(context: dict, dia_of: dict[str, str]) -> list[set[str]]:
+    """The turns each of a context's facts covers: those it names as its sources."""
+    return [{dia_of[i] for i in f["document"]["metadata"].get("message_ids", []) if i in dia_of}
+            for f in context["facts"]]  # fmt: skip
+
+
+def message_turns(hits: list[dict]) -> list[set[str]]:
+    return [{hit["message"]["metadata"].get("dia_id")} for hit in hits]
 
 
 def in_turns(questions: list[tuple[dict, dict]], n: int) -> list[tuple[dict, dict]]:
@@ -201,14 +205,28 @@ def qa(args: argparse.Namespace) -> None:
         context_ms: list[float] = []
         for conv, q in questions:
             user, _ = users[(conv["id"], user_for(q["question"], conv))]
+
+            def context(top_k: int, question: str = q["question"], user: str = user) -> dict:
+                return http.post(f"/v1/apps/{app}/users/{user}/context",
+                                 json={"query": question, "top_k": top_k, "max_tokens": 32000}).raise_for_status().json()  # fmt: skip
+
             t0 = time.perf_counter()
-            context = http.post(f"/v1/apps/{app}/users/{user}/context",
-                                json={"query": q["question"], "top_k": max(KS), "max_tokens": 32000})  # fmt: skip
+            widest = context(max(KS))
             context_ms.append((time.perf_counter() - t0) * 1000)
-            ranked = covered_turns(context.raise_for_status().json(), dia_of)
-            for source, items in ranked.items():
-                for k in KS:
-                    found = set().union(*items[:k]) if items[:k] else set()
+            searched = http.post(f"/v1/apps/{app}/users/{user}/search",
+                                 json={"query": q["question"], "top_k": max(KS)}).raise_for_status().json()  # fmt: skip
+            for k in KS:
+                # k items: the message search's first k; the context's first k facts; a context of k items
+                # (top_k k/2: as many facts and messages at most, its messages leaving out those its facts
+                # came from).
+                half = context(k // 2)
+                ranked = {
+                    "messages": message_turns(searched)[:k],
+                    "facts": fact_turns(widest, dia_of)[:k],
+                    "both": fact_turns(half, dia_of) + message_turns(half["messages"]),
+                }
+                for source, items in ranked.items():
+                    found = set().union(*items) if items else set()
                     share = len(found & set(q["evidence"])) / len(q["evidence"])
                     recall[(source, q["category"], k)].append(share)
                     recall[(source, "all", k)].append(share)
