@@ -215,14 +215,15 @@ def qa(args: argparse.Namespace) -> None:
             context_ms.append((time.perf_counter() - t0) * 1000)
             searched = http.post(f"/v1/apps/{app}/users/{user}/search",
                                  json={"query": q["question"], "top_k": max(KS)}).raise_for_status().json()  # fmt: skip
+            alone, facts = message_turns(searched), fact_turns(widest, dia_of)
             for k in KS:
                 # k items: the message search's first k; the context's first k facts; a context of k items
                 # (top_k k/2: as many facts and messages at most, its messages leaving out those its facts
                 # came from).
                 half = context(k // 2)
                 ranked = {
-                    "messages": message_turns(searched)[:k],
-                    "facts": fact_turns(widest, dia_of)[:k],
+                    "messages": alone[:k],
+                    "facts": facts[:k],
                     "both": fact_turns(half, dia_of) + message_turns(half["messages"]),
                 }
                 for source, items in ranked.items():

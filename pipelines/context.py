@@ -140,14 +140,15 @@ async def gather_context(
         *(_facts(memory, app_id, user_id, known, vectors, i, t, options.top_k) for i, t in enumerate(texts)),
         *(_messages(memory, app_id, user_id, vectors, i, t, wanted) for i, t in enumerate(texts)),
     )
-    found_facts, found_messages = found[2 : 2 + len(texts)], found[2 + len(texts) :]
+    base, _, *searched = found  # _Known, the vectors, then each search
+    found_facts, found_messages = searched[: len(texts)], searched[len(texts) :]
     top_k = options.top_k * len(asked)
     return fit(
-        known.result().user,
+        base.user,
         facts=newest_first_within_topics(_merged(found_facts)[:top_k]),
         messages=_merged(found_messages),
-        summaries=known.result().summaries,
-        recent=known.result().recent,
+        summaries=base.summaries,
+        recent=base.recent,
         top_k=top_k,
         max_tokens=options.max_tokens,
     )

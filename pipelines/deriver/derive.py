@@ -23,10 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.llm import LLMClient, Usage
 from pipelines.deriver.prompts import (
-    TOKENS_PER_FACT,
     DerivedFact,
     Line,
     SummaryType,
+    answer_tokens,
     derivation_limited,
     facts_limit,
     facts_prompt,
@@ -208,7 +208,7 @@ class Deriver:
         result, completion = await self.llm.structured(
             prompt,
             derivation_limited(limit),
-            max_tokens=max(self.llm.max_tokens, limit * TOKENS_PER_FACT + 20),
+            max_tokens=max(self.llm.max_tokens, answer_tokens(limit)),
         )
         outcome.usage = outcome.usage + completion.usage
         facts = []

@@ -44,6 +44,11 @@ class Derivation(BaseModel):
 TOKENS_PER_FACT = FACT_MAX_CHARS // 4 + 40
 
 
+def answer_tokens(limit: int) -> int:
+    """Room for an answer of ``limit`` facts of the longest kind, and the object around them."""
+    return limit * TOKENS_PER_FACT + 20
+
+
 def facts_limit(user_messages: int) -> int:
     """How many facts a batch may yield: two, plus one for every two of the user's messages, at most
     MAX_FACTS. The reference observations of LoCoMo hold about one for every three messages; without a
