@@ -34,6 +34,8 @@ class DocumentBatch:
     rows: list[Record] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)
 
+    removed: list[str] = field(default_factory=list)  # ids of documents deleted in the transaction
+
     def add(self, row: Record, vector: np.ndarray) -> None:
         self.rows.append(row)
         self.vectors.append(vector)
@@ -147,16 +149,20 @@ class Memory:
 
     @asynccontextmanager
     async def documents_transaction(self) -> AsyncIterator[DocumentBatch]:
-        """One transaction in which documents are stored with vectors already computed (``batch.add``);
-        once it commits they are written to the index, through the outbox like ``add_document``'s."""
+        """One transaction in which documents are stored with vectors already computed (``batch.add``)
+        and others deleted (``batch.removed``); once it commits the index follows, through the outbox
+        like ``add_document``'s and ``delete_document``'s."""
         batch = DocumentBatch()
         async with self.database.transaction() as db:
             batch.db = db
             yield batch
             ids = [row.id for row in batch.rows]
             entries = await outbox.enqueue_upserts(db, "document", ids, delay_s=outbox.INLINE_GRACE_S)
+            removals = await outbox.enqueue_deletes(db, "document", batch.removed)
         if batch.rows:
             await self._write_documents(batch.rows, np.stack(batch.vectors), entries)
+        if removals:
+            await self._apply(removals)
 
     async def query_documents(self, **query: Any) -> list[Record]:
         return await retrieval.query_documents(self.database, self.index, self.embedder, **query)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
@@ -34,6 +36,8 @@ deriver_app = typer.Typer(
     help="The deriver: what waits to be derived, parked work, and a foreground worker.", no_args_is_help=True
 )
 app.add_typer(deriver_app, name="deriver")
+jobs_app = typer.Typer(help="Batch re-derivation jobs (`rapport derive`).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 index_app = typer.Typer(
     help="The search index's outbox: what waits, what failed for good.", no_args_is_help=True
 )
@@ -256,6 +260,207 @@ def deriver_run() -> None:
     except (LLMError, EmbeddingModelNotFound) as exc:  # a missing model or key: the message names the setting
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+
+def _resolved(settings: Settings) -> Settings:
+    """The settings with the database URL resolved (the embedded Postgres started) and an absolute home,
+    as Ray actors on other processes or hosts need them."""
+    url = _database_url(settings)
+    return settings.model_copy(
+        update={
+            "db": settings.db.model_copy(update={"connection_uri": url}),
+            "app": settings.app.model_copy(update={"home": settings.home}),
+        }
+    )
+
+
+@app.command("derive")
+def derive(
+    app_ref: str | None = typer.Option(None, "--app", help="The app (id or name) whose users to derive."),
+    all_users: bool = typer.Option(False, "--all", help="Every user of the app."),
+    users_file: Path | None = typer.Option(
+        None, "--users", exists=True, dir_okay=False, help="A file of user ids, one per line."
+    ),
+    since: datetime | None = typer.Option(
+        None,
+        "--since",
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+        help="Users with a message stored since then.",
+    ),
+    mode: str = typer.Option(
+        "replace", "--mode", help="replace: each user's facts are swapped for the new set; append: added."
+    ),
+    actors: int = typer.Option(1, "--actors", min=1, max=4096, help="Actors deriving in parallel."),
+    concurrency: int = typer.Option(
+        4, "--concurrency", min=1, max=1024, help="LLM calls in flight per actor."
+    ),
+    actor_cpus: float = typer.Option(0.5, "--actor-cpus", min=0, help="CPUs Ray reserves per actor."),
+    actor_gpus: float | None = typer.Option(
+        None, "--actor-gpus", min=0, help="GPUs per actor [default: the cluster's shared out, at most 1]."
+    ),
+    resume: str | None = typer.Option(
+        None, "--resume", help="Resume this job: derive its users not done yet."
+    ),
+) -> None:
+    """Re-derive users' facts in batch on Ray (a local Ray, or the cluster at RAY_ADDRESS), resumable.
+
+    Each user is derived from all of their messages and stored with its `done` mark in one transaction:
+    a user is never derived twice, and Ctrl-C then `--resume JOB` continues where the job stopped.
+    """
+    import asyncio
+    import signal
+
+    import ray
+    from tqdm import tqdm
+
+    from cluster.batch import BadSelection, JobFailed, RunOptions, create_job, drive
+    from storage import jobs
+    from storage.db import open_database
+
+    chosen = sum((all_users, users_file is not None)) + (
+        since is not None and not all_users and users_file is None
+    )
+    if resume is not None:
+        if app_ref or all_users or users_file or since:
+            _fail("--resume continues the job's own users; leave out --app, --all, --users and --since")
+    elif app_ref is None or chosen != 1:
+        _fail("give --app and one of --all, --users FILE or --since DATE (or --resume JOB_ID)")
+    if mode not in ("replace", "append"):
+        _fail(f"--mode must be replace or append, not {mode!r}")
+    settings = _resolved(_settings())
+    options = RunOptions(actors=actors, concurrency=concurrency, actor_cpus=actor_cpus, actor_gpus=actor_gpus)
+
+    async def run() -> Any:
+        database = await open_database(settings)
+        try:
+            if resume is not None:
+                async with database.transaction() as db:
+                    job = await jobs.take_over(db, resume)
+                job_id, total = job.id, job.users_total
+            else:
+                assert app_ref is not None
+                job_id, total = await create_job(
+                    database,
+                    settings,
+                    app_ref,
+                    mode=mode,  # type: ignore[arg-type]
+                    users_file=str(users_file) if users_file else None,
+                    since=since,
+                    options=options,
+                )
+            async with database.transaction() as db:
+                done_before = (await jobs.progress(db, job_id)).finished
+        finally:
+            await database.dispose()
+        typer.echo(
+            f"job {job_id}: {total} users ({'resumed' if resume else mode}); "
+            f"`rapport jobs cancel {job_id}` stops it for good, Ctrl-C pauses it",
+            err=True,
+        )
+        if not ray.is_initialized():
+            address = os.environ.get("RAY_ADDRESS")
+            ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        bar = tqdm(total=total, initial=done_before, desc="deriving", unit="user", dynamic_ncols=True)
+        seen = {"done": done_before}
+
+        def progress(p: jobs.Progress) -> None:
+            bar.update(p.finished - seen["done"])
+            seen["done"] = p.finished
+            bar.set_postfix(failed=p.failed, facts=p.facts, refresh=False)
+
+        try:
+            return await drive(settings, job_id, options, on_progress=progress, stop=stop)
+        finally:
+            bar.close()
+
+    try:
+        report = _run(run())
+    except BadSelection as exc:
+        _fail(str(exc))
+    except JobFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    p = report.progress
+    typer.echo(
+        f"job {report.job_id} {report.state} in {report.elapsed_s:.0f}s: {p.done} users done, {p.failed} failed, "
+        f"{p.pending + p.running} not done, {p.facts} facts"
+    )
+    for user_id, attempts, error in report.failures:
+        typer.echo(f"  failed: user {user_id} after {attempts} attempt(s): {error}")
+    if report.state == "stopped":
+        typer.echo(f"resume with: rapport derive --resume {report.job_id}")
+        raise typer.Exit(130)
+    if p.failed:
+        raise typer.Exit(1)
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    app_id: str | None = typer.Option(None, "--app", help="Only this app's jobs (its id)."),
+) -> None:
+    """The newest jobs: state, users done of all, when."""
+    from storage import jobs
+
+    async def listing(db: AsyncConnection) -> list[tuple[jobs.Job, jobs.Progress]]:
+        return [(job, await jobs.progress(db, job.id)) for job in await jobs.list_jobs(db, app_id=app_id)]
+
+    rows = _run(_in_transaction(_settings(), listing))
+    if not rows:
+        typer.echo("no jobs")
+    for job, p in rows:
+        typer.echo(
+            f"{job.id}  {job.state:<10} {job.mode:<7} app {job.app_id}  {p.done}/{job.users_total} done"
+            f"{f', {p.failed} failed' if p.failed else ''}  {job.created_at:%Y-%m-%d %H:%M}  {job.model}"
+        )
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str = typer.Argument(..., help="The job's id.")) -> None:
+    """One job: its settings, counts, and why users failed."""
+    from storage import jobs
+
+    async def status(db: AsyncConnection) -> tuple[jobs.Job, jobs.Progress, list[tuple[str, int, str]]]:
+        return (
+            await jobs.get_job(db, job_id),
+            await jobs.progress(db, job_id),
+            await jobs.failures(db, job_id),
+        )
+
+    job, p, failures = _run(_in_transaction(_settings(), status))
+    alive = (
+        f", driver {job.driver} seen {job.heartbeat_age_s:.0f}s ago"
+        if job.heartbeat_age_s is not None
+        else ""
+    )
+    typer.echo(f"job {job.id}: {job.state}{alive}")
+    typer.echo(
+        f"  app {job.app_id}, mode {job.mode}, model {job.model}, {json.dumps(job.settings)}, "
+        f"users {json.dumps(job.selection)}"
+    )
+    typer.echo(
+        f"  users: {job.users_total}  done: {p.done}  failed: {p.failed}  running: {p.running}  "
+        f"pending: {p.pending}  facts: {p.facts}"
+    )
+    for user_id, attempts, error in failures:
+        typer.echo(f"  failed: user {user_id} after {attempts} attempt(s): {error}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str = typer.Argument(..., help="The job's id.")) -> None:
+    """Stop a job for good: no user is started after this; those being derived finish."""
+    from storage import jobs
+
+    state = _run(_in_transaction(_settings(), lambda db: jobs.cancel(db, job_id)))
+    typer.echo(f"job {job_id} is {state}")
 
 
 @app.command("reindex")

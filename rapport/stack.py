@@ -18,7 +18,7 @@ from cluster.index_sync import IndexSyncLoop
 from models.embedding import TextEmbedder
 from pipelines.indexing import IndexSync, IndexWriter
 from pipelines.memory import Memory
-from rapport.settings import Settings
+from rapport.settings import LLMSettings, Settings
 from storage.db import Database
 from storage.index import VectorIndex
 
@@ -99,6 +99,11 @@ def build_deriver(stack: Stack, llm: LLMClient | None = None) -> Deriver:
     return Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(settings.deriver))
 
 
+def llm_name(llm: LLMSettings) -> str:
+    """provider/model, as logs and a job's ledger name the model."""
+    return f"{llm.provider}/{llm.model or (llm.local_model if llm.provider == 'local' else 'default')}"
+
+
 def dialectic_llm(settings: Settings) -> LLMClient:
     """The dialectic's LLM (``Settings.llm_for("dialectic")``), built on its first call, not here: an API
     process that never answers a chat loads no model. A local model already loaded in this process is
@@ -107,7 +112,7 @@ def dialectic_llm(settings: Settings) -> LLMClient:
     from models.llm.lazy import LazyLLM
 
     llm = settings.llm_for("dialectic")
-    name = f"{llm.provider}/{llm.model or (llm.local_model if llm.provider == 'local' else 'default')}"
+    name = llm_name(llm)
     # build_llm may join and hash the local weights on their first use: off the event loop.
     return LazyLLM(lambda: asyncio.to_thread(build_llm, llm, settings.home), name=name)
 

@@ -337,3 +337,85 @@ async def lag(db: AsyncConnection) -> Lag:
         await db.execute(text("SELECT count(*) FROM derivation_queue WHERE status = 'parked'"))
     ).scalar_one()
     return Lag(int(waiting.n), int(parked), round(float(waiting.oldest or 0.0), 3))
+
+
+# --- a whole user at once (batch re-derivation, storage/jobs.py) ------------------------------------------
+# A job derives all of a user's messages in one go. It holds the derivation lease of every session of the
+# user meanwhile, with its own token, so the queue's workers leave those sessions alone; when the user's
+# facts are stored, the queue items of the messages it derived are done and the leases released.
+
+
+async def lease_user(db: AsyncConnection, user_id: str, token: str, *, lease_s: float) -> bool:
+    """Take the lease on every session of the user; False (holding none) if a worker holds one now."""
+    sessions = (
+        await db.execute(
+            text("SELECT id, app_id FROM sessions WHERE user_id = :u ORDER BY id"), {"u": user_id}
+        )
+    ).all()
+    taken = await db.execute(
+        text(
+            """
+            INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
+            SELECT s.id, s.app_id, :user_id, :token, now() + :lease FROM unnest(:ids, :apps) AS s(id, app_id)
+            ON CONFLICT (session_id) DO UPDATE
+                SET lease_owner = excluded.lease_owner, leased_until = excluded.leased_until
+                WHERE d.leased_until IS NULL OR d.leased_until <= now() OR d.lease_owner = excluded.lease_owner
+            RETURNING d.session_id
+            """
+        ).bindparams(_IDS, bindparam("apps", type_=ARRAY(Text)), bindparam("lease", type_=Interval)),
+        {
+            "user_id": user_id,
+            "token": token,
+            "lease": timedelta(seconds=lease_s),
+            "ids": [s.id for s in sessions],
+            "apps": [s.app_id for s in sessions],
+        },
+    )
+    if len(taken.all()) == len(sessions):
+        return True
+    await release_user(db, user_id, token)
+    return False
+
+
+async def complete_user(db: AsyncConnection, user_id: str, token: str, message_ids: Sequence[str]) -> None:
+    """The user's messages ``message_ids`` are derived: their queue items are done (a worker will not
+    derive them again) and the user's sessions are released. ``LeaseLost`` if a lease was lost."""
+    lost = (
+        await db.execute(
+            text(
+                "SELECT d.session_id FROM derivation_sessions d WHERE d.lease_owner IS DISTINCT FROM :t "
+                "AND d.session_id IN (SELECT DISTINCT session_id FROM messages WHERE id = ANY(:ids))"
+            ).bindparams(_IDS),
+            {"t": token, "ids": list(message_ids)},
+        )
+    ).first()
+    if lost is not None:
+        raise LeaseLost(f"the lease on session {lost.session_id} was lost; a worker may have derived it")
+    await db.execute(
+        text(
+            "UPDATE derivation_queue SET status = 'done', done_at = now(), last_error = NULL, raw_output = NULL "
+            "WHERE message_id = ANY(:ids) AND status IN ('pending', 'parked')"
+        ).bindparams(_IDS),
+        {"ids": list(message_ids)},
+    )
+    await release_user(db, user_id, token)
+
+
+async def renew_owner(db: AsyncConnection, token: str, *, lease_s: float) -> None:
+    """Extend every lease ``token`` holds (a job's actor renews all its users' at once)."""
+    await db.execute(
+        text(
+            "UPDATE derivation_sessions SET leased_until = now() + :lease WHERE lease_owner = :t"
+        ).bindparams(bindparam("lease", type_=Interval)),
+        {"t": token, "lease": timedelta(seconds=lease_s)},
+    )
+
+
+async def release_user(db: AsyncConnection, user_id: str, token: str) -> None:
+    await db.execute(
+        text(
+            "UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL "
+            "WHERE user_id = :u AND lease_owner = :t"
+        ),
+        {"u": user_id, "t": token},
+    )

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.collections import RESERVED_NAME, get_collection, is_reserved
@@ -159,3 +159,37 @@ async def find_normalized(db: AsyncConnection, collection_id: str, texts: Sequen
         )
     )
     return {row.normalized: cast(Record, row) for row in rows}
+
+
+async def create_many(
+    db: AsyncConnection,
+    app_id: str,
+    user_id: str,
+    collection_id: str,
+    items: Sequence[tuple[str, dict[str, Any]]],
+) -> list[Record]:
+    """Many documents (content, metadata) in one statement, in order, into a collection the caller has
+    just read or locked (the deriver's own): no per-row parent check."""
+    if not items:
+        return []
+    values = [
+        {
+            "id": new_id(),
+            "app_id": app_id,
+            "user_id": user_id,
+            "collection_id": collection_id,
+            "content": check_content(content),
+            "metadata_": check_metadata(metadata),
+        }
+        for content, metadata in items
+    ]
+    rows = (await db.execute(insert(Document).values(values).returning(*record_columns(Document)))).all()
+    return sorted(rows, key=lambda r: r.seq)
+
+
+async def delete_all(db: AsyncConnection, collection_id: str) -> list[str]:
+    """Remove every document of a collection (the deriver replacing a user's facts); their ids."""
+    result = await db.execute(
+        delete(Document).where(Document.collection_id == collection_id).returning(Document.id)
+    )
+    return [row[0] for row in result]

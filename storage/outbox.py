@@ -69,6 +69,15 @@ async def enqueue_delete(
     return (await db.execute(stmt)).scalar_one()
 
 
+async def enqueue_deletes(db: AsyncConnection, kind: Kind, ids: Sequence[str]) -> list[int]:
+    """Record that these rows must leave the index; returns the entry ids."""
+    if not ids:
+        return []
+    source = select(literal(kind), literal("delete"), func.unnest(bindparam("ids", type_=ARRAY(Text))))
+    stmt = insert(IndexOutbox).from_select(["kind", "action", "target_id"], source).returning(IndexOutbox.id)
+    return [row[0] for row in await db.execute(stmt, {"ids": list(ids)})]
+
+
 async def due(db: AsyncConnection, limit: int, *, ids: Sequence[int] | None = None) -> list[Entry]:
     """Entries ready to apply, oldest first (or exactly ``ids``, due or not), locked for this transaction;
     entries another worker holds are skipped."""

@@ -284,3 +284,51 @@ class DerivationSession(Base):
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # backoff after a failure
     lease_owner: Mapped[str | None] = mapped_column(Text)
     leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DerivationJob(Base):
+    """A batch re-derivation (`rapport derive`): what it covers, how it was run, and where it stands."""
+
+    __tablename__ = "derivation_jobs"
+    id: Mapped[str] = _id()
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
+    mode: Mapped[str] = mapped_column(Text, nullable=False)  # replace | append
+    selection: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)  # --all, --users, --since
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)  # actors, concurrency...
+    model: Mapped[str] = mapped_column(Text, nullable=False)  # the deriver's LLM
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'running'"))
+    users_total: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    driver: Mapped[str | None] = mapped_column(Text)  # host:pid of the driver running it
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("mode IN ('replace', 'append')", name="mode"),
+        CheckConstraint("state IN ('running', 'stopped', 'cancelling', 'cancelled', 'done')", name="state"),
+    )
+
+
+class DerivationJobUser(Base):
+    """One user of a job. ``n`` numbers the job's users (1, 2, ...): pages are read by it, in order."""
+
+    __tablename__ = "derivation_job_users"
+    job_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("derivation_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    owner: Mapped[str | None] = mapped_column(Text)  # the actor deriving it (state running)
+    error: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[int | None] = mapped_column(Integer)
+    facts: Mapped[int | None] = mapped_column(Integer)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'running', 'done', 'failed')", name="state"),
+        UniqueConstraint("job_id", "user_id"),
+        Index("ix_derivation_job_users_job_id_state_n", "job_id", "state", "n"),
+        Index("ix_derivation_job_users_owner", "owner", postgresql_where=text("state = 'running'")),
+    )

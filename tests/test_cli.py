@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rapport.settings import DBSettings
-from storage import collections, documents, messages
+from storage import apps, collections, documents, messages, sessions, users
 from storage.db import Database
 from storage.index import VectorIndex
 from tests.db import scratch_database
@@ -115,3 +117,65 @@ def test_deriver_run_names_the_setting_when_the_model_is_missing(tmp_path: Path)
         done = _rapport("deriver", "run", env=env)
         assert done.returncode == 1
         assert "local_model" in done.stderr
+
+
+@pytest.mark.slow
+def test_derive_runs_a_job_on_a_local_ray_and_jobs_reports_it(tmp_path: Path) -> None:
+    """`rapport derive` end to end: its own local Ray, the default embedding model, an OpenAI-compatible
+    server standing in for the LLM; then `rapport jobs` and the CLI's refusals."""
+    import json
+
+    from tests.models.fake_llm_servers import openai_reply, serve_fake
+
+    with scratch_database("rapport_cli") as url, serve_fake("/v1/chat/completions") as llm:
+        env = {
+            "DB_CONNECTION_URI": url,
+            "RAPPORT_HOME": str(tmp_path),
+            "VECTOR_STORE_URI": str(tmp_path / "lance"),
+            "LLM_PROVIDER": "openai",
+            "LLM_BASE_URL": f"{llm.url}/v1",
+            "LLM_MODEL": "stand-in",
+            "LLM_API_KEY": "k",
+            "RAY_ADDRESS": "",
+        }
+        assert _rapport("db", "upgrade", env=env).returncode == 0
+
+        async def seed() -> None:
+            database = Database(url, DBSettings())
+            async with database.transaction() as db:
+                app = await apps.create_app(db, "cli-app")
+                for u in range(4):
+                    user = await users.create_user(db, app.id, f"user{u}")
+                    session = await sessions.create_session(db, app.id, user.id)
+                    await messages.create_messages(
+                        db, app.id, user.id, session.id, [{"content": "I like green tea", "is_user": True}]
+                    )
+            await database.dispose()
+
+        asyncio.run(seed())
+        fact = {"text": "likes green tea", "kind": "fact", "confidence": 0.9, "sources": [1]}
+        llm.script(*(openai_reply(json.dumps({"facts": [fact]})) for _ in range(4)))
+
+        done = _rapport("derive", "--app", "cli-app", "--all", "--concurrency", "2", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "4 users done, 0 failed, 0 not done, 4 facts" in done.stdout
+        assert len(llm.requests) == 4
+        job_id = done.stdout.split()[1]
+
+        listed = _rapport("jobs", "list", env=env)
+        assert job_id in listed.stdout and "4/4 done" in listed.stdout and "openai/stand-in" in listed.stdout
+        status = _rapport("jobs", "status", job_id, env=env)
+        assert "job " + job_id + ": done" in status.stdout and "done: 4" in status.stdout
+        again = _rapport("derive", "--resume", job_id, env=env)
+        assert again.returncode == 1 and "has ended" in again.stderr
+        assert _rapport("jobs", "cancel", job_id, env=env).returncode == 1
+        assert _rapport("jobs", "status", "nope", env=env).returncode == 1
+
+        vague = _rapport("derive", "--app", "cli-app", env=env)
+        assert vague.returncode == 2 and "--all, --users FILE or --since" in vague.stderr
+        both = _rapport("derive", "--resume", job_id, "--all", env=env)
+        assert both.returncode == 2
+        stranger = tmp_path / "users.txt"
+        stranger.write_text("not-a-user\n")
+        refused = _rapport("derive", "--app", "cli-app", "--users", str(stranger), env=env)
+        assert refused.returncode == 2 and "not-a-user" in refused.stderr

@@ -99,7 +99,7 @@ def line(message: Record, user_name: str, number: int | None = None) -> Line:
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
+class Plan:
     """What to write: new facts (with vectors) and reinforcements of stored ones."""
 
     new: list[tuple[DerivedFact, list[str], np.ndarray]]
@@ -137,7 +137,7 @@ class Deriver:
                 db, held.session_id, before_seq=batch[0].seq, limit=self.options.history_messages, newest=True
             )
         outcome = Outcome()
-        facts = await self._extract(user.name, summary, history, batch, outcome)
+        facts = await self.extract(user.name, summary, history, batch, outcome)
         summaries = await self._summaries(user.name, held, batch, before, outcome)
         vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
 
@@ -146,19 +146,10 @@ class Deriver:
             # One writer per user at a time from here to the commit, so two sessions of the same user
             # cannot both store the same new fact.
             await tx.db.execute(select(Collection.id).where(Collection.id == honcho.id).with_for_update())
-            plan = await self._plan(tx.db, honcho.id, facts, vectors)
+            plan = await self.plan(tx.db, honcho.id, facts, vectors)
             for fact, sources, vector in plan.new:
                 source = next(m for m in batch if m.id == sources[0])
-                metadata = {
-                    "message_id": sources[0],
-                    "message_ids": sources,
-                    "session_id": held.session_id,
-                    "kind": fact.kind,
-                    "confidence": round(fact.confidence, 3),
-                    "times_derived": 1,
-                    "model": self.llm.name,
-                    "date": date_of(source),
-                }
+                metadata = self.fact_metadata(fact, sources, source)
                 row = await documents.create_document(
                     tx.db, held.app_id, held.user_id, honcho.id, content=fact.text, metadata=metadata
                 )
@@ -184,7 +175,20 @@ class Deriver:
 
     # --- facts -------------------------------------------------------------------------------------
 
-    async def _extract(
+    def fact_metadata(self, fact: DerivedFact, sources: list[str], source: Record) -> dict[str, Any]:
+        """A new fact's metadata: its provenance (``source`` is the first of ``sources``) and model."""
+        return {
+            "message_id": sources[0],
+            "message_ids": sources,
+            "session_id": source.session_id,
+            "kind": fact.kind,
+            "confidence": round(fact.confidence, 3),
+            "times_derived": 1,
+            "model": self.llm.name,
+            "date": date_of(source),
+        }
+
+    async def extract(
         self,
         user_name: str,
         summary: Record | None,
@@ -221,21 +225,29 @@ class Deriver:
             facts.append((fact.model_copy(update={"text": text}), sources or list(users_messages.values())))
         return facts
 
-    async def _plan(
+    async def plan(
         self,
         db: AsyncConnection,
         collection_id: str,
         facts: list[tuple[DerivedFact, list[str]]],
         vectors: np.ndarray | None,
-    ) -> _Plan:
-        plan = _Plan([], {})
+        *,
+        against_stored: bool = True,
+    ) -> Plan:
+        """Which facts are new and which repeat a stored one (``against_stored``) or each other."""
+        plan = Plan([], {})
         if not facts or vectors is None:
             return plan
-        exact = await documents.find_normalized(db, collection_id, [normalized(f.text) for f, _ in facts])
+        exact = (
+            await documents.find_normalized(db, collection_id, [normalized(f.text) for f, _ in facts])
+            if against_stored
+            else {}
+        )
         kept: list[np.ndarray] = []
+        seen: dict[str, int] = {}  # normalised text -> its index in plan.new
         for (fact, sources), vector in zip(facts, vectors, strict=True):
             repeat: Any = exact.get(normalized(fact.text))
-            if repeat is None:
+            if repeat is None and against_stored:
                 hits = await self.memory.index.nearest(
                     DOCUMENTS, vector, scope={"collection_id": collection_id}, limit=1
                 )
@@ -245,18 +257,16 @@ class Deriver:
                 plan.repeats.setdefault(repeat.id, []).extend(sources)
                 continue
             # The same fact twice in one answer (or a paraphrase of one just planned): keep the first.
-            similar = next(
-                (
-                    i
-                    for i, other in enumerate(kept)
-                    if float(np.dot(other, vector)) >= self.options.dedup_threshold
-                ),
-                None,
-            )
+            similar = seen.get(normalized(fact.text))
+            if similar is None and kept:
+                scores = np.stack(kept) @ vector
+                best = int(np.argmax(scores))
+                similar = best if float(scores[best]) >= self.options.dedup_threshold else None
             if similar is not None:
                 first_sources = plan.new[similar][1]
                 first_sources.extend(s for s in sources if s not in first_sources)
                 continue
+            seen[normalized(fact.text)] = len(plan.new)
             plan.new.append((fact, list(sources), vector))
             kept.append(vector)
         return plan

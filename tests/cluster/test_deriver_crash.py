@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,6 @@ from rapport.settings import Settings
 from storage import derivation, messages, sessions
 from storage.db import Database
 from storage.index import VectorIndex
-from tests.served import REPO
 from tests.storage.factories import make_tree
 
 pytestmark = pytest.mark.slow
@@ -42,20 +41,6 @@ def one_fact_per_message(prompt: Sequence[ChatMessage]) -> str:
         for n, said in found
     ]
     return json.dumps({"facts": facts})
-
-
-@pytest.fixture(scope="module")
-def ray_session() -> Iterator[None]:
-    import ray
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="WARNING",
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}},
-    )
-    yield
-    ray.shutdown()
 
 
 async def test_a_killed_worker_loses_nothing_and_duplicates_nothing(

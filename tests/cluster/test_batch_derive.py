@@ -1,0 +1,306 @@
+"""Batch re-derivation on a real local Ray, PostgreSQL and LanceDB, with a scripted LLM: 200 users x 30
+messages, each user derived exactly once even when an actor is killed; a stopped job resumes without
+touching the users it finished; the API answers and the continuous deriver stays away meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from cluster.batch import BadSelection, RunOptions, create_job, drive
+from cluster.deriver import derivation_workers
+from deployments.api import create_api
+from models.embedding.hashing import HashingEmbedder
+from models.llm import ChatMessage
+from models.llm.scripted import ScriptedLLM
+from pipelines.deriver import Deriver, DeriverOptions
+from pipelines.deriver.prompts import FACTS_SYSTEM
+from pipelines.memory import Memory
+from rapport.settings import Settings
+from storage import apps, jobs, messages, sessions, users
+from storage.db import Database
+from storage.index import DOCUMENTS, VectorIndex
+
+pytestmark = pytest.mark.slow
+
+USERS, MESSAGES, FACTS_PER_USER = 200, 30, 3
+WORDS = [f"w{i}" for i in range(5000)]
+LINE = re.compile(r"^\[(\d+)\] (\S+) \([^)]*\): (.*)$", re.M)
+
+
+def three_facts(prompt: Sequence[ChatMessage]) -> str:
+    """Facts from the user's first three numbered messages. Each answer carries a fresh nonce, so a user
+    derived twice would keep two different sets where both were stored."""
+    if prompt[0].content != FACTS_SYSTEM:
+        return "a summary"
+    nonce = uuid.uuid4().hex[:10]
+    found = [(n, who, said) for n, who, said in LINE.findall(prompt[-1].content) if who != "assistant"]
+    facts = [
+        {"text": f"{who} mentioned {said} {nonce}", "kind": "fact", "confidence": 1.0, "sources": [int(n)]}
+        for n, who, said in found[:FACTS_PER_USER]
+    ]
+    return json.dumps({"facts": facts})
+
+
+async def populate(database: Database) -> tuple[str, list[str]]:
+    """An app with USERS users, each with one session of MESSAGES messages (the user speaks first)."""
+    rng = random.Random(7)
+    async with database.transaction() as db:
+        app = await apps.create_app(db, "batch")
+        user_ids = []
+        for u in range(USERS):
+            user = await users.create_user(db, app.id, f"user{u}")
+            session = await sessions.create_session(db, app.id, user.id)
+            await messages.create_messages(
+                db,
+                app.id,
+                user.id,
+                session.id,
+                [
+                    {"content": " ".join(rng.sample(WORDS, 6)), "is_user": i % 2 == 0, "metadata": {}}
+                    for i in range(MESSAGES)
+                ],
+            )
+            user_ids.append(user.id)
+    return app.id, user_ids
+
+
+def job_settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings.model_validate(
+        {
+            "db": {"connection_uri": database_url, "migrate_on_start": False},
+            "vector_store": {"uri": str(tmp_path / "lancedb")},
+            "deriver": {"batch_wait_s": 0, "poll_interval_s": 0.05, "max_attempts": 3},
+        }
+    )
+
+
+async def facts_per_user(database: Database) -> dict[str, int]:
+    async with database.transaction() as db:
+        rows = await db.execute(
+            text(
+                "SELECT u.id, count(d.id) FROM users u LEFT JOIN collections c ON c.user_id = u.id AND c.name = 'honcho' "
+                "LEFT JOIN documents d ON d.collection_id = c.id GROUP BY u.id"
+            )
+        )
+        return {row[0]: row[1] for row in rows}
+
+
+async def fact_ids(database: Database, user_ids: Sequence[str]) -> dict[str, set[str]]:
+    async with database.transaction() as db:
+        rows = await db.execute(
+            text("SELECT user_id, id FROM documents WHERE user_id = ANY(:ids)"), {"ids": list(user_ids)}
+        )
+        out: dict[str, set[str]] = {}
+        for user_id, document_id in rows:
+            out.setdefault(user_id, set()).add(document_id)
+        return out
+
+
+async def new_job(database: Database, settings: Settings, app_id: str, mode: str, **kwargs: object) -> str:
+    job_id, total = await create_job(
+        database,
+        settings,
+        app_id,
+        mode=mode,
+        options=RunOptions(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert total == USERS or "users_file" in kwargs
+    return job_id
+
+
+def run(settings: Settings, job_id: str, options: RunOptions, latency_s: float, **kwargs: object) -> object:
+    return drive(
+        settings,
+        job_id,
+        options,
+        llm=ScriptedLLM(three_facts, latency_s=latency_s),
+        embedder=HashingEmbedder(),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_every_user_is_derived_exactly_once_though_an_actor_is_killed(
+    ray_session: None, database: Database, database_url: str, tmp_path: Path
+) -> None:
+    import ray
+
+    settings = job_settings(database_url, tmp_path)
+    app_id, user_ids = await populate(database)
+    job_id = await new_job(database, settings, app_id, "append")
+    options = RunOptions(actors=3, concurrency=4, poll_s=0.2, actor_cpus=0.25)
+    driving = asyncio.create_task(run(settings, job_id, options, latency_s=0.1))  # type: ignore[arg-type]
+
+    # Kill an actor while it holds users, a quarter of the way through.
+    victim = None
+    while victim is None:
+        assert not driving.done(), driving
+        async with database.transaction() as db:
+            p = await jobs.progress(db, job_id)
+            held = (
+                await db.execute(
+                    text(
+                        "SELECT owner FROM derivation_job_users WHERE job_id = :j AND state = 'running' LIMIT 1"
+                    ),
+                    {"j": job_id},
+                )
+            ).first()
+        if p.done >= USERS // 4 and held is not None:
+            victim = held.owner
+        await asyncio.sleep(0.05)
+    os.kill(ray.get(ray.get_actor(victim).pid.remote()), signal.SIGKILL)
+
+    report = await asyncio.wait_for(driving, timeout=300)
+    assert report.state == "done"
+    assert report.actor_deaths == 1
+    assert (report.progress.done, report.progress.failed) == (USERS, 0)
+    assert set((await facts_per_user(database)).values()) == {FACTS_PER_USER}, "a user derived twice or never"
+    async with database.transaction() as db:
+        queue = dict(
+            (await db.execute(text("SELECT status, count(*) FROM derivation_queue GROUP BY 1"))).all()
+        )
+        leases = (
+            await db.execute(text("SELECT count(*) FROM derivation_sessions WHERE lease_owner IS NOT NULL"))
+        ).scalar_one()
+    assert queue == {"done": USERS * MESSAGES}, "the job's messages are not left for the continuous deriver"
+    assert leases == 0
+
+    # The same users again, replacing: the old facts are gone from PostgreSQL and from the index.
+    before = await fact_ids(database, user_ids)
+    job_id = await new_job(database, settings, app_id, "replace")
+    report = await run(settings, job_id, RunOptions(actors=2, concurrency=8, poll_s=0.2), latency_s=0.0)
+    assert (report.state, report.progress.done) == ("done", USERS)
+    after = await fact_ids(database, user_ids)
+    assert all(len(after[u]) == FACTS_PER_USER and not (after[u] & before[u]) for u in user_ids)
+    index = await VectorIndex.open(str(tmp_path / "lancedb"), HashingEmbedder().dimension)
+    assert await index.count(DOCUMENTS) == USERS * FACTS_PER_USER
+    assert await index.count(DOCUMENTS, {"user_id": user_ids[0]}) == FACTS_PER_USER
+
+
+async def test_a_stopped_job_resumes_without_deriving_its_done_users_again(
+    ray_session: None, database: Database, database_url: str, tmp_path: Path
+) -> None:
+    settings = job_settings(database_url, tmp_path)
+    app_id, user_ids = await populate(database)
+    job_id = await new_job(database, settings, app_id, "replace")
+    stop = asyncio.Event()
+
+    def stop_at_a_third(p: jobs.Progress) -> None:
+        if p.done >= USERS // 3:
+            stop.set()
+
+    options = RunOptions(actors=2, concurrency=4, poll_s=0.2, actor_cpus=0.25)
+    first = await run(settings, job_id, options, latency_s=0.05, on_progress=stop_at_a_third, stop=stop)
+    assert first.state == "stopped"  # type: ignore[attr-defined]
+    async with database.transaction() as db:
+        done_first = {
+            row.user_id: row.done_at
+            for row in await db.execute(
+                text(
+                    "SELECT user_id, done_at FROM derivation_job_users WHERE job_id = :j AND state = 'done'"
+                ),
+                {"j": job_id},
+            )
+        }
+        assert (await jobs.get_job(db, job_id)).state == "stopped"
+        assert (await jobs.progress(db, job_id)).running == 0
+    assert USERS // 3 <= len(done_first) < USERS
+    facts_first = await fact_ids(database, list(done_first))
+
+    async with database.transaction() as db:
+        await jobs.take_over(db, job_id)
+    second = await run(settings, job_id, options, latency_s=0.0)
+    assert (second.state, second.progress.done) == ("done", USERS)  # type: ignore[attr-defined]
+    async with database.transaction() as db:
+        done_after = {
+            row.user_id: row.done_at
+            for row in await db.execute(
+                text("SELECT user_id, done_at FROM derivation_job_users WHERE job_id = :j"), {"j": job_id}
+            )
+        }
+    assert all(done_after[u] == at for u, at in done_first.items()), "a finished user was derived again"
+    assert await fact_ids(database, list(done_first)) == facts_first
+    assert set((await facts_per_user(database)).values()) == {FACTS_PER_USER}
+
+
+async def test_the_api_serves_and_the_continuous_deriver_stays_away_during_a_job(
+    ray_session: None, database: Database, database_url: str, tmp_path: Path
+) -> None:
+    settings = job_settings(database_url, tmp_path)
+    app_id, user_ids = await populate(database)
+    job_id = await new_job(database, settings, app_id, "replace")
+    options = RunOptions(actors=2, concurrency=4, poll_s=0.2, actor_cpus=0.25)
+    driving = asyncio.create_task(run(settings, job_id, options, latency_s=0.1))  # type: ignore[arg-type]
+
+    # The continuous deriver runs beside the job on the same queue: it may derive a user before the
+    # job reaches it (the job then replaces those facts), never the messages the job holds or stored.
+    embedder = HashingEmbedder()
+    index = await VectorIndex.open(str(tmp_path / "queue-lancedb"), embedder.dimension)
+    from pipelines.indexing import IndexSync
+
+    memory = Memory(database, embedder, index, IndexSync(database, index, embedder))
+    queue_llm = ScriptedLLM(three_facts)
+    deriver = Deriver(memory, queue_llm, options=DeriverOptions.of(settings.deriver))
+    queue_workers = derivation_workers(deriver, settings.deriver)
+    stop_queue = asyncio.Event()
+    continuous = asyncio.gather(*(w.run(stop_queue) for w in queue_workers))
+
+    api = create_api(settings, memory=memory)
+    reads = 0
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api), base_url="http://rapport.test"
+        ) as client:
+            while not driving.done():
+                u = random.randrange(USERS)
+                response = await client.get(f"/v1/apps/{app_id}/users/name/user{u}")
+                assert response.status_code == 200, response.text
+                page = await client.post(f"/v1/apps/{app_id}/users/{user_ids[u]}/sessions/list", json={})
+                assert page.status_code == 200, page.text
+                assert page.json()["total"] == 1
+                reads += 1
+                await asyncio.sleep(0.02)
+        report = driving.result()
+    finally:
+        stop_queue.set()
+        await continuous
+        if not driving.done():
+            driving.cancel()
+    assert reads > 10
+    assert queue_llm.prompts, "the continuous deriver took part"
+    assert (report.state, report.progress.done) == ("done", USERS)
+    assert set((await facts_per_user(database)).values()) == {FACTS_PER_USER}, "derived twice"
+
+
+async def test_a_users_file_must_name_users_of_the_app(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    settings = job_settings(database_url, tmp_path)
+    async with database.transaction() as db:
+        app = await apps.create_app(db, "files")
+        known = [(await users.create_user(db, app.id, f"u{i}")).id for i in range(3)]
+    listed = tmp_path / "users.txt"
+    listed.write_text(f"{known[0]}\n\n{known[2]}\n{known[0]}\n")
+    job_id = await new_job(database, settings, "files", "append", users_file=str(listed))
+    async with database.transaction() as db:
+        job = await jobs.get_job(db, job_id)
+        named = [r[0] for r in await db.execute(text("SELECT user_id FROM derivation_job_users ORDER BY n"))]
+    assert (job.users_total, named) == (2, [known[0], known[2]])
+
+    listed.write_text(f"{known[1]}\nnot-a-user\n")
+    with pytest.raises(BadSelection, match="not-a-user"):
+        await new_job(database, settings, app.id, "append", users_file=str(listed))
+    async with database.transaction() as db:
+        assert len(await jobs.list_jobs(db)) == 1, "nothing is recorded for a bad selection"
