@@ -22,10 +22,11 @@ serve` runs on the cluster, else to one ``JobIndexWriter`` actor the driver star
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -116,8 +117,10 @@ class RederiveActor:
         from rapport.stack import build_deriver, open_stack
 
         configure_logging(self.settings.app.log_level)
-        writer = ServeIndexWriter(self._writer) if self._writer is not None else None
+        writer = BufferedIndexWriter(ServeIndexWriter(self._writer)) if self._writer is not None else None
         async with AsyncExitStack() as resources:
+            if writer is not None:
+                resources.push_async_callback(writer.close)
             stack = await resources.enter_async_context(
                 open_stack(self.settings, embedder=self._embedder, writer=writer)
             )
@@ -129,6 +132,7 @@ class RederiveActor:
                 llm_slots=asyncio.Semaphore(self.concurrency),
             )
             job = await self._job()
+            self._commits = GroupCommit(lambda group: rederiver.store(group, mode=job.mode))
             queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=self.concurrency)
             workers = [
                 asyncio.create_task(self._work(queue, rederiver, job.app_id, job.mode))
@@ -144,6 +148,7 @@ class RederiveActor:
                 renewal.cancel()
                 for worker in workers:
                     worker.cancel()
+                await self._commits.close()
         return {"done": self.done, "failed": self.failed}
 
     async def _job(self) -> jobs.Job:
@@ -179,7 +184,7 @@ class RederiveActor:
         try:
             await self._lease(user.user_id)
             facts = await rederiver.derive(app_id, user.user_id)
-            await rederiver.store(facts, mode=mode, entry=entry)
+            await self._commits.submit(facts, entry)
             self.done += 1
         except (UserLost, LeaseLost) as exc:
             log.warning("user %s: %s; leaving it to its new owner", user.user_id, exc)
@@ -244,6 +249,118 @@ class RederiveActor:
                 await derivation.release_user(db, user_id, self.owner)
         except Exception:
             log.exception("releasing the sessions of user %s failed; their lease will expire", user_id)
+
+
+class GroupCommit:
+    """Stores users as they finish, a group per transaction: while one group commits the next gathers,
+    so a busy actor writes many users per transaction and an idle one waits for nobody. A group that
+    fails is retried one user at a time, so one user lost to another actor cannot sink the others."""
+
+    def __init__(self, store: Callable[[list[Any]], Awaitable[list[int]]], *, max_group: int = 64) -> None:
+        self.store = store
+        self.max_group = max_group
+        self._waiting: list[tuple[Any, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, facts: Any, entry: Any) -> int:
+        """Store one user's facts with its done mark; the number of facts stored (or the error)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((facts, entry), future))
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._commit_forever())
+        return await future
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                group, self._waiting = self._waiting[: self.max_group], self._waiting[self.max_group :]
+                await self._commit(group)
+
+    async def _commit(self, group: list[tuple[Any, asyncio.Future[int]]]) -> None:
+        try:
+            counts = await self.store([item for item, _ in group])
+        except Exception as exc:
+            if len(group) == 1:
+                if not group[0][1].done():
+                    group[0][1].set_exception(exc)
+                return
+            for one in group:
+                await self._commit([one])
+            return
+        for (_, future), count in zip(group, counts, strict=True):
+            if not future.done():
+                future.set_result(count)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class BufferedIndexWriter:
+    """An actor's side of the index writer: facts and removals are collected and handed over in batches
+    (every ``interval_s`` or ``max_rows``), so the single writer makes a few large LanceDB writes instead
+    of one per user. The outbox entries are committed already: a batch lost with its actor is applied
+    by the index sync later."""
+
+    def __init__(self, writer: Any, *, interval_s: float = 2.0, max_rows: int = 4096) -> None:
+        self.writer = writer
+        self.interval_s = interval_s
+        self.max_rows = max_rows
+        self._rows: list[Any] = []
+        self._vectors: list[np.ndarray] = []
+        self._entries: list[int] = []
+        self._removals: list[int] = []
+        self._full = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write_documents(self, rows: Any, vectors: np.ndarray, outbox_ids: Any) -> None:
+        self._rows.extend(rows)
+        self._vectors.append(vectors)
+        self._entries.extend(outbox_ids)
+        self._started()
+        if len(self._rows) >= self.max_rows:
+            self._full.set()
+
+    async def apply(self, outbox_ids: Any) -> None:
+        self._removals.extend(outbox_ids)
+        self._started()
+
+    def _started(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_periodically())
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), timeout=self.interval_s)
+            await self.flush()
+
+    async def flush(self) -> None:
+        self._full.clear()
+        rows, vectors, entries, removals = self._rows, self._vectors, self._entries, self._removals
+        self._rows, self._vectors, self._entries, self._removals = [], [], [], []
+        try:
+            if rows:
+                await self.writer.write_documents(rows, np.concatenate(vectors), entries)
+            if removals:
+                await self.writer.apply(removals)
+        except Exception:
+            log.exception(
+                "handing %d facts to the index writer failed; the index sync will apply them", len(rows)
+            )
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush()
 
 
 class JobIndexWriter:

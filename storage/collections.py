@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
@@ -146,3 +148,28 @@ async def get_or_create_reserved(db: AsyncConnection, app_id: str, user_id: str)
     await get_user(db, app_id, user_id)
     values = {"id": new_id(), "app_id": app_id, "user_id": user_id, "name": RESERVED_NAME, "metadata_": {}}
     return await get_or_create(db, Collection, values, ("user_id", "name"), f"{RESERVED_NAME} collection")
+
+
+async def lock_reserved(db: AsyncConnection, owners: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The ``honcho`` collection of each (app_id, user_id), created if missing and locked until the
+    transaction ends (one writer of a user's derived facts at a time), by user id. Two statements
+    however many users; the caller has checked they exist."""
+    if not owners:
+        return {}
+    await db.execute(
+        pg_insert(Collection)
+        .values(
+            [
+                {"id": new_id(), "app_id": app_id, "user_id": user_id, "name": RESERVED_NAME, "metadata_": {}}
+                for app_id, user_id in owners
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["user_id", "name"])
+    )
+    rows = await db.execute(
+        select(Collection.user_id, Collection.id)
+        .where(Collection.user_id.in_([user_id for _, user_id in owners]), Collection.name == RESERVED_NAME)
+        .order_by(Collection.id)  # one lock order for every writer: no deadlock between groups
+        .with_for_update()
+    )
+    return {row.user_id: row.id for row in rows}

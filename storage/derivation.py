@@ -28,6 +28,10 @@ from storage.errors import StorageError
 class LeaseLost(StorageError):
     """The claim's lease expired and another worker took the session: this outcome must not be stored."""
 
+    def __init__(self, detail: str, *, users: Sequence[str] = ()) -> None:
+        super().__init__(detail)
+        self.users = list(users)  # whose leases were lost, when a job completes several users
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -347,50 +351,53 @@ async def lag(db: AsyncConnection) -> Lag:
 
 async def lease_user(db: AsyncConnection, user_id: str, token: str, *, lease_s: float) -> bool:
     """Take the lease on every session of the user; False (holding none) if a worker holds one now."""
-    sessions = (
+    counts = (
         await db.execute(
-            text("SELECT id, app_id FROM sessions WHERE user_id = :u ORDER BY id"), {"u": user_id}
+            text(
+                """
+                WITH s AS (SELECT id, app_id FROM sessions WHERE user_id = :user_id),
+                taken AS (
+                    INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
+                    SELECT s.id, s.app_id, :user_id, :token, now() + :lease FROM s
+                    ON CONFLICT (session_id) DO UPDATE
+                        SET lease_owner = excluded.lease_owner, leased_until = excluded.leased_until
+                        WHERE d.leased_until IS NULL OR d.leased_until <= now() OR d.lease_owner = excluded.lease_owner
+                    RETURNING 1
+                )
+                SELECT (SELECT count(*) FROM s) AS sessions, (SELECT count(*) FROM taken) AS taken
+                """
+            ).bindparams(bindparam("lease", type_=Interval)),
+            {"user_id": user_id, "token": token, "lease": timedelta(seconds=lease_s)},
         )
-    ).all()
-    taken = await db.execute(
-        text(
-            """
-            INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
-            SELECT s.id, s.app_id, :user_id, :token, now() + :lease FROM unnest(:ids, :apps) AS s(id, app_id)
-            ON CONFLICT (session_id) DO UPDATE
-                SET lease_owner = excluded.lease_owner, leased_until = excluded.leased_until
-                WHERE d.leased_until IS NULL OR d.leased_until <= now() OR d.lease_owner = excluded.lease_owner
-            RETURNING d.session_id
-            """
-        ).bindparams(_IDS, bindparam("apps", type_=ARRAY(Text)), bindparam("lease", type_=Interval)),
-        {
-            "user_id": user_id,
-            "token": token,
-            "lease": timedelta(seconds=lease_s),
-            "ids": [s.id for s in sessions],
-            "apps": [s.app_id for s in sessions],
-        },
-    )
-    if len(taken.all()) == len(sessions):
+    ).one()
+    if counts.taken == counts.sessions:
         return True
     await release_user(db, user_id, token)
     return False
 
 
-async def complete_user(db: AsyncConnection, user_id: str, token: str, message_ids: Sequence[str]) -> None:
-    """The user's messages ``message_ids`` are derived: their queue items are done (a worker will not
-    derive them again) and the user's sessions are released. ``LeaseLost`` if a lease was lost."""
-    lost = (
-        await db.execute(
+async def complete_users(
+    db: AsyncConnection, token: str, sessions_of: dict[str, Sequence[str]], message_ids: Sequence[str]
+) -> None:
+    """These users' messages ``message_ids`` are derived: their queue items are done (no worker derives
+    them again) and the users' sessions released. ``sessions_of`` maps each user to the sessions of
+    those messages; ``LeaseLost`` if the lease on one of them was lost meanwhile (a worker may have
+    derived it)."""
+    released = {
+        row.session_id
+        for row in await db.execute(
             text(
-                "SELECT d.session_id FROM derivation_sessions d WHERE d.lease_owner IS DISTINCT FROM :t "
-                "AND d.session_id IN (SELECT DISTINCT session_id FROM messages WHERE id = ANY(:ids))"
+                "UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL "
+                "WHERE user_id = ANY(:ids) AND lease_owner = :t RETURNING session_id"
             ).bindparams(_IDS),
-            {"t": token, "ids": list(message_ids)},
+            {"ids": list(sessions_of), "t": token},
         )
-    ).first()
-    if lost is not None:
-        raise LeaseLost(f"the lease on session {lost.session_id} was lost; a worker may have derived it")
+    }
+    lost = [user for user, sessions in sessions_of.items() if not set(sessions) <= released]
+    if lost:
+        raise LeaseLost(
+            f"the lease on a session of user {lost[0]} was lost; a worker may have derived it", users=lost
+        )
     await db.execute(
         text(
             "UPDATE derivation_queue SET status = 'done', done_at = now(), last_error = NULL, raw_output = NULL "
@@ -398,7 +405,6 @@ async def complete_user(db: AsyncConnection, user_id: str, token: str, message_i
         ).bindparams(_IDS),
         {"ids": list(message_ids)},
     )
-    await release_user(db, user_id, token)
 
 
 async def renew_owner(db: AsyncConnection, token: str, *, lease_s: float) -> None:

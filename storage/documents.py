@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import delete, func, insert, select
@@ -161,35 +162,39 @@ async def find_normalized(db: AsyncConnection, collection_id: str, texts: Sequen
     return {row.normalized: cast(Record, row) for row in rows}
 
 
-async def create_many(
-    db: AsyncConnection,
-    app_id: str,
-    user_id: str,
-    collection_id: str,
-    items: Sequence[tuple[str, dict[str, Any]]],
-) -> list[Record]:
-    """Many documents (content, metadata) in one statement, in order, into a collection the caller has
-    just read or locked (the deriver's own): no per-row parent check."""
+@dataclass(frozen=True, slots=True)
+class NewDocument:
+    app_id: str
+    user_id: str
+    collection_id: str
+    content: str
+    metadata: dict[str, Any]
+
+
+async def create_many(db: AsyncConnection, items: Sequence[NewDocument]) -> list[Record]:
+    """Many documents in one statement, in order, into collections the caller has just locked (the
+    deriver's own): no per-row parent check."""
     if not items:
         return []
     values = [
         {
             "id": new_id(),
-            "app_id": app_id,
-            "user_id": user_id,
-            "collection_id": collection_id,
-            "content": check_content(content),
-            "metadata_": check_metadata(metadata),
+            "app_id": item.app_id,
+            "user_id": item.user_id,
+            "collection_id": item.collection_id,
+            "content": check_content(item.content),
+            "metadata_": check_metadata(item.metadata),
         }
-        for content, metadata in items
+        for item in items
     ]
     rows = (await db.execute(insert(Document).values(values).returning(*record_columns(Document)))).all()
-    return sorted(rows, key=lambda r: r.seq)
+    by_id = {row.id: row for row in rows}
+    return [by_id[value["id"]] for value in values]
 
 
-async def delete_all(db: AsyncConnection, collection_id: str) -> list[str]:
-    """Remove every document of a collection (the deriver replacing a user's facts); their ids."""
+async def delete_all(db: AsyncConnection, collection_ids: Sequence[str]) -> list[str]:
+    """Remove every document of these collections (the deriver replacing users' facts); their ids."""
     result = await db.execute(
-        delete(Document).where(Document.collection_id == collection_id).returning(Document.id)
+        delete(Document).where(Document.collection_id.in_(list(collection_ids))).returning(Document.id)
     )
     return [row[0] for row in result]

@@ -1,7 +1,7 @@
 """The ledger of batch re-derivation jobs (`rapport derive`): a job row, and one row per user it covers.
 
 A user row goes ``pending`` -> ``running`` (claimed by an actor, its ``owner``) -> ``done`` or
-``failed``. ``finish_user`` is called in the transaction that stores the user's new facts, and only
+``failed``. ``finish_users`` is called in the transaction that stores the user's new facts, and only
 succeeds while that actor still owns the row: a user whose actor was given up on and whose row was
 claimed again can never be stored twice. Resuming a job is running it again over what is not done.
 """
@@ -18,7 +18,7 @@ from typing import Any, Literal
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import BigInteger, Text
+from sqlalchemy.types import BigInteger, Integer, Text
 
 from storage.errors import ConflictError, NotFoundError, StorageError
 from storage.ids import new_id
@@ -30,6 +30,10 @@ HEARTBEAT_STALE_S = 30.0  # a running job whose driver has been silent this long
 
 class UserLost(StorageError):
     """The user's row is no longer this actor's (it was given up on and claimed again)."""
+
+    def __init__(self, detail: str, *, ns: Sequence[int] = ()) -> None:
+        super().__init__(detail)
+        self.ns = list(ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,23 +301,34 @@ async def claim_users(db: AsyncConnection, job_id: str, owner: str, limit: int) 
     return sorted((Claimed(r.n, r.user_id, r.attempts) for r in rows), key=lambda c: c.n)
 
 
-async def finish_user(
-    db: AsyncConnection, job_id: str, n: int, owner: str, *, messages: int, facts: int
+async def finish_users(
+    db: AsyncConnection, job_id: str, owner: str, done: Sequence[tuple[int, int, int]]
 ) -> None:
-    """Mark the user done, in the transaction that stores its facts; ``UserLost`` (rolling that
-    transaction back) if the row is no longer ``owner``'s."""
-    row = (
-        await db.execute(
-            text(
-                "UPDATE derivation_job_users SET state = 'done', owner = NULL, error = NULL, messages = :messages, "
-                "facts = :facts, done_at = now() "
-                "WHERE job_id = :job_id AND n = :n AND state = 'running' AND owner = :owner RETURNING n"
-            ),
-            {"job_id": job_id, "n": n, "owner": owner, "messages": messages, "facts": facts},
-        )
-    ).first()
-    if row is None:
-        raise UserLost(f"user #{n} of job {job_id} is no longer this actor's")
+    """Mark users (n, messages, facts) done, in the transaction that stores their facts; ``UserLost``
+    (rolling that transaction back) if one is no longer ``owner``'s."""
+    rows = await db.execute(
+        text(
+            """
+            UPDATE derivation_job_users u SET state = 'done', owner = NULL, error = NULL,
+                messages = d.messages, facts = d.facts, done_at = now()
+            FROM unnest(:ns, :messages, :facts) AS d(n, messages, facts)
+            WHERE u.job_id = :job_id AND u.n = d.n AND u.state = 'running' AND u.owner = :owner
+            RETURNING u.n
+            """
+        ).bindparams(
+            _NS, bindparam("messages", type_=ARRAY(Integer)), bindparam("facts", type_=ARRAY(Integer))
+        ),
+        {
+            "job_id": job_id,
+            "owner": owner,
+            "ns": [n for n, _, _ in done],
+            "messages": [m for _, m, _ in done],
+            "facts": [f for _, _, f in done],
+        },
+    )
+    lost = {n for n, _, _ in done} - {row.n for row in rows}
+    if lost:
+        raise UserLost(f"users #{sorted(lost)} of job {job_id} are no longer this actor's", ns=sorted(lost))
 
 
 async def fail_user(

@@ -15,6 +15,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -122,8 +123,10 @@ def retry_after(value: str | None) -> float | None:
 # --- the interface -----------------------------------------------------------------------------------
 
 
+@cache
 def output_schema(output: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema a model is constrained to, for guided decoding."""
+    """The JSON schema a model is constrained to, for guided decoding (built once per model: building it
+    costs more than a batch's database work; callers must not change it)."""
     return output.model_json_schema()
 
 

@@ -3,15 +3,16 @@
 The user's sessions are read in order and cut into batches as the queue cuts them (a token budget);
 each batch is shown to the model with the messages before it and the session's summary up to there,
 exactly as the continuous deriver shows it, and all of a user's batches may be in flight at once (a
-shared semaphore bounds the calls). The facts are embedded together, deduplicated, and stored in one
-transaction with the user's ``done`` mark in the job's ledger:
+shared semaphore bounds the calls). The facts are deduplicated and stored in one transaction with the
+user's ``done`` mark in the job's ledger:
 
 - ``replace``: the user's derived facts are deleted and the new set inserted in that transaction, so
   readers see the old set until the new one is complete, then only the new one;
 - ``append``: new facts are added; those repeating a stored fact are skipped (re-reading the same
   messages is not new evidence, so nothing is reinforced).
 
-The same transaction marks the messages' queue items done and releases the sessions' leases, which the
+Facts are embedded when they are stored, a group of users' at a time (one embedding call). The same
+transaction marks the messages' queue items done and releases the sessions' leases, which the
 job held from before reading (storage/derivation.py), so the continuous deriver never derives them too.
 """
 
@@ -30,7 +31,7 @@ from pipelines.deriver.prompts import DerivedFact
 from storage import collections, derivation, documents, jobs, users
 from storage.jobs import Mode
 from storage.query import Record, record_columns
-from storage.tables import Collection, Message
+from storage.tables import Message
 
 TOKENS_PER_CHAR = 0.25  # the queue's estimate (migration 0004): 4 characters a token, 8 per message
 
@@ -45,6 +46,7 @@ class UserFacts:
 
     app_id: str
     user_id: str
+    session_ids: list[str] = field(default_factory=list)  # the sessions of ``message_ids``
     message_ids: list[str] = field(default_factory=list)
     facts: list[tuple[DerivedFact, list[str]]] = field(default_factory=list)
     sources: dict[str, Record] = field(default_factory=dict)  # each fact's first source message
@@ -84,7 +86,7 @@ class Rederiver:
         self.llm_slots = llm_slots
 
     async def derive(self, app_id: str, user_id: str) -> UserFacts:
-        """Read the user's messages and ask the model about each batch; nothing is written."""
+        """Read the user's messages and ask the model about each batch; nothing is embedded or written."""
         result = UserFacts(app_id, user_id)
         async with self.memory.database.transaction() as db:
             user = await users.get_user(db, app_id, user_id)
@@ -114,6 +116,7 @@ class Rederiver:
         for row in rows:
             by_session.setdefault(row.session_id, []).append(row)
         result.message_ids = [row.id for row in rows]
+        result.session_ids = list(by_session)
         calls = [
             self._batch(user.name, session, start, end, [s for s in summaries if s.session_id == session_id])
             for session_id, session in by_session.items()
@@ -124,8 +127,6 @@ class Rederiver:
             result.sources.update(sources)
             result.usage = result.usage + outcome.usage
         result.calls = len(calls)
-        if result.facts:
-            result.vectors = await self.memory.embedder.embed([fact.text for fact, _ in result.facts])
         return result
 
     async def _batch(
@@ -141,32 +142,56 @@ class Rederiver:
         by_id = {m.id: m for m in batch}
         return facts, outcome, {sources[0]: by_id[sources[0]] for _, sources in facts}
 
-    async def store(self, result: UserFacts, *, mode: Mode, entry: LedgerEntry) -> int:
-        """Store the user's facts and mark the user done, in one transaction; the number stored.
-        ``UserLost`` or ``LeaseLost`` (nothing stored) if the job gave this user to another actor."""
+    async def store(self, done: Sequence[tuple[UserFacts, LedgerEntry]], *, mode: Mode) -> list[int]:
+        """Store these users' facts and mark them done, all in one transaction (a handful of statements
+        however many users); the number of facts stored for each. ``UserLost`` or ``LeaseLost`` (nothing
+        stored) if the job gave one of them to another actor meanwhile."""
+        if not done:
+            return []
+        owner = done[0][1].owner
+        # The group's facts embedded together: one call (a GPU batch) rather than one per user.
+        texts = [fact.text for result, _ in done for fact, _ in result.facts]
+        vectors_all = await self.memory.embedder.embed(texts) if texts else None
+        at = 0
+        for result, _ in done:
+            if result.facts:
+                assert vectors_all is not None
+                result.vectors = vectors_all[at : at + len(result.facts)]
+                at += len(result.facts)
         async with self.memory.documents_transaction() as tx:
-            honcho = await collections.get_or_create_reserved(tx.db, result.app_id, result.user_id)
-            # The continuous deriver locks the same row before it writes the user's facts.
-            await tx.db.execute(select(Collection.id).where(Collection.id == honcho.id).with_for_update())
+            # The continuous deriver locks the same rows before it writes a user's facts.
+            honcho = await collections.lock_reserved(tx.db, [(r.app_id, r.user_id) for r, _ in done])
             if mode == "replace":
-                tx.removed = await documents.delete_all(tx.db, honcho.id)
-            plan = await self.deriver.plan(
-                tx.db, honcho.id, result.facts, result.vectors, against_stored=mode == "append"
-            )
-            rows = await documents.create_many(
-                tx.db,
-                result.app_id,
-                result.user_id,
-                honcho.id,
-                [
-                    (fact.text, self.deriver.fact_metadata(fact, sources, result.sources[sources[0]]))
-                    for fact, sources, _ in plan.new
-                ],
-            )
-            for row, (_, _, vector) in zip(rows, plan.new, strict=True):
+                tx.removed = await documents.delete_all(tx.db, [honcho[r.user_id] for r, _ in done])
+            new: list[documents.NewDocument] = []
+            vectors: list[np.ndarray] = []
+            counts = []
+            for result, _ in done:
+                collection_id = honcho[result.user_id]
+                plan = await self.deriver.plan(
+                    tx.db, collection_id, result.facts, result.vectors, against_stored=mode == "append"
+                )
+                for fact, sources, vector in plan.new:
+                    metadata = self.deriver.fact_metadata(fact, sources, result.sources[sources[0]])
+                    new.append(
+                        documents.NewDocument(
+                            result.app_id, result.user_id, collection_id, fact.text, metadata
+                        )
+                    )
+                    vectors.append(vector)
+                counts.append(len(plan.new))
+            for row, vector in zip(await documents.create_many(tx.db, new), vectors, strict=True):
                 tx.add(row, vector)
-            await derivation.complete_user(tx.db, result.user_id, entry.owner, result.message_ids)
-            await jobs.finish_user(
-                tx.db, entry.job_id, entry.n, entry.owner, messages=len(result.message_ids), facts=len(rows)
+            await derivation.complete_users(
+                tx.db,
+                owner,
+                {r.user_id: r.session_ids for r, _ in done},
+                [m for r, _ in done for m in r.message_ids],
             )
-        return len(rows)
+            await jobs.finish_users(
+                tx.db,
+                done[0][1].job_id,
+                owner,
+                [(e.n, len(r.message_ids), n) for (r, e), n in zip(done, counts, strict=True)],
+            )
+        return counts

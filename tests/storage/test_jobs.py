@@ -35,9 +35,10 @@ async def test_users_are_claimed_in_order_once_and_done_only_by_their_owner(data
         assert await jobs.give_up_owner(db, job_id, "a", max_attempts=3, reason="died") == 2
         retaken = await jobs.claim_users(db, job_id, "b", 1)
         assert retaken[0].user_id == ids[0] and retaken[0].attempts == 2
-        with pytest.raises(UserLost):
-            await jobs.finish_user(db, job_id, first[0].n, "a", messages=1, facts=1)
-        await jobs.finish_user(db, job_id, retaken[0].n, "b", messages=4, facts=2)
+        with pytest.raises(UserLost) as lost:
+            await jobs.finish_users(db, job_id, "a", [(first[0].n, 1, 1)])
+        assert lost.value.ns == [first[0].n]
+        await jobs.finish_users(db, job_id, "b", [(retaken[0].n, 4, 2)])
         p = await jobs.progress(db, job_id)
         assert (p.done, p.running, p.pending, p.facts) == (1, 1, 1, 2)
 
@@ -121,7 +122,7 @@ async def test_a_job_and_the_queue_deriver_never_hold_a_users_sessions_together(
         await derivation.release(db, held, delay_s=0)
         assert await derivation.lease_user(db, user.id, "job:1", lease_s=60)
         assert await derivation.claim(db, lease_s=60, wait_s=0, max_tokens=100) is None, "the job holds both"
-        await derivation.complete_user(db, user.id, "job:1", [r.id for r in rows])
+        await derivation.complete_users(db, "job:1", {user.id: [s1.id, s2.id]}, [r.id for r in rows])
         counts = await derivation.counts(db)
         assert (counts.done, counts.pending) == (2, 0)
         assert (
