@@ -257,6 +257,177 @@ def drive_child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+# --- the same job on Ray Data, for comparison ---------------------------------------------------------
+
+
+class DataRederiver:
+    """A Ray Data UDF deriving the users it is handed (one per call, ``inflight`` calls at once per
+    actor) with the job actors' own code: the same claims, derivation, group commit and index writer."""
+
+    def __init__(self, settings: dict, job_id: str, inflight: int, latency: float, writer: object) -> None:
+        from cluster.batch import RederiveActor
+        from models.embedding.hashing import HashingEmbedder
+        from models.llm.scripted import ScriptedLLM
+
+        self.worker = RederiveActor(
+            settings,
+            job_id,
+            f"data:{job_id}:{os.urandom(4).hex()}",
+            concurrency=inflight,
+            lease_s=600,
+            llm=ScriptedLLM(two_facts, latency_s=latency),
+            embedder=HashingEmbedder(),
+            writer=writer,
+        )
+        self.opened: tuple | None = None
+        self.opening = asyncio.Lock()
+
+    async def __call__(self, batch: dict) -> dict:
+        from contextlib import AsyncExitStack
+
+        from sqlalchemy import text
+
+        from storage.jobs import Claimed
+
+        async with self.opening:
+            if self.opened is None:
+                self.resources = AsyncExitStack()
+                self.opened = await self.resources.enter_async_context(self.worker.opened())
+        rederiver, job = self.opened
+        ns = [int(n) for n in batch["n"]]
+        async with self.worker.database.transaction() as db:
+            rows = await db.execute(
+                text(
+                    "UPDATE derivation_job_users SET state = 'running', owner = :owner, attempts = attempts + 1 "
+                    "WHERE job_id = :job AND n = ANY(CAST(:ns AS bigint[])) AND state = 'pending' "
+                    "AND EXISTS (SELECT 1 FROM derivation_jobs WHERE id = :job AND state = 'running') "
+                    "RETURNING n, user_id, attempts"
+                ),
+                {"owner": self.worker.owner, "job": job.id, "ns": ns},
+            )
+            claimed = [Claimed(r.n, r.user_id, r.attempts) for r in rows]
+        await asyncio.gather(*(self.worker._derive(rederiver, job.app_id, job.mode, c) for c in claimed))
+        return {"n": batch["n"]}
+
+
+def data_drive_child(args: argparse.Namespace) -> None:
+    """Users a minute with Ray Data as the driver: read_sql over the ledger (sharded on its bigint
+    ``n`` with ABS), an actor pool of DataRederivers; measured like ``timed_run``."""
+    os.environ["RAY_DATA_DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY"] = str(args.inflight)
+    import threading
+
+    import ray
+    import ray.data
+
+    from cluster.batch import JobIndexWriter, RunOptions, create_job
+    from models.embedding.hashing import HashingEmbedder
+    from storage.db import open_database
+
+    start_ray()
+    settings = settings_for(args.url, Path(args.home))
+    plain = settings.model_dump(mode="json")
+
+    async def new_job() -> str:
+        database = await open_database(settings)
+        job_id, _ = await create_job(database, settings, args.app_id, mode="replace", options=RunOptions())
+        await database.dispose()
+        return job_id
+
+    job_id = asyncio.run(new_job())
+    writer = ray.remote(JobIndexWriter).options(num_cpus=0).remote(plain, HashingEmbedder())
+    ray.get(writer.ready.remote())
+    libpq = args.url.replace("postgresql+psycopg://", "postgresql://")
+    users = ray.data.read_sql(
+        f"SELECT n FROM derivation_job_users WHERE job_id = '{job_id}' AND state = 'pending'",
+        lambda: psycopg.connect(libpq),
+        shard_keys=["n"],
+        shard_hash_fn="ABS",
+        override_num_blocks=max(8, 4 * args.actors),
+    )
+    derived = users.map_batches(
+        DataRederiver,
+        fn_constructor_args=(plain, job_id, args.inflight, args.latency, writer),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=args.actors),
+        num_cpus=0.01,
+    )
+    finished = threading.Event()
+
+    def consume() -> None:
+        for _ in derived.iter_batches(batch_size=None):
+            pass
+        finished.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+
+    def done() -> tuple[float, int]:
+        with psycopg.connect(libpq) as conn:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM derivation_job_users WHERE job_id = %s AND state = 'done'", (job_id,)
+            ).fetchone()
+        return time.monotonic(), n
+
+    while done()[1] == 0:
+        time.sleep(0.5)
+    time.sleep(args.warmup)
+    t0, done0 = done()
+    time.sleep(args.window)
+    t1, done1 = done()
+    with psycopg.connect(libpq) as conn:
+        conn.execute("UPDATE derivation_jobs SET state = 'cancelled' WHERE id = %s", (job_id,))
+    finished.wait(timeout=120)
+    print(json.dumps({"users_per_min": 60 * (done1 - done0) / (t1 - t0)}))
+
+
+def compare(args: argparse.Namespace) -> None:
+    print(
+        f"# bench/batch_derive.py compare  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  "
+        f"users={args.users}x{args.messages} msgs  latency={args.latency}s  window={args.window}s"
+    )
+    with tempfile.TemporaryDirectory() as tmp, scratch_database("rapport_bench_batch") as url:
+        migrate.upgrade(url)
+        app_id = load(url, args.users, args.messages)
+        print(f"{'actors x in flight':>18} {'actors (users/min)':>19} {'Ray Data (users/min)':>21}")
+        for config in args.configs.split(","):
+            actors, inflight = (int(x) for x in config.split("x"))
+            child = subprocess.run(
+                [sys.executable, "-m", "bench.batch_derive", "time-actors", url, tmp, app_id, "--actors", str(actors),
+                 "--inflight", str(inflight), "--latency", str(args.latency), "--warmup", str(args.warmup),
+                 "--window", str(args.window)],
+                cwd=REPO, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            data = subprocess.run(
+                [sys.executable, "-m", "bench.batch_derive", "data-drive", url, tmp, app_id, "--actors", str(actors),
+                 "--inflight", str(inflight), "--latency", str(args.latency), "--warmup", str(args.warmup),
+                 "--window", str(args.window)],
+                cwd=REPO, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            for run in (child, data):
+                if run.returncode != 0:
+                    sys.exit(f"a run failed:\n{run.stderr[-3000:]}")
+            rates = [
+                json.loads(run.stdout.strip().splitlines()[-1])["users_per_min"] for run in (child, data)
+            ]
+            print(f"{config:>18} {rates[0]:>19.0f} {rates[1]:>21.0f}", flush=True)
+
+
+def time_actors_child(args: argparse.Namespace) -> None:
+    start_ray()
+    rate = asyncio.run(
+        timed_run(
+            args.url,
+            Path(args.home),
+            args.app_id,
+            args.actors,
+            args.inflight,
+            args.latency,
+            args.warmup,
+            args.window,
+        )
+    )
+    print(json.dumps({"users_per_min": rate}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -287,9 +458,34 @@ def main() -> None:
     d.add_argument("--actors", type=int, required=True)
     d.add_argument("--inflight", type=int, required=True)
     d.add_argument("--latency", type=float, required=True)
+    c = commands.add_parser("compare")
+    c.add_argument("--users", type=int, default=10_000)
+    c.add_argument("--messages", type=int, default=20)
+    c.add_argument("--latency", type=float, default=0.2)
+    c.add_argument("--configs", default="1x16,4x4,4x16")
+    c.add_argument("--warmup", type=float, default=5.0)
+    c.add_argument("--window", type=float, default=20.0)
+    for name in ("data-drive", "time-actors"):
+        t = commands.add_parser(name)
+        t.add_argument("url")
+        t.add_argument("home")
+        t.add_argument("app_id")
+        t.add_argument("--actors", type=int, required=True)
+        t.add_argument("--inflight", type=int, required=True)
+        t.add_argument("--latency", type=float, required=True)
+        t.add_argument("--warmup", type=float, required=True)
+        t.add_argument("--window", type=float, required=True)
     args = parser.parse_args()
     os.environ["TEST_DATABASE_URL"] = args.database_url
-    {"grid": grid, "memory": memory, "drive": drive_child}[args.command](args)
+    commands_by_name = {
+        "grid": grid,
+        "memory": memory,
+        "drive": drive_child,
+        "compare": compare,
+        "data-drive": data_drive_child,
+        "time-actors": time_actors_child,
+    }
+    commands_by_name[args.command](args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -111,6 +111,27 @@ class RederiveActor:
         self._stopping = True
 
     async def run(self) -> dict[str, int]:
+        """Claim and derive the job's users until none is pending (or ``stop``)."""
+        async with self.opened() as (rederiver, job):
+            queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=self.concurrency)
+            workers = [
+                asyncio.create_task(self._work(queue, rederiver, job.app_id, job.mode))
+                for _ in range(self.concurrency)
+            ]
+            try:
+                await self._feed(queue)
+                for _ in workers:
+                    await queue.put(None)
+                await asyncio.gather(*workers)
+            finally:
+                for worker in workers:
+                    worker.cancel()
+        return {"done": self.done, "failed": self.failed}
+
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[tuple[Any, jobs.Job]]:
+        """The models, stores and writers this actor derives with, the group committer and the lease
+        renewal running: (the Rederiver, the job)."""
         from deployments.indexer import ServeIndexWriter
         from pipelines.deriver.rederive import Rederiver
         from rapport.logs import configure_logging
@@ -133,23 +154,10 @@ class RederiveActor:
             )
             job = await self._job()
             self._commits = GroupCommit(lambda group: rederiver.store(group, mode=job.mode))
-            queue: asyncio.Queue[Claimed | None] = asyncio.Queue(maxsize=self.concurrency)
-            workers = [
-                asyncio.create_task(self._work(queue, rederiver, job.app_id, job.mode))
-                for _ in range(self.concurrency)
-            ]
+            resources.push_async_callback(self._commits.close)
             renewal = asyncio.create_task(self._renew_leases())
-            try:
-                await self._feed(queue)
-                for _ in workers:
-                    await queue.put(None)
-                await asyncio.gather(*workers)
-            finally:
-                renewal.cancel()
-                for worker in workers:
-                    worker.cancel()
-                await self._commits.close()
-        return {"done": self.done, "failed": self.failed}
+            resources.callback(renewal.cancel)
+            yield rederiver, job
 
     async def _job(self) -> jobs.Job:
         async with self.database.transaction() as db:
@@ -520,7 +528,11 @@ async def drive(
             return await work(db)
 
     try:
-        await ledger(lambda db: jobs.get_job(db, job_id))  # it exists
+        total = (await ledger(lambda db: jobs.get_job(db, job_id))).users_total
+        # Counting the ledger reads every user's row: once a second for small jobs, every 10 s at a
+        # million users, every 30 s beyond (the heartbeat stays at poll_s).
+        count_every_s = max(options.poll_s, min(30.0, total / 100_000))
+        counted_at = -count_every_s
         writer = serve_index_writer()
         if writer is None:
             writer_actor: Any = ray.remote(JobIndexWriter)
@@ -555,9 +567,9 @@ async def drive(
         stopping = False
         while True:
             state = await ledger(lambda db: jobs.heartbeat(db, job_id))
-            progress = await ledger(lambda db: jobs.progress(db, job_id))
-            if on_progress is not None:
-                on_progress(progress)
+            if on_progress is not None and time.monotonic() - counted_at >= count_every_s:
+                counted_at = time.monotonic()
+                on_progress(await ledger(lambda db: jobs.progress(db, job_id)))
             if (state == "cancelling" or stop.is_set()) and not stopping:
                 stopping = True
                 for handle, _ in actors.values():

@@ -128,3 +128,23 @@ async def test_a_job_and_the_queue_deriver_never_hold_a_users_sessions_together(
         assert (
             await db.execute(text("SELECT count(*) FROM derivation_sessions WHERE lease_owner IS NOT NULL"))
         ).scalar_one() == 0
+
+
+async def test_a_lease_lost_meanwhile_refuses_the_users_completion(database: Database) -> None:
+    async with database.transaction() as db:
+        app = await apps.create_app(db, "lost")
+        ana = await users.create_user(db, app.id, "ana")
+        bob = await users.create_user(db, app.id, "bob")
+        s_ana = await sessions.create_session(db, app.id, ana.id)
+        s_bob = await sessions.create_session(db, app.id, bob.id)
+        assert await derivation.lease_user(db, ana.id, "job:1", lease_s=60)
+        assert await derivation.lease_user(db, bob.id, "job:1", lease_s=60)
+        # Bob's lease expired and a worker took his session.
+        await db.execute(
+            text("UPDATE derivation_sessions SET lease_owner = 'worker' WHERE session_id = :s"),
+            {"s": s_bob.id},
+        )
+    with pytest.raises(derivation.LeaseLost) as lost:
+        async with database.transaction() as db:
+            await derivation.complete_users(db, "job:1", {ana.id: [s_ana.id], bob.id: [s_bob.id]}, [])
+    assert lost.value.users == [bob.id]
