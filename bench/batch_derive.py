@@ -376,6 +376,7 @@ def data_drive_child(args: argparse.Namespace) -> None:
     with psycopg.connect(libpq) as conn:
         conn.execute("UPDATE derivation_jobs SET state = 'cancelled' WHERE id = %s", (job_id,))
     finished.wait(timeout=120)
+    ray.shutdown()  # its map workers with it
     print(json.dumps({"users_per_min": 60 * (done1 - done0) / (t1 - t0)}))
 
 

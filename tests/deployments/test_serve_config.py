@@ -66,7 +66,9 @@ def test_serve_run_deploys_it_to_a_running_ray(tmp_path: Path) -> None:
             created = httpx.post(f"{url}/v1/apps", json={"name": "deployed-by-serve-run"}, timeout=10)
             assert created.status_code == 200, created.text
             serve_run.send_signal(signal.SIGINT)
-            serve_run.wait(timeout=60)
+            # It deletes the application and waits out each replica's graceful shutdown: on a busy
+            # 2-core box (a full CI run) that has taken over a minute.
+            serve_run.wait(timeout=180)
     finally:
         if serve_run is not None and serve_run.poll() is None:
             serve_run.kill()
