@@ -7,12 +7,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
 
-from deployments.app import read_serve_config
+from deployments.app import rapport_application, read_serve_config
+from rapport.settings import Settings
 from tests.db import scratch_database
 from tests.served import REPO, free_port, wait_healthy
 
@@ -34,6 +38,60 @@ def test_a_config_without_rapport_is_refused(tmp_path: Path) -> None:
     other.write_text(yaml.safe_dump({"applications": [{"name": "x", "import_path": "elsewhere:app"}]}))
     with pytest.raises(ValueError, match="deployments.app:build_app"):
         read_serve_config(other)
+
+
+GPU_CONFIG = REPO / "serve_config.gpu.yaml"
+
+
+def deployments_of(app: Any) -> dict[str, Any]:
+    """Every deployment of a built application graph, by name (the ingress and what it binds)."""
+    found: dict[str, Any] = {}
+    pending = [app]
+    while pending:
+        deployment = pending.pop()._bound_deployment
+        found[deployment.name] = deployment
+        pending += [
+            a for a in (*deployment.init_args, *deployment.init_kwargs.values()) if isinstance(a, Application)
+        ]
+    return found
+
+
+def test_the_gpu_config_builds_rapport_with_gpu_embedders_and_a_served_llm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, options = read_serve_config(GPU_CONFIG)
+    env = (app.runtime_env or {})["env_vars"]
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.embedding.device, settings.embedding.batch_size) == ("cuda", 256)
+    assert (
+        settings.llm_for("deriver").provider == "openai"
+        and settings.llm_for("dialectic").provider == "openai"
+    )
+
+    built = deployments_of(rapport_application(settings, options))
+    assert set(built) == {"RapportAPI", "Embedder", "BackgroundEmbedder", "IndexWriter", "DeriverWorker"}
+    assert built["Embedder"].ray_actor_options["num_gpus"] > 0
+    assert built["BackgroundEmbedder"].ray_actor_options["num_gpus"] > 0
+    assert built["IndexWriter"].num_replicas == 1, "LanceDB has one writer"
+    assert built["DeriverWorker"].num_replicas == 4
+    assert built["RapportAPI"]._deployment_config.autoscaling_config.max_replicas == 8
+    assert "vllm" not in sys.modules, "Rapport's replicas never import vLLM"
+
+    # The LLM application: valid Ray Serve LLM arguments, autoscaling that can scale, and the model
+    # Rapport asks for at the route Rapport calls.
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig  # importable without vLLM
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(GPU_CONFIG.read_text()))
+    (llm_app,) = [a for a in config.applications if a.import_path == "ray.serve.llm:build_openai_app"]
+    (llm,) = [LLMConfig.model_validate(c) for c in llm_app.args["llm_configs"]]
+    scaling = llm.deployment_config["autoscaling_config"]
+    assert scaling["target_ongoing_requests"] < 1e6 and llm.deployment_config["max_ongoing_requests"] < 1e6
+    assert llm.deployment_config["health_check_timeout_s"] > 10
+    assert llm.model_loading_config.model_id == settings.llm.model
+    assert settings.llm.base_url == f"http://127.0.0.1:{config.http_options.port}{llm_app.route_prefix}/v1"
+    assert llm.engine_kwargs["max_model_len"] >= 4096
 
 
 @pytest.mark.slow

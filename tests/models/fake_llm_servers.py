@@ -10,7 +10,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +41,10 @@ class FakeServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
+    # Answers every request from its body when set (a server that computes its reply, e.g. one that
+    # honours response_format), instead of the scripted replies.
+    responder: Callable[[dict[str, Any]], Reply] | None = None
+
     def script(self, *replies: Reply) -> None:
         self.replies[:] = list(replies)
         self.requests.clear()
@@ -51,6 +55,9 @@ def _app(server: FakeServer, path: str) -> Starlette:
     async def handle(request: Request) -> Response:
         server.requests.append(json.loads(await request.body()))
         server.headers.append(dict(request.headers))
+        if server.responder is not None:
+            answer = server.responder(server.requests[-1])
+            return JSONResponse(answer.body, answer.status, headers=answer.headers)
         if not server.replies:
             return JSONResponse({"error": {"message": "the test scripted no more replies"}}, 500)
         reply = server.replies.pop(0)
