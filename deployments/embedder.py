@@ -70,6 +70,12 @@ class Embedder:
     async def embed(self, texts: list[str]) -> np.ndarray:
         return await self.embed_batch(texts)
 
+    async def check_health(self) -> None:
+        """Serve restarts a replica whose model no longer embeds (a CUDA error can leave it broken)."""
+        vector = await asyncio.to_thread(self.model.embed_sync, ["health"])
+        if not np.isfinite(vector).all():
+            raise RuntimeError("the embedding model returns non-finite vectors")
+
 
 class ServeEmbedder:
     """The TextEmbedder interface over a handle to the Embedder deployment.

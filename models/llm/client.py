@@ -258,6 +258,11 @@ class LLMClient(ABC):
     async def close(self) -> None:  # noqa: B027  (a no-op for providers that hold nothing)
         """Release connections."""
 
+    async def probe(self) -> str:
+        """What /health says of this model without spending a completion: "ok" if it answered a cheap
+        request, else why not. Providers with nothing cheap to ask say "configured"."""
+        return "configured"
+
     # --- what a provider implements --------------------------------------------------------------------
 
     @abstractmethod

@@ -57,6 +57,12 @@ class LazyLLM(LLMClient):
                     self._client = await self._build()
         return self._client
 
+    async def probe(self) -> str:
+        """The built client's probe; a model not built yet is not built for a health check."""
+        if self._client is None:
+            return "not loaded yet (built on first use)"
+        return await self._client.probe()
+
     def _check(self, error: BaseException) -> None:
         if isinstance(error, LLMUnavailable) and self._alive is not None and not self._alive():
             log.warning("the model behind %s is gone; the next call builds a new client", self.name)

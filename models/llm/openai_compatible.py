@@ -53,6 +53,21 @@ class OpenAICompatibleLLM(LLMClient):
     async def close(self) -> None:
         await self._http.aclose()
 
+    async def probe(self) -> str:
+        """The server's model list (vLLM, Ray Serve LLM, llama.cpp and OpenAI all serve ``/models``)."""
+        try:
+            response = await self._http.get("/models", timeout=5.0)
+        except httpx.HTTPError as exc:
+            return f"unreachable: {type(exc).__name__} talking to {self.base_url}"
+        if response.status_code != 200:
+            return f"unavailable: {self.base_url}/models answered HTTP {response.status_code}"
+        served = {str(m.get("id")) for m in response.json().get("data", []) if isinstance(m, dict)}
+        if served and self.model not in served:
+            return (
+                f"misconfigured: {self.base_url} serves {sorted(served)[:5]}, not {self.model!r} (LLM_MODEL)"
+            )
+        return "ok"
+
     def _body(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, **extra: Any
     ) -> dict[str, Any]:
