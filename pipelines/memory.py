@@ -18,7 +18,7 @@ import numpy as np
 from models.embedding import TextEmbedder
 from pipelines import retrieval
 from pipelines.indexing import IndexWriter
-from storage import collections, derivation, documents, messages, outbox, sessions
+from storage import collections, derivation, documents, erasure, messages, outbox, sessions
 from storage.db import Database
 from storage.index import VectorIndex
 from storage.query import Record
@@ -166,6 +166,21 @@ class Memory:
 
     async def query_documents(self, **query: Any) -> list[Record]:
         return await retrieval.query_documents(self.database, self.index, self.embedder, **query)
+
+    # --- erasure ---------------------------------------------------------------------------------------
+
+    async def erase_user(self, app_id: str, user_id: str) -> erasure.Erased:
+        """Every row of the user in one transaction, then their index entries (storage/erasure.py)."""
+        async with self.database.transaction() as db:
+            erased = await erasure.erase_user(db, app_id, user_id)
+        await self._apply(erased.index_entries)
+        return erased
+
+    async def erase_app(self, app_id: str) -> erasure.Erased:
+        async with self.database.transaction() as db:
+            erased = await erasure.erase_app(db, app_id)
+        await self._apply(erased.index_entries)
+        return erased
 
     # --- the index -------------------------------------------------------------------------------------
 

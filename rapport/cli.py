@@ -38,6 +38,10 @@ deriver_app = typer.Typer(
 app.add_typer(deriver_app, name="deriver")
 jobs_app = typer.Typer(help="Batch re-derivation jobs (`rapport derive`).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+apps_app = typer.Typer(help="Apps: erase one with everything in it.", no_args_is_help=True)
+app.add_typer(apps_app, name="apps")
+users_app = typer.Typer(help="Users: erase one with everything of theirs.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 index_app = typer.Typer(
     help="The search index's outbox: what waits, what failed for good.", no_args_is_help=True
 )
@@ -461,6 +465,74 @@ def jobs_cancel(job_id: str = typer.Argument(..., help="The job's id.")) -> None
 
     state = _run(_in_transaction(_settings(), lambda db: jobs.cancel(db, job_id)))
     typer.echo(f"job {job_id} is {state}")
+
+
+def _erase(settings: Settings, work: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
+    """Run an erasure's transaction, then see its index deletions applied: by a running service's index
+    sync if one takes them within 10 s, else here (when nothing else writes the index)."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    async def waiting(db: AsyncConnection, ids: list[int]) -> int:
+        query = text("SELECT count(*) FROM index_outbox WHERE id = ANY(:ids)")
+        return int((await db.execute(query, {"ids": ids})).scalar_one())
+
+    async def run() -> tuple[Any, str]:
+        erased = await _in_transaction(settings, work)
+        for _ in range(20):
+            await asyncio.sleep(0.5)
+            if await _in_transaction(settings, lambda db: waiting(db, erased.index_entries)) == 0:
+                return erased, "removed by the running service's index sync"
+        from rapport.stack import open_stack
+
+        async with open_stack(settings) as stack:
+            await stack.sync.apply(erased.index_entries)
+        return erased, "removed"
+
+    return _run(run())
+
+
+def _confirm(what: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        typer.echo(f"error: erasing {what} cannot be undone; confirm with --yes", err=True)
+        raise typer.Exit(2)
+    typer.confirm(f"Erase {what}? This cannot be undone", abort=True)
+
+
+@users_app.command("delete")
+def users_delete(
+    user_id: str = typer.Argument(..., help="The user's id."),
+    app_id: str = typer.Option(..., "--app", help="The user's app (its id)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Erase a user and everything of theirs, in PostgreSQL and in the search index."""
+    from storage import erasure
+
+    settings = _settings()
+    _confirm(f"user {user_id} of app {app_id} and everything of theirs", yes)
+    erased, index = _erase(settings, lambda db: erasure.erase_user(db, app_id, user_id))
+    typer.echo(
+        f"erased user {user_id}: {erased.messages} messages, {erased.documents} documents; index entries {index}"
+    )
+
+
+@apps_app.command("delete")
+def apps_delete(
+    app_id: str = typer.Argument(..., help="The app's id."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Erase an app with its users and everything of theirs, in PostgreSQL and in the search index."""
+    from storage import erasure
+
+    settings = _settings()
+    _confirm(f"app {app_id} with all its users and their data", yes)
+    erased, index = _erase(settings, lambda db: erasure.erase_app(db, app_id))
+    typer.echo(
+        f"erased app {app_id}: {erased.messages} messages, {erased.documents} documents; index entries {index}"
+    )
 
 
 @app.command("reindex")

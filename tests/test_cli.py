@@ -179,3 +179,63 @@ def test_derive_runs_a_job_on_a_local_ray_and_jobs_reports_it(tmp_path: Path) ->
         stranger.write_text("not-a-user\n")
         refused = _rapport("derive", "--app", "cli-app", "--users", str(stranger), env=env)
         assert refused.returncode == 2 and "not-a-user" in refused.stderr
+
+
+@pytest.mark.slow
+def test_users_and_apps_delete_erase_after_confirmation(tmp_path: Path) -> None:
+    from sqlalchemy import text
+
+    from storage.index import MESSAGES
+
+    with scratch_database("rapport_cli") as url:
+        env = {
+            "DB_CONNECTION_URI": url,
+            "RAPPORT_HOME": str(tmp_path),
+            "VECTOR_STORE_URI": str(tmp_path / "lance"),
+        }
+        assert _rapport("db", "upgrade", env=env).returncode == 0
+
+        async def seed() -> tuple[str, str, str]:
+            database = Database(url, DBSettings())
+            async with database.transaction() as db:
+                app = await apps.create_app(db, "erase-me")
+                ids = []
+                for name in ("ana", "bob"):
+                    user = await users.create_user(db, app.id, name)
+                    session = await sessions.create_session(db, app.id, user.id)
+                    await messages.create_message(
+                        db, app.id, user.id, session.id, content=f"{name} here", is_user=True
+                    )
+                    ids.append(user.id)
+            await database.dispose()
+            return app.id, ids[0], ids[1]
+
+        app_id, ana, bob = asyncio.run(seed())
+        assert _rapport("reindex", env=env).returncode == 0  # both users' messages in the index
+
+        unconfirmed = _rapport("users", "delete", ana, "--app", app_id, env=env)
+        assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+        done = _rapport("users", "delete", ana, "--app", app_id, "--yes", env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"erased user {ana}: 1 messages, 0 documents; index entries removed" in done.stdout
+        missing = _rapport("users", "delete", ana, "--app", app_id, "--yes", env=env)
+        assert missing.returncode == 1 and "not found" in missing.stderr
+
+        async def counts() -> tuple[int, int, int]:
+            database = Database(url, DBSettings())
+            async with database.transaction() as db:
+                left = (
+                    await db.execute(text("SELECT count(*) FROM messages WHERE user_id = :u"), {"u": ana})
+                ).scalar_one()
+            await database.dispose()
+            index = await VectorIndex.open(env["VECTOR_STORE_URI"], 384)
+            return (
+                left,
+                await index.count(MESSAGES, {"user_id": ana}),
+                await index.count(MESSAGES, {"user_id": bob}),
+            )
+
+        assert asyncio.run(counts()) == (0, 0, 1)
+        gone = _rapport("apps", "delete", app_id, "--yes", env=env)
+        assert gone.returncode == 0 and f"erased app {app_id}: 1 messages" in gone.stdout, gone.stderr
+        assert asyncio.run(counts())[2] == 0

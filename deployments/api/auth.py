@@ -153,6 +153,14 @@ async def require_scope(request: Request, key: Key = Depends(current_key)) -> Ke
     return key
 
 
+async def require_app_key(key: Key = Depends(require_scope)) -> Key:
+    """An admin key, or a key of the route's app that is not narrowed to a user or below (erasing a
+    user is the app's decision, not the user's key's)."""
+    if key.admin or (key.app_id and not any((key.user_id, key.session_id, key.collection_id))):
+        return key
+    raise _unauthorized("this operation needs an admin key or a key scoped to the app")
+
+
 async def require_admin(key: Key = Depends(current_key)) -> Key:
     if not key.admin:
         raise _unauthorized("this operation needs an admin key")

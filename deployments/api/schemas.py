@@ -285,3 +285,10 @@ def page_of(model: type[T], page: StoragePage[Any]) -> Page[T]:
         size=page.size,
         pages=page.pages,
     )
+
+
+class Erasure(BaseModel):
+    """What an erasure removed (a Rapport extension): counts of the rows that held their content."""
+
+    messages: int
+    documents: int

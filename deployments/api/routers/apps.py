@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_admin, require_scope
 from deployments.api.errors import CONFLICT
-from deployments.api.params import DB, PageNumber, PageSize, Reverse
+from deployments.api.params import DB, Mem, PageNumber, PageSize, Reverse
 from storage import apps as store
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_scope)])
@@ -83,3 +83,13 @@ async def update_app(
     """Update an App"""
     async with database.transaction() as db:
         return schemas.App.from_row(await store.update_app(db, app_id, name=app.name, metadata=app.metadata))
+
+
+@router.delete("/{app_id}", response_model=schemas.Erasure, dependencies=admin)
+async def delete_app(
+    memory: Mem, app_id: Annotated[str, Path(description="ID of the app to erase")]
+) -> schemas.Erasure:
+    """Erase an App and everything in it: its users and all of theirs, and its batch jobs (a Rapport
+    extension; needs an admin key)."""
+    erased = await memory.erase_app(app_id)
+    return schemas.Erasure(messages=erased.messages, documents=erased.documents)

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, id_from_key, require_scope
+from deployments.api.auth import Key, current_key, id_from_key, require_app_key, require_scope
 from deployments.api.errors import CONFLICT
-from deployments.api.params import DB, AppId, PageNumber, PageSize
+from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize
 from storage import users as store
 
 router = APIRouter(prefix="/v1/apps/{app_id}/users", tags=["users"], dependencies=[Depends(require_scope)])
@@ -88,3 +88,15 @@ async def update_user(
     async with database.transaction() as db:
         updated = await store.update_user(db, app_id, user_id, name=user.name, metadata=user.metadata)
     return schemas.User.from_row(updated)
+
+
+@router.delete("/{user_id}", response_model=schemas.Erasure, dependencies=[Depends(require_app_key)])
+async def delete_user(
+    memory: Mem, app_id: AppId, user_id: Annotated[str, Path(description="ID of the user to erase")]
+) -> schemas.Erasure:
+    """Erase a User and everything of theirs: sessions, messages, metamessages, collections, documents,
+    derivation work and batch-job rows, and their search index entries (a Rapport extension; needs an
+    admin key or a key of the app). Atomic in PostgreSQL; the index follows at once or, after a crash,
+    from the outbox."""
+    erased = await memory.erase_user(app_id, user_id)
+    return schemas.Erasure(messages=erased.messages, documents=erased.documents)
