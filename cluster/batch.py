@@ -30,7 +30,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -400,7 +399,9 @@ class JobIndexWriter:
         self, rows: list[dict[str, Any]], vectors: np.ndarray, outbox_ids: list[int]
     ) -> None:
         sync = await self._sync()
-        await sync.write_documents([SimpleNamespace(**row) for row in rows], vectors, outbox_ids)
+        from pipelines.indexing import StoredDocument
+
+        await sync.write_documents([StoredDocument.of(row) for row in rows], vectors, outbox_ids)
 
     async def apply(self, outbox_ids: list[int]) -> None:
         sync = await self._sync()

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.embedder import ServeEmbedder
+from pipelines.indexing import StoredDocument
 from rapport.logs import configure_logging
 from rapport.settings import Settings
 from rapport.stack import open_stack
@@ -39,7 +39,7 @@ class IndexWriter:
     async def write_documents(
         self, rows: list[dict[str, Any]], vectors: np.ndarray, outbox_ids: list[int]
     ) -> None:
-        records = [SimpleNamespace(**row) for row in rows]
+        records = [StoredDocument.of(row) for row in rows]
         await self.sync.write_documents(records, vectors, outbox_ids)  # type: ignore[arg-type]
 
     async def apply(self, outbox_ids: list[int]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -87,6 +87,25 @@ def message_row(message: Record, vector: np.ndarray) -> dict[str, Any]:
         "vector": vector,
         "created_at": message.created_at,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A stored document as it crosses to the index's writer in another process (a Serve replica, a
+    job's writer actor): what writing and checking its index row needs."""
+
+    id: str
+    app_id: str
+    user_id: str
+    collection_id: str
+    content: str
+    created_at: Any
+
+    @classmethod
+    def of(cls, row: Any) -> StoredDocument:
+        """From a database row or its mapping."""
+        values = row if isinstance(row, dict) else dict(row._mapping)
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
 
 
 def document_text(document: Record) -> str:
