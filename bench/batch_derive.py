@@ -391,24 +391,38 @@ def compare(args: argparse.Namespace) -> None:
         print(f"{'actors x in flight':>18} {'actors (users/min)':>19} {'Ray Data (users/min)':>21}")
         for config in args.configs.split(","):
             actors, inflight = (int(x) for x in config.split("x"))
-            child = subprocess.run(
-                [sys.executable, "-m", "bench.batch_derive", "time-actors", url, tmp, app_id, "--actors", str(actors),
-                 "--inflight", str(inflight), "--latency", str(args.latency), "--warmup", str(args.warmup),
-                 "--window", str(args.window)],
-                cwd=REPO, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            data = subprocess.run(
-                [sys.executable, "-m", "bench.batch_derive", "data-drive", url, tmp, app_id, "--actors", str(actors),
-                 "--inflight", str(inflight), "--latency", str(args.latency), "--warmup", str(args.warmup),
-                 "--window", str(args.window)],
-                cwd=REPO, capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            for run in (child, data):
+            runs = [
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.batch_derive",
+                        driver,
+                        url,
+                        tmp,
+                        app_id,
+                        "--actors",
+                        str(actors),
+                        "--inflight",
+                        str(inflight),
+                        "--latency",
+                        str(args.latency),
+                        "--warmup",
+                        str(args.warmup),
+                        "--window",
+                        str(args.window),
+                    ],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )  # fmt: skip
+                for driver in ("time-actors", "data-drive")
+            ]
+            for run in runs:
                 if run.returncode != 0:
                     sys.exit(f"a run failed:\n{run.stderr[-3000:]}")
-            rates = [
-                json.loads(run.stdout.strip().splitlines()[-1])["users_per_min"] for run in (child, data)
-            ]
+            rates = [json.loads(run.stdout.strip().splitlines()[-1])["users_per_min"] for run in runs]
             print(f"{config:>18} {rates[0]:>19.0f} {rates[1]:>21.0f}", flush=True)
 
 

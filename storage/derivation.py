@@ -417,6 +417,17 @@ async def renew_owner(db: AsyncConnection, token: str, *, lease_s: float) -> Non
     )
 
 
+async def release_owners(db: AsyncConnection, tokens: Sequence[str]) -> None:
+    """Release every lease these tokens hold (a job's actors that died or stopped)."""
+    if tokens:
+        await db.execute(
+            text(
+                "UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL WHERE lease_owner = ANY(:ids)"
+            ).bindparams(_IDS),
+            {"ids": list(tokens)},
+        )
+
+
 async def release_user(db: AsyncConnection, user_id: str, token: str) -> None:
     await db.execute(
         text(

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Integer, Text
 
+from storage import derivation
 from storage.errors import ConflictError, NotFoundError, StorageError
 from storage.ids import new_id
 
@@ -376,7 +377,7 @@ async def give_up_owner(
         {"job_id": job_id, "owner": owner, "max_attempts": max_attempts, "reason": reason[:2000]},
     )
     held = len(rows.all())
-    await _release_leases(db, [owner])
+    await derivation.release_owners(db, [owner])
     return held
 
 
@@ -390,19 +391,8 @@ async def release_all(db: AsyncConnection, job_id: str) -> int:
         {"job_id": job_id},
     )
     owners = sorted({row.owner for row in rows if row.owner})
-    await _release_leases(db, owners)
+    await derivation.release_owners(db, owners)
     return len(owners)
-
-
-async def _release_leases(db: AsyncConnection, owners: Sequence[str]) -> None:
-    if owners:
-        await db.execute(
-            text(
-                "UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL "
-                "WHERE lease_owner = ANY(:owners)"
-            ).bindparams(bindparam("owners", type_=ARRAY(Text))),
-            {"owners": list(owners)},
-        )
 
 
 async def progress(db: AsyncConnection, job_id: str) -> Progress:

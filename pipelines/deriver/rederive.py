@@ -117,8 +117,11 @@ class Rederiver:
             by_session.setdefault(row.session_id, []).append(row)
         result.message_ids = [row.id for row in rows]
         result.session_ids = list(by_session)
+        summaries_of: dict[str, list[Record]] = {}
+        for summary in summaries:
+            summaries_of.setdefault(summary.session_id, []).append(summary)
         calls = [
-            self._batch(user.name, session, start, end, [s for s in summaries if s.session_id == session_id])
+            self._batch(user.name, session, start, end, summaries_of.get(session_id, []))
             for session_id, session in by_session.items()
             for start, end in batches(session, self.batch_max_tokens)
         ]
