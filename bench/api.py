@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.db import scratch_database  # noqa: E402
-from tests.served import free_port, haproxy_ports, wait_healthy  # noqa: E402
+from tests.served import free_port, side_ports, wait_healthy  # noqa: E402
 
 
 @dataclass
@@ -82,7 +82,7 @@ def start_target(kind: str, db_url: str, work: Path, args: argparse.Namespace) -
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_worker_niceness": "0",
         "DERIVER_ENABLED": "false",
-        **haproxy_ports(),
+        **side_ports(),
     }
     if kind == "serve":
         config = yaml.safe_load((REPO / "serve_config.yaml").read_text())

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from cluster.deriver import OUTAGES
+from rapport import metrics
 from rapport.settings import Settings
 from storage import derivation, jobs
 from storage.derivation import LeaseLost
@@ -137,6 +138,7 @@ class RederiveActor:
         from rapport.stack import build_deriver, open_stack
 
         configure_logging(self.settings.app.log_level)
+        metrics.export_via_ray()
         writer = BufferedIndexWriter(ServeIndexWriter(self._writer)) if self._writer is not None else None
         async with AsyncExitStack() as resources:
             if writer is not None:
@@ -375,6 +377,7 @@ class JobIndexWriter:
     deployment's interface in a plain actor, applying the outbox in the background meanwhile."""
 
     def __init__(self, settings: dict[str, Any], embedder: Any = None) -> None:
+        metrics.export_via_ray()
         self.settings = Settings.model_validate(settings)
         self._embedder = embedder
         self._resources = AsyncExitStack()

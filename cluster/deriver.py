@@ -12,6 +12,7 @@ from typing import Any
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
 from pipelines.deriver import Deriver
+from rapport import metrics
 from rapport.settings import DeriverSettings, Settings
 from storage import derivation
 from storage.derivation import Claim
@@ -68,6 +69,7 @@ class DerivationSource:
                 max_attempts=self.settings.max_attempts,
             )
         if parked:
+            metrics.DERIVATION_PARKED_EVENTS.inc(parked)
             log.error(
                 "parked %d message(s) of session %s after %d attempts: %s (`rapport deriver retry` revives them)",
                 parked,
@@ -126,6 +128,7 @@ class DerivationActor:
     they are built from the settings as `rapport deriver run` builds them."""
 
     def __init__(self, settings: dict[str, Any], llm: Any = None, embedder: Any = None) -> None:
+        metrics.export_via_ray()
         self.settings = Settings.model_validate(settings)
         self._llm = llm
         self._embedder = embedder

@@ -14,6 +14,7 @@ import time
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from pipelines.indexing import IndexSync, IndexWriter
+from rapport import metrics
 from rapport.settings import VectorStoreSettings
 from storage import outbox
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 LEASE_S = 300.0  # a claimed entry comes back if its worker has not finished with it by then
 OUTAGE_PAUSE_S = 10.0  # pause (and postponement of the batch) while a dependency is down
+BACKLOG_GAUGES_S = 10.0  # how often the backlog gauges are read (Prometheus scrapes every 15-60 s)
 
 
 class OutboxSource:
@@ -114,16 +116,30 @@ async def drain(sync: IndexSync | IndexWriter) -> int:
 
 
 class IndexSyncLoop:
-    """The outbox applied in the background of this process's event loop, until stopped."""
+    """The outbox applied in the background of this process's event loop, until stopped. Beside it, the
+    backlog gauges (rapport/metrics.py) are read from the database every ``BACKLOG_GAUGES_S``: this loop
+    runs once per deployment, so they are set in one place."""
 
     def __init__(self, sync: IndexSync, settings: VectorStoreSettings) -> None:
         self.worker = index_sync_worker(sync, settings)
+        self.database = sync.database
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
 
     def start(self) -> IndexSyncLoop:
         self._task = asyncio.create_task(self.worker.run(self._stop))
+        self._gauges = asyncio.create_task(self._observe_backlogs())
         return self
+
+    async def _observe_backlogs(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await metrics.observe_backlogs(self.database)
+            except Exception as exc:  # the database is down: /health says so; the gauges keep their value
+                log.warning("could not read the backlogs for the metrics: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=BACKLOG_GAUGES_S)
 
     @property
     def running(self) -> bool:
@@ -132,6 +148,7 @@ class IndexSyncLoop:
     async def stop(self, timeout_s: float = 30) -> None:
         """Let the round in progress finish (at most ``timeout_s``), then stop."""
         self._stop.set()
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, timeout=timeout_s)
+        for task in (self._task, self._gauges):
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, timeout=timeout_s)

@@ -17,6 +17,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from sqlalchemy import exc as sa
 
+from rapport import metrics
 from storage.errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,12 @@ class QueueWorker(Generic[W]):
 
     async def run_once(self) -> Result:
         """Claim and work one piece of work, and say how it went."""
+        result = await self._run_once()
+        if result != "idle":
+            metrics.QUEUE_WORK.inc(queue=self.source.name.replace(" ", "_"), result=result)
+        return result
+
+    async def _run_once(self) -> Result:
         try:
             work = await self.source.claim()
         except Exception as exc:

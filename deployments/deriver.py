@@ -18,6 +18,7 @@ from deployments.embedder import ServeEmbedder
 from deployments.indexer import ServeIndexWriter
 from models.llm import LLMClient, build_llm
 from pipelines.deriver import Deriver, DeriverOptions
+from rapport import metrics
 from rapport.logs import configure_logging
 from rapport.settings import LLMSettings, Settings
 from rapport.stack import open_stack
@@ -32,6 +33,7 @@ class DeriverWorker:
     async def __init__(self, settings: dict[str, Any], embedder: Any, index_writer: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
+        metrics.export_via_ray()
         self._resources = AsyncExitStack()
         self._local: Any = None  # this node's shared local model, when the LLM is local
         model = await ServeEmbedder.connect(embedder, config.embedding)

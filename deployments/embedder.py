@@ -14,6 +14,7 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
 from models.embedding import load_embedder
+from rapport import metrics
 from rapport.logs import configure_logging
 from rapport.settings import EmbeddingSettings, Settings
 from storage.errors import UnavailableError
@@ -44,6 +45,7 @@ class Embedder:
     def __init__(self, settings: dict[str, Any], background: bool = False) -> None:
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
+        metrics.export_via_ray()
         self.model = load_embedder(
             config.embedding.model, config.embedding.device, config.embedding.precision
         )

@@ -13,6 +13,7 @@ from ray import serve
 
 from deployments.embedder import ServeEmbedder
 from pipelines.indexing import StoredDocument
+from rapport import metrics
 from rapport.logs import configure_logging
 from rapport.settings import Settings
 from rapport.stack import open_stack
@@ -28,6 +29,7 @@ class IndexWriter:
     async def __init__(self, settings: dict[str, Any], embedder: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
+        metrics.export_via_ray()
         model = await ServeEmbedder.connect(embedder, config.embedding)
         self._resources = AsyncExitStack()
         stack = await self._resources.enter_async_context(

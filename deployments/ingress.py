@@ -17,6 +17,7 @@ from deployments.indexer import ServeIndexWriter
 from models.llm import LLMClient
 from models.llm.lazy import LazyLLM
 from pipelines.memory import Memory
+from rapport import metrics
 from rapport.logs import configure_logging
 from rapport.settings import Settings
 from rapport.stack import dialectic_llm, open_stack
@@ -43,6 +44,7 @@ class RapportAPI:
         self.embedder = embedder
         self.index_writer = index_writer
         configure_logging(self.settings.app.log_level)
+        metrics.export_via_ray()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self.settings, make_memory=self._memory, dialectic_llm=self._dialectic_llm())

@@ -8,6 +8,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rapport.settings import Settings, mask_url_password
 
@@ -73,7 +74,10 @@ def run_service(settings: Settings, options: ServeOptions, ready: threading.Even
     started_ray = not ray.is_initialized() and not address
     if not ray.is_initialized():
         log.info("starting %s", f"a connection to Ray at {address}" if address else "a local Ray")
-        ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING)
+        metrics: dict[str, Any] = (
+            {} if address else {"_metrics_export_port": settings.serve.metrics_port or None}
+        )
+        ray.init(address=address or None, include_dashboard=False, logging_level=logging.WARNING, **metrics)
     # After ray.init, which installs handlers of its own that exit without cleaning up.
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -86,6 +90,10 @@ def run_service(settings: Settings, options: ServeOptions, ready: threading.Even
             blocking=False,
         )
         print(f"Rapport is serving on http://{options.host}:{options.port}  (Ctrl-C stops it)", flush=True)
+        if started_ray and settings.serve.metrics_port:
+            print(
+                f"metrics for Prometheus: http://127.0.0.1:{settings.serve.metrics_port}/metrics", flush=True
+            )
         if ready is not None:
             ready.set()
         while not stop.wait(0.5):

@@ -239,7 +239,11 @@ def deriver_retry(app_id: str | None = typer.Option(None, "--app", help="Only th
 
 
 @deriver_app.command("run")
-def deriver_run() -> None:
+def deriver_run(
+    metrics_port: int | None = typer.Option(
+        None, help="Serve this process's metrics for Prometheus on this port (/metrics)."
+    ),
+) -> None:
     """Derive in the foreground (no API, no Ray) until Ctrl-C: deriver.concurrency batches at a time,
     with the models the settings name. Any number may run beside `rapport serve`'s workers."""
     import asyncio
@@ -248,6 +252,11 @@ def deriver_run() -> None:
     from cluster.deriver import derive_until
 
     settings = _settings()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+        log.info("metrics for Prometheus on http://0.0.0.0:%d/metrics", metrics_port)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -237,6 +237,13 @@ class ServeSettings(_Section):
     max_body_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
+    metrics_port: int = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Where the Ray that `rapport serve` starts exports Prometheus metrics (its metrics "
+        "agent, /metrics); 0 picks a free port. A cluster's own Ray: `ray start --metrics-export-port`.",
+    )
 
 
 class Settings(BaseSettings):

@@ -40,12 +40,14 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path | None, timeout_
         time.sleep(0.5)
 
 
-def haproxy_ports() -> dict[str, str]:
-    """Free ports for HAProxy's stats and metrics listeners (fixed at 8404 and 9101 by default), so a test
-    or bench instance can run beside another Rapport on the same machine."""
+def side_ports() -> dict[str, str]:
+    """Free ports for HAProxy's stats and metrics listeners (fixed at 8404 and 9101 by default) and for
+    Ray's metrics agent (serve.metrics_port, 9464), so a test or bench instance can run beside another
+    Rapport on the same machine."""
     return {
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "SERVE_METRICS_PORT": str(free_port()),
     }
 
 
@@ -63,7 +65,7 @@ def rapport_serve(env: dict[str, str], home: Path, startup_timeout_s: float = 18
         "RAPPORT_HOME": str(home),
         "RAY_USAGE_STATS_ENABLED": "0",
         "PYTHONUNBUFFERED": "1",
-        **haproxy_ports(),
+        **side_ports(),
         **env,
     }
     with log_path.open("w") as log:

@@ -13,6 +13,8 @@ from fastapi.openapi.utils import get_openapi
 import rapport
 from deployments.api.errors import declare_error_statuses, install_error_handlers
 from deployments.api.limits import BodySizeLimit
+from deployments.api.metrics import RequestMetrics
+from deployments.api.metrics import router as metrics_router
 from deployments.api.routers import (
     apps,
     collections,
@@ -98,8 +100,10 @@ def create_api(
         app.state.memory = memory
     for module in ROUTERS:
         app.include_router(module.router)
+    app.include_router(metrics_router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.serve.max_body_bytes)
+    app.add_middleware(RequestMetrics)  # outermost: it also counts the 413s above
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rapport import metrics
+
 WORD = re.compile(r"[0-9a-z]+")
 
 
@@ -26,6 +28,7 @@ class HashingEmbedder:
         return self._dimension
 
     def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
+        metrics.EMBED_BATCH.observe(len(texts), model="hashing")
         vectors = np.zeros((len(texts), self._dimension), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in WORD.findall(text.lower()):

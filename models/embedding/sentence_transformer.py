@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from models.embedding.client import EmbeddingModelNotFound
+from rapport import metrics
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
         pieces, owners, weights = self._windows(texts)
+        metrics.EMBED_BATCH.observe(len(texts), model=self.name)
         with self._lock:
             vectors = self.model.encode(
                 pieces,

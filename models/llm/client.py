@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from functools import cache
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
+
+from rapport import metrics
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +194,14 @@ class LLMClient(ABC):
     ) -> Completion:
         """The model's answer, retried on transient failures. ``schema`` (name, JSON schema) constrains
         the output where the provider can."""
-        return await with_retries(
-            lambda: self._complete(messages, max_tokens or self.max_tokens, temperature, schema),
-            self.retry,
-            self.name,
+        return await self._counted(
+            with_retries(
+                lambda: self._measured(
+                    self._complete(messages, max_tokens or self.max_tokens, temperature, schema)
+                ),
+                self.retry,
+                self.name,
+            )
         )
 
     async def stream(
@@ -209,7 +216,9 @@ class LLMClient(ABC):
             except StopAsyncIteration:
                 return pieces, None
 
-        pieces, head = await with_retries(first, self.retry, self.name)
+        pieces, head = await self._counted(
+            with_retries(lambda: self._measured(first()), self.retry, self.name)
+        )
         if head is None:
             return
         yield head
@@ -217,6 +226,7 @@ class LLMClient(ABC):
             async for piece in pieces:
                 yield piece
         except TransientError as exc:
+            metrics.LLM_ERRORS.inc(kind="unavailable", **self._labels)
             raise LLMUnavailable(f"{self.name}: the stream broke off ({exc})") from exc
 
     async def structured(
@@ -250,10 +260,45 @@ class LLMClient(ABC):
         try:
             return parse_output(output, second.text), Completion(second.text, usage, second.model)
         except (ValidationError, json.JSONDecodeError, ValueError) as exc:
+            metrics.LLM_ERRORS.inc(kind="invalid_output", **self._labels)
             raise LLMOutputError(
                 f"{self.name} did not produce a valid {output.__name__} after a repair attempt: {_describe(exc)}",
                 second.text,
             ) from exc
+
+    # --- metrics (rapport/metrics.py): every request sent, its time, tokens and errors ------------------
+
+    @property
+    def _labels(self) -> dict[str, str]:
+        return {"provider": self.provider, "model": self.model}
+
+    async def _measured(self, attempt: Awaitable[T]) -> T:
+        """One request to the provider, counted and timed (a stream: until its first piece)."""
+        labels = self._labels
+        metrics.LLM_CALLS.inc(**labels)
+        start = time.perf_counter()
+        try:
+            result = await attempt
+        except TransientError:
+            metrics.LLM_ERRORS.inc(kind="transient", **labels)
+            raise
+        except LLMConfigError:
+            metrics.LLM_ERRORS.inc(kind="config", **labels)
+            raise
+        finally:
+            metrics.LLM_DURATION.observe(time.perf_counter() - start, **labels)
+        if isinstance(result, Completion):
+            metrics.LLM_TOKENS.inc(result.usage.prompt_tokens, direction="prompt", **labels)
+            metrics.LLM_TOKENS.inc(result.usage.completion_tokens, direction="completion", **labels)
+        return result
+
+    async def _counted(self, call: Awaitable[T]) -> T:
+        """``call`` (a request with its retries), counting the give-up when the retries ran out."""
+        try:
+            return await call
+        except LLMUnavailable:
+            metrics.LLM_ERRORS.inc(kind="unavailable", **self._labels)
+            raise
 
     async def close(self) -> None:  # noqa: B027  (a no-op for providers that hold nothing)
         """Release connections."""

@@ -12,18 +12,28 @@ import pytest
 from honcho import Honcho
 
 from tests.db import scratch_database
-from tests.served import rapport_serve
+from tests.served import free_port, rapport_serve
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Honcho]:
+def metrics_port() -> int:
+    """Where the Ray that `rapport serve` starts exports its metrics (serve.metrics_port)."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, metrics_port: int) -> Iterator[Honcho]:
     home: Path = tmp_path_factory.mktemp("served")
+    env = {
+        # The deriver has its own end-to-end test (test_served_deriver.py); here it would only compete for CPU.
+        "DERIVER_ENABLED": "false",
+        "SERVE_METRICS_PORT": str(metrics_port),
+    }
     with (
         scratch_database("rapport_served") as url,
-        # The deriver has its own end-to-end test (test_served_deriver.py); here it would only compete for CPU.
-        rapport_serve({"DB_CONNECTION_URI": url, "DERIVER_ENABLED": "false"}, home) as base_url,
+        rapport_serve({"DB_CONNECTION_URI": url, **env}, home) as base_url,
     ):
         yield Honcho(base_url=base_url, max_retries=0, timeout=30)
 
@@ -189,3 +199,35 @@ def test_collections_and_documents(client: Honcho) -> None:
     collections.delete(**c)
     with pytest.raises(honcho.NotFoundError):
         collections.get(**c)
+
+
+def test_metrics_are_exported_through_rays_agent(client: Honcho, metrics_port: int) -> None:
+    """Under Serve the metrics go through ray.util.metrics to Ray's metrics agent, prefixed ray_."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = client.apps.create(name="metered")
+    client.apps.users.create(app_id=app.id, name="ana")
+    assert httpx.get(str(client.base_url).rstrip("/") + "/metrics", timeout=10).status_code == 404, (
+        "the API points at the agent"
+    )
+
+    wanted = {
+        "ray_rapport_http_requests_total",
+        "ray_rapport_index_lag_entries",
+        "ray_rapport_embedding_batch_size_count",
+    }
+    deadline = time.monotonic() + 90  # the agent reports every few seconds; the gauges are set every 10 s
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+        created = [
+            s.value for s in samples
+            if s.name == "ray_rapport_http_requests_total"
+            and (s.labels.get("method"), s.labels.get("route"), s.labels.get("status"))
+            == ("POST", "/v1/apps/{app_id}/users", "200")
+        ]  # fmt: skip
+        if created and wanted <= {s.name for s in samples}:
+            break
+        assert time.monotonic() < deadline, f"not exported: {wanted - {s.name for s in samples}}, {created}"
+        time.sleep(2)
+    assert sum(created) >= 1
