@@ -29,9 +29,10 @@ class DerivationSource:
 
     name = "deriver"
 
-    def __init__(self, deriver: Deriver, settings: DeriverSettings) -> None:
+    def __init__(self, deriver: Deriver, settings: DeriverSettings, *, per_app: int = 0) -> None:
         self.deriver = deriver
         self.settings = settings
+        self.per_app = per_app  # limits.app_derivations
         self.database = deriver.memory.database
 
     async def claim(self) -> Claim | None:
@@ -41,6 +42,7 @@ class DerivationSource:
                 lease_s=self.settings.lease_s,
                 wait_s=self.settings.batch_wait_s,
                 max_tokens=self.settings.batch_max_tokens,
+                per_app=self.per_app,
             )
 
     async def process(self, work: Claim) -> None:
@@ -94,12 +96,14 @@ def derivation_workers(
     *,
     outage_pause_s: float = 15.0,
     on_error: Callable[[BaseException], None] | None = None,
+    per_app: int = 0,
 ) -> list[QueueWorker[Claim]]:
-    """``settings.concurrency`` workers over one deriver (they share its models and connections)."""
+    """``settings.concurrency`` workers over one deriver (they share its models and connections).
+    ``per_app``: most batches one app may have in flight over all workers (limits.app_derivations)."""
     options = WorkerOptions(
         idle_s=settings.poll_interval_s, lease_s=settings.lease_s, outage_pause_s=outage_pause_s
     )
-    source = DerivationSource(deriver, settings)
+    source = DerivationSource(deriver, settings, per_app=per_app)
     return [QueueWorker(source, options, on_error=on_error) for _ in range(settings.concurrency)]
 
 
@@ -118,7 +122,8 @@ async def derive_until(
     async with open_stack(settings, embedder=embedder) as stack:
         deriver = build_deriver(stack, llm)
         log.info("deriving with %s", deriver.llm.name)
-        await run_workers(derivation_workers(deriver, settings.deriver), stop)
+        workers = derivation_workers(deriver, settings.deriver, per_app=settings.limits.app_derivations)
+        await run_workers(workers, stop)
     log.info("deriver stopped")
 
 

@@ -45,7 +45,8 @@ class DeriverWorker:
         summary_llm = llm if summary == config.llm_for("deriver") else await self._llm(summary, config)
         deriver = Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(config.deriver))
         self._stop = asyncio.Event()
-        self._loop = asyncio.create_task(run_workers(derivation_workers(deriver, config.deriver), self._stop))
+        workers = derivation_workers(deriver, config.deriver, per_app=config.limits.app_derivations)
+        self._loop = asyncio.create_task(run_workers(workers, self._stop))
         log.info("derivation worker running with %s", llm.name)
 
     async def _llm(self, llm: LLMSettings, config: Settings) -> LLMClient:

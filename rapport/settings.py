@@ -8,6 +8,7 @@ Sources, highest priority first: environment variables named ``SECTION_KEY`` (``
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -226,6 +227,28 @@ class VectorStoreSettings(_Section):
     )
 
 
+class LimitSettings(_Section):
+    app_requests_per_s: float = Field(
+        default=0,
+        ge=0,
+        description="Each app's request rate over all API replicas; past it, 429 with Retry-After. 0: no limit.",
+    )
+    app_request_burst: int | None = Field(
+        default=None, ge=1, description="Requests an app may make at once; unset: one second's worth."
+    )
+    app_derivations: int = Field(
+        default=0,
+        ge=0,
+        le=100_000,
+        description="Most derivation batches (LLM calls) one app has in flight over all workers, so one "
+        "app's backlog leaves the other workers to the rest. 0: no cap (apps still take turns).",
+    )
+
+    @property
+    def request_burst(self) -> int:
+        return self.app_request_burst or max(1, math.ceil(self.app_requests_per_s))
+
+
 class ServeSettings(_Section):
     proxy: Literal["haproxy", "ray"] = Field(
         default="haproxy",
@@ -266,6 +289,7 @@ class Settings(BaseSettings):
     dialectic: DialecticSettings = Field(default_factory=DialecticSettings)
     vector_store: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
 
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> Settings:

@@ -66,12 +66,23 @@ class Counts:
     oldest_pending_s: float = 0.0
 
 
+# What each app is deriving now: its live leases' distinct holders (a queue claim, or a batch job's actor).
+_HELD = """
+    SELECT app_id, count(DISTINCT lease_owner) AS n FROM derivation_sessions
+    WHERE lease_owner IS NOT NULL AND leased_until > now()
+"""
+
 # Sessions with work that is due: waiting since at least ``wait`` or filling a batch already, not held
-# by a live lease and not backing off. Read from the covering index of pending items.
+# by a live lease and not backing off, of an app under its cap (``per_app``, 0 for none). Apps take
+# turns: the app deriving least now goes first, then the one served longest ago, then the oldest work.
+# Read from the covering index of pending items and the index of held leases.
 _DUE = text(
-    """
+    f"""
+    WITH held AS ({_HELD} GROUP BY app_id)
     SELECT q.session_id, min(q.app_id) AS app_id, min(q.user_id) AS user_id
     FROM derivation_queue q
+    LEFT JOIN held h ON h.app_id = q.app_id
+    LEFT JOIN derivation_apps a ON a.app_id = q.app_id
     WHERE q.status = 'pending'
     GROUP BY q.session_id
     HAVING (min(q.created_at) <= now() - :wait OR sum(q.tokens) >= :max_tokens)
@@ -79,10 +90,20 @@ _DUE = text(
             SELECT 1 FROM derivation_sessions d
             WHERE d.session_id = q.session_id AND (d.leased_until > now() OR d.not_before > now())
        )
-    ORDER BY min(q.created_at)
+       AND (:per_app = 0 OR coalesce(min(h.n), 0) < :per_app)
+    ORDER BY coalesce(min(h.n), 0), min(a.last_claim_at) NULLS FIRST, min(q.created_at)
     LIMIT :candidates
     """
 ).bindparams(bindparam("wait", type_=Interval))
+
+# Claims of one app queue up here while one of them counts the app's leases (limits.app_derivations).
+_APP_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('rapport.derive:' || :app_id, 0))")
+_APP_HELD = text(f"{_HELD} AND app_id = :app_id GROUP BY app_id")
+# The app's turn is taken (clock time, not the transaction's: claims at the same instant are ordered).
+_TURN = text(
+    "INSERT INTO derivation_apps (app_id, last_claim_at) VALUES (:app_id, clock_timestamp()) "
+    "ON CONFLICT (app_id) DO UPDATE SET last_claim_at = excluded.last_claim_at"
+)
 
 # Take the lease unless another worker just did (the row is created by a session's first claim).
 _LEASE = text(
@@ -121,13 +142,21 @@ async def claim(
     wait_s: float,
     max_tokens: int,
     max_items: int = 64,
+    per_app: int = 0,
 ) -> Claim | None:
-    """Take the session that has waited longest (and is due), with its next batch; None if none is."""
-    due = await db.execute(
-        _DUE, {"wait": timedelta(seconds=wait_s), "max_tokens": max_tokens, "candidates": 8}
-    )
+    """Take a due session with its next batch (None if none is): of the app deriving least now, the
+    one that has waited longest. ``per_app``: skip apps that have that many derivations in flight."""
+    params = {
+        "wait": timedelta(seconds=wait_s),
+        "max_tokens": max_tokens,
+        "candidates": 8,
+        "per_app": per_app,
+    }
+    due = await db.execute(_DUE, params)
     token = uuid.uuid4().hex
     for row in due.all():
+        if per_app and not await _app_has_room(db, row.app_id, per_app):
+            continue
         params = {
             "session_id": row.session_id,
             "app_id": row.app_id,
@@ -137,10 +166,19 @@ async def claim(
         }
         if (await db.execute(_LEASE, params)).first() is None:
             continue  # another worker took it a moment ago
+        await db.execute(_TURN, {"app_id": row.app_id})
         pending = (await db.execute(_PENDING, {"session_id": row.session_id, "limit": max_items})).all()
         items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in pending]
         return Claim(token, row.app_id, row.user_id, row.session_id, tuple(_batch(items, max_tokens)))
     return None
+
+
+async def _app_has_room(db: AsyncConnection, app_id: str, per_app: int) -> bool:
+    """Whether the app derives fewer than ``per_app`` batches now, counted under the app's lock (held to
+    the end of this claim's transaction) so that two claims cannot both take its last place."""
+    await db.execute(_APP_LOCK, {"app_id": app_id})
+    held = (await db.execute(_APP_HELD, {"app_id": app_id})).first()
+    return held is None or held.n < per_app
 
 
 def _batch(items: Sequence[Item], max_tokens: int) -> list[Item]:

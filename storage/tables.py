@@ -18,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Identity,
     Index,
@@ -285,6 +286,14 @@ class DerivationSession(Base):
     lease_owner: Mapped[str | None] = mapped_column(Text)
     leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    # The leases held now, per app: what a claim counts against limits.app_derivations (a small index:
+    # a released lease has no owner).
+    __table_args__ = (
+        Index(
+            "ix_derivation_sessions_app_id_held", "app_id", postgresql_where=text("lease_owner IS NOT NULL")
+        ),
+    )
+
 
 class DerivationJob(Base):
     """A batch re-derivation (`rapport derive`): what it covers, how it was run, and where it stands."""
@@ -332,3 +341,21 @@ class DerivationJobUser(Base):
         Index("ix_derivation_job_users_job_id_state_n", "job_id", "state", "n"),
         Index("ix_derivation_job_users_owner", "owner", postgresql_where=text("state = 'running'")),
     )
+
+
+class DerivationApp(Base):
+    """When each app's derivation work was last claimed: apps with work due take turns by it."""
+
+    __tablename__ = "derivation_apps"
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    last_claim_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class RateBucket(Base):
+    """An app's request budget (limits.app_requests_per_s): a token bucket every API replica draws on.
+    ``tokens`` is what was left at ``refilled_at``; what has accrued since is added when it is next read."""
+
+    __tablename__ = "rate_buckets"
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double, nullable=False)
+    refilled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -15,6 +15,7 @@ from deployments.api.errors import declare_error_statuses, install_error_handler
 from deployments.api.limits import BodySizeLimit
 from deployments.api.metrics import RequestMetrics
 from deployments.api.metrics import router as metrics_router
+from deployments.api.ratelimit import AppRateLimiter
 from deployments.api.routers import (
     apps,
     collections,
@@ -96,6 +97,7 @@ def create_api(
     )
     app.state.settings = settings
     app.state.dialectic_llm = dialectic_llm or configured_llm(settings)
+    app.state.rate_limiter = AppRateLimiter.configured(settings.limits)
     if memory is not None:
         app.state.memory = memory
     for module in ROUTERS:

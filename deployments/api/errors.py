@@ -68,6 +68,7 @@ _DESCRIPTIONS = {
     405: "The operation is switched off in this server's configuration",
     409: "The request conflicts with what is stored (a name already taken, a concurrent change)",
     413: "The request body is larger than the server's limit (serve.max_body_bytes)",
+    429: "The app is over its request rate (limits.app_requests_per_s); retry after Retry-After seconds",
     501: "Not supported by this version of the server",
     503: "The database, the search index or (for the dialectic) the LLM cannot answer just now; retry "
     "after Retry-After seconds",
@@ -89,8 +90,9 @@ CONFLICT = responses(409)
 
 def declare_error_statuses(document: dict[str, Any]) -> None:
     """Add to an OpenAPI document the statuses every operation can answer by its shape: 401 where a key
-    is checked, 404 where it names a resource, 413 where it takes a body, 503 everywhere. Routes declare
-    the others (409, 405, 501) themselves."""
+        is checked, 404 where it names a resource, 413 where it takes a body, 429 where it names an app (its
+    request rate), 503 everywhere. Routes declare
+        the others (409, 405, 501) themselves."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault(ErrorDetail.__name__, ErrorDetail.model_json_schema())
     ref = {"$ref": f"#/components/schemas/{ErrorDetail.__name__}"}
@@ -104,13 +106,15 @@ def declare_error_statuses(document: dict[str, Any]) -> None:
                 statuses.append(404)
             if "requestBody" in operation:
                 statuses.append(413)
+            if any(p["name"] == "app_id" for p in params):
+                statuses.append(429)
             declared = operation.setdefault("responses", {})
             for status in statuses:
                 response = {
                     "description": _DESCRIPTIONS[status],
                     "content": {"application/json": {"schema": ref}},
                 }
-                if status == 503:
+                if status in (429, 503):
                     response["headers"] = _RETRY_AFTER
                 declared.setdefault(str(status), response)
 

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, id_from_key, require_admin, require_scope
+from deployments.api.auth import Key, current_key, id_from_key, require_admin
 from deployments.api.errors import CONFLICT
 from deployments.api.params import DB, Mem, PageNumber, PageSize, Reverse
+from deployments.api.ratelimit import admitted
 from storage import apps as store
 
-router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(require_scope)])
+router = APIRouter(prefix="/v1/apps", tags=["apps"], dependencies=[Depends(admitted)])
 admin = [Depends(require_admin)]
 
 

@@ -7,15 +7,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, id_from_key, require_scope
+from deployments.api.auth import Key, current_key, id_from_key
 from deployments.api.errors import CONFLICT
 from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, UserId
+from deployments.api.ratelimit import admitted
 from storage import collections as store
 
 router = APIRouter(
     prefix="/v1/apps/{app_id}/users/{user_id}/collections",
     tags=["collections"],
-    dependencies=[Depends(require_scope)],
+    dependencies=[Depends(admitted)],
 )
 
 

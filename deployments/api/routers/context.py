@@ -9,14 +9,14 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.api import schemas
-from deployments.api.auth import require_scope
 from deployments.api.params import AppId, Mem, UserId
+from deployments.api.ratelimit import admitted
 from deployments.api.routers.search import MessageSearchResult
 from pipelines.context import ContextOptions, check_queries, gather_context
 from pipelines.retrieval import QUERY_MAX
 
 router = APIRouter(
-    prefix="/v1/apps/{app_id}/users/{user_id}", tags=["context"], dependencies=[Depends(require_scope)]
+    prefix="/v1/apps/{app_id}/users/{user_id}", tags=["context"], dependencies=[Depends(admitted)]
 )
 
 TOP_K_MAX = 50

@@ -8,14 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from deployments.api.auth import Key, current_key, require_scope
+from deployments.api.auth import Key, current_key
 from deployments.api.errors import invalid_input
 from deployments.api.params import DB, AppId
+from deployments.api.ratelimit import admitted
 from storage import apps, derivation, sessions, users
 
-router = APIRouter(
-    prefix="/v1/apps/{app_id}/deriver", tags=["deriver"], dependencies=[Depends(require_scope)]
-)
+router = APIRouter(prefix="/v1/apps/{app_id}/deriver", tags=["deriver"], dependencies=[Depends(admitted)])
 
 
 class DeriverStatus(BaseModel):

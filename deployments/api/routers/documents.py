@@ -7,14 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path
 
 from deployments.api import schemas
-from deployments.api.auth import require_scope
 from deployments.api.params import DB, AppId, CollectionId, Mem, PageNumber, PageSize, Reverse, UserId
+from deployments.api.ratelimit import admitted
 from storage import documents as store
 
 router = APIRouter(
     prefix="/v1/apps/{app_id}/users/{user_id}/collections/{collection_id}/documents",
     tags=["documents"],
-    dependencies=[Depends(require_scope)],
+    dependencies=[Depends(admitted)],
 )
 
 

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path
 
 from deployments.api import schemas
-from deployments.api.auth import require_scope
 from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
+from deployments.api.ratelimit import admitted
 from storage import messages as store
 
 router = APIRouter(
     prefix="/v1/apps/{app_id}/users/{user_id}/sessions/{session_id}/messages",
     tags=["messages"],
-    dependencies=[Depends(require_scope)],
+    dependencies=[Depends(admitted)],
 )
 MessageId = Annotated[str, Path(description="ID of the message to retrieve")]
 

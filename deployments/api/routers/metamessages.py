@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path
 
 from deployments.api import schemas
-from deployments.api.auth import require_scope
 from deployments.api.params import DB, AppId, PageNumber, PageSize, Reverse, UserId
+from deployments.api.ratelimit import admitted
 from storage import metamessages as store
 
 router = APIRouter(
     prefix="/v1/apps/{app_id}/users/{user_id}/metamessages",
     tags=["metamessages"],
-    dependencies=[Depends(require_scope)],
+    dependencies=[Depends(admitted)],
 )
 
 

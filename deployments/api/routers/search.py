@@ -8,11 +8,11 @@ from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, Field
 
 from deployments.api import schemas
-from deployments.api.auth import require_scope
 from deployments.api.params import AppId, Mem, SessionId, UserId
+from deployments.api.ratelimit import admitted
 
 router = APIRouter(
-    prefix="/v1/apps/{app_id}/users/{user_id}", tags=["search"], dependencies=[Depends(require_scope)]
+    prefix="/v1/apps/{app_id}/users/{user_id}", tags=["search"], dependencies=[Depends(admitted)]
 )
 
 

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import StreamingResponse
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, id_from_key, require_scope
+from deployments.api.auth import Key, current_key, id_from_key
 from deployments.api.params import DB, AppId, Dial, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
+from deployments.api.ratelimit import admitted
 from storage import sessions as store
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(
     prefix="/v1/apps/{app_id}/users/{user_id}/sessions",
     tags=["sessions"],
-    dependencies=[Depends(require_scope)],
+    dependencies=[Depends(admitted)],
 )
 
 

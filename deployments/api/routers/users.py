@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path, Query
 
 from deployments.api import schemas
-from deployments.api.auth import Key, current_key, id_from_key, require_app_key, require_scope
+from deployments.api.auth import Key, current_key, id_from_key, require_app_key
 from deployments.api.errors import CONFLICT
 from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize
+from deployments.api.ratelimit import admitted
 from storage import users as store
 
-router = APIRouter(prefix="/v1/apps/{app_id}/users", tags=["users"], dependencies=[Depends(require_scope)])
+router = APIRouter(prefix="/v1/apps/{app_id}/users", tags=["users"], dependencies=[Depends(admitted)])
 
 
 @router.post("", response_model=schemas.User, responses=CONFLICT)

@@ -1,0 +1,115 @@
+"""Per-app request rate limits (limits.app_requests_per_s): a request over its app's budget gets 429 with
+``Retry-After``. The budget is a token bucket in Postgres (storage/ratelimits.py) that every API replica
+draws on, a few tokens at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+
+from deployments.api.auth import Key, require_scope
+from deployments.api.errors import APIError
+from rapport import metrics
+from rapport.settings import LimitSettings
+from storage import ratelimits
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+HOLD_S = 1.0  # tokens a replica took but did not spend are dropped after this: no replica banks budget
+CHUNK_S = 0.1  # a replica takes about this many seconds' worth of tokens at a time
+
+
+@dataclass
+class _Allowance:
+    tokens: int = 0
+    expires: float = 0.0  # monotonic time the tokens are dropped
+    refused_until: float = 0.0  # the bucket was empty: refuse locally until a token has accrued
+
+
+class AppRateLimiter:
+    """Admits each app's requests within its budget: ``rate`` a second, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.chunk = max(1, min(burst, math.floor(rate * CHUNK_S)))
+        self._allowances: dict[str, _Allowance] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def configured(cls, limits: LimitSettings) -> AppRateLimiter | None:
+        if not limits.app_requests_per_s:
+            return None
+        return cls(limits.app_requests_per_s, limits.request_burst)
+
+    async def admit(self, database: Database, app_id: str) -> float | None:
+        """None if the request may go on; else how many seconds until the app has budget again."""
+        decided, wait = self._local(app_id)
+        if decided:
+            return wait
+        async with self._locks.setdefault(app_id, asyncio.Lock()):
+            decided, wait = self._local(app_id)  # the request that held the lock may have taken tokens
+            if decided:
+                return wait
+            try:
+                async with database.transaction() as db:
+                    grant = await ratelimits.take(
+                        db, app_id, rate=self.rate, burst=self.burst, want=self.chunk
+                    )
+            except Exception as exc:  # the request itself will meet the outage and answer 503
+                log.warning(
+                    "rate limit: cannot read app %s's budget (%s); letting the request through", app_id, exc
+                )
+                return None
+            now = time.monotonic()
+            if grant is None:
+                return None  # no such app: the route answers 404
+            if grant.granted == 0:
+                wait = (1.0 - grant.left) / self.rate
+                self._allowances[app_id] = _Allowance(refused_until=now + wait)
+                return wait
+            self._allowances[app_id] = _Allowance(grant.granted - 1, now + HOLD_S)
+            return None
+
+    def _local(self, app_id: str) -> tuple[bool, float | None]:
+        """Decided here: (True, None) spent a token held here; (True, seconds) refused while the bucket
+        is known to be empty. (False, None): ask the database."""
+        allowance = self._allowances.get(app_id)
+        if allowance is None:
+            return False, None
+        now = time.monotonic()
+        if allowance.tokens > 0 and allowance.expires > now:
+            allowance.tokens -= 1
+            return True, None
+        if allowance.refused_until > now:
+            return True, allowance.refused_until - now
+        return False, None
+
+
+def _app_id(request: Request) -> str | None:
+    return request.path_params.get("app_id") or request.query_params.get("app_id")
+
+
+async def admitted(request: Request, key: Key = Depends(require_scope)) -> Key:
+    """Router dependency: the key covers the route (auth first, so that requests without a valid key
+    never spend an app's budget), and the route's app is within its request rate."""
+    limiter: AppRateLimiter | None = request.app.state.rate_limiter
+    app_id = _app_id(request)
+    if limiter is None or app_id is None:
+        return key
+    wait = await limiter.admit(request.app.state.memory.database, app_id)
+    if wait is not None:
+        metrics.RATE_LIMITED.inc(app_id=app_id)
+        raise APIError(
+            429,
+            f"app {app_id} is over its limit of {limiter.rate:g} requests a second "
+            "(limits.app_requests_per_s); retry after Retry-After seconds",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+    return key
