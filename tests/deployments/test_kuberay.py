@@ -56,6 +56,9 @@ def test_the_rayservice_runs_the_gpu_serve_config_on_the_pinned_ray() -> None:
     assert any(
         m["mountPath"] == "/models" for g in gpu_groups for c in containers(g) for m in c["volumeMounts"]
     )
+    groups = [head, *cluster["workerGroupSpecs"]]
+    assert all(g["rayStartParams"]["metrics-export-port"] == "8080" for g in groups), "every node exports"
+    assert all({"containerPort": 8080, "name": "metrics"} in c["ports"] for c in everyone), "and exposes it"
 
 
 def test_the_image_recipe_builds_on_the_pinned_ray_with_the_gpu_extra() -> None:
