@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.api.auth import require_admin
 from rapport import metrics
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,11 @@ class RequestMetrics:
             metrics.HTTP_DURATION.observe(time.perf_counter() - start, **labels)
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_admin)])
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus' text format, in a process that records with prometheus_client. Under Ray, each node's
-    metrics agent exports them instead (see the README), and this answers 404 saying so."""
+    metrics agent exports them instead (see the README), and this answers 404 saying so. With auth on,
+    it takes an admin key (the series name apps and routes)."""
     if metrics.exported_via_ray():
         return JSONResponse(
             {

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from cluster.index_sync import drain
 from deployments.api.auth import mint_key
 from pipelines.memory import Memory
-from storage import jobs
+from storage import derivation, jobs, ratelimits
 from storage.db import Database
 from storage.index import DOCUMENTS, MESSAGES
 from storage.scopes import Scope
@@ -142,9 +142,13 @@ async def test_erasing_an_app_takes_its_users_and_jobs(
     await populate(client, kept, "ana")
     async with database.transaction() as db:
         await jobs.create_job(db, gone, mode="append", selection={}, settings={}, model="m")
+        for app in (gone, kept):  # each app's request budget and its turn at the derivation queue
+            assert await ratelimits.take(db, app, rate=1, burst=5, want=1) is not None
+            assert await derivation.claim(db, lease_s=60, wait_s=0, max_tokens=1000) is not None
     await settle(memory)
     gone_ids, kept_ids = await ids_of(database, "app_id", gone), await ids_of(database, "app_id", kept)
     kept_before = await leftovers(database, "app_id", kept, kept_ids)
+    assert kept_before["rate_buckets"] == 1 and kept_before["derivation_apps"] == 1
 
     erased = await client.delete(f"/v1/apps/{gone}")
     assert erased.status_code == 200 and erased.json() == {"messages": 2, "documents": 1}

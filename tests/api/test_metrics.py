@@ -17,6 +17,7 @@ from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
 from storage import messages
 from storage.db import Database
+from storage.scopes import Scope
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -148,3 +149,20 @@ async def test_metrics_under_ray_point_at_the_agent(client: httpx.AsyncClient, m
     response = await client.get("/metrics")
     assert response.status_code == 404
     assert "ray_rapport_" in response.json()["detail"]
+
+
+async def test_with_auth_on_metrics_take_an_admin_key(api_client) -> None:  # type: ignore[no-untyped-def]
+    from deployments.api.auth import mint_key
+    from tests.api.conftest import SECRET
+
+    async with api_client(auth={"use_auth": True, "jwt_secret": SECRET}) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        app = (
+            await client.post(
+                "/v1/apps", json={"name": "m"}, headers={"Authorization": f"Bearer {mint_key(SECRET)}"}
+            )
+        ).json()["id"]
+        app_key = {"Authorization": f"Bearer {mint_key(SECRET, Scope(app_id=app))}"}
+        assert (await client.get("/metrics", headers=app_key)).status_code == 401
+        admin = {"Authorization": f"Bearer {mint_key(SECRET)}"}
+        assert (await client.get("/metrics", headers=admin)).status_code == 200
