@@ -13,7 +13,9 @@ What happens when something dies:
   actor is started; a user whose facts were committed is done and never derived again;
 - the driver: the actors (owned by it) die with it; the job stays ``running`` with a stale heartbeat
   and `rapport derive --resume JOB` takes it over after HEARTBEAT_STALE_S;
-- an LLM outage: the user goes back without an attempt counted and the actor pauses.
+- an LLM outage: the user goes back without an attempt counted and the actor pauses;
+- a misconfigured LLM (a wrong key, an unknown model): the job stops with that error, every user not
+  done still pending, to be resumed once the setting is fixed.
 
 The index keeps its single writer: actors hand vectors to the Serve ``IndexWriter`` when `rapport
 serve` runs on the cluster, else to one ``JobIndexWriter`` actor the driver starts for the job.
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from cluster.deriver import OUTAGES
+from models.llm import LLMConfigError
 from rapport import metrics
 from rapport.settings import Settings
 from storage import derivation, jobs
@@ -100,6 +103,7 @@ class RederiveActor:
         self._embedder = embedder
         self._writer = writer
         self._stopping = False
+        self._misconfigured: BaseException | None = None
         self.done = 0
         self.failed = 0
 
@@ -126,6 +130,8 @@ class RederiveActor:
             finally:
                 for worker in workers:
                     worker.cancel()
+        if self._misconfigured is not None:
+            raise self._misconfigured  # the driver stops the job with it (resumable once fixed)
         return {"done": self.done, "failed": self.failed}
 
     @contextlib.asynccontextmanager
@@ -202,6 +208,14 @@ class RederiveActor:
             raise
         except Exception as exc:
             await self._release_sessions(user.user_id)
+            if isinstance(exc, LLMConfigError):
+                # A wrong key or model: no user can be derived until an operator fixes the setting, so
+                # the job stops (rather than wait forever) with the error, and every user stays pending.
+                log.error("user %s: the LLM is misconfigured (%s); stopping", user.user_id, exc)
+                await self._release([user.n])
+                self._misconfigured = self._misconfigured or exc
+                self._stopping = True
+                return
             if isinstance(exc, OUTAGES):
                 log.warning("user %s waits: a dependency is down (%s)", user.user_id, exc)
                 await self._release([user.n])
@@ -606,7 +620,10 @@ async def drive(
                     if not stopping:
                         spawn()
                 except RayTaskError as exc:  # it could not work at all: a missing model, a wrong key
-                    raise JobFailed(f"an actor failed: {exc.cause if exc.cause else exc}") from exc
+                    raise JobFailed(
+                        f"an actor failed: {exc.cause if exc.cause else exc}\n"
+                        f"the job is stopped; once that is fixed: rapport derive --resume {job_id}"
+                    ) from exc
             if stopping and actors and time.monotonic() - stopping_since > options.stop_grace_s:
                 for handle, _ in actors.values():
                     ray.kill(handle)

@@ -125,7 +125,7 @@ def test_derive_runs_a_job_on_a_local_ray_and_jobs_reports_it(tmp_path: Path) ->
     server standing in for the LLM; then `rapport jobs` and the CLI's refusals."""
     import json
 
-    from tests.models.fake_llm_servers import openai_reply, serve_fake
+    from tests.models.fake_llm_servers import openai_error, openai_reply, serve_fake
 
     with scratch_database("rapport_cli") as url, serve_fake("/v1/chat/completions") as llm:
         env = {
@@ -170,6 +170,17 @@ def test_derive_runs_a_job_on_a_local_ray_and_jobs_reports_it(tmp_path: Path) ->
         assert again.returncode == 1 and "has ended" in again.stderr
         assert _rapport("jobs", "cancel", job_id, env=env).returncode == 1
         assert _rapport("jobs", "status", "nope", env=env).returncode == 1
+
+        # A wrong key stops the job at once with the provider's answer, instead of waiting forever.
+        llm.script(*(openai_error(401, "invalid api key") for _ in range(8)))
+        refused_key = _rapport("derive", "--app", "cli-app", "--all", env=env)
+        assert refused_key.returncode == 1, refused_key.stdout + refused_key.stderr
+        assert "refused the API key (HTTP 401" in refused_key.stderr, refused_key.stderr
+        stopped_id = refused_key.stderr.split("rapport derive --resume ")[1].split()[0]
+        stopped = _rapport("jobs", "status", stopped_id, env=env)
+        assert f"job {stopped_id}: stopped" in stopped.stdout and "pending: 4" in stopped.stdout, (
+            stopped.stdout
+        )
 
         vague = _rapport("derive", "--app", "cli-app", env=env)
         assert vague.returncode == 2 and "--all, --users FILE or --since" in vague.stderr
