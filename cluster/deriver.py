@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
@@ -29,10 +29,18 @@ class DerivationSource:
 
     name = "deriver"
 
-    def __init__(self, deriver: Deriver, settings: DeriverSettings, *, per_app: int = 0) -> None:
+    def __init__(
+        self,
+        deriver: Deriver,
+        settings: DeriverSettings,
+        *,
+        per_app: int = 0,
+        caps: Mapping[str, int] | None = None,
+    ) -> None:
         self.deriver = deriver
         self.settings = settings
         self.per_app = per_app  # limits.app_derivations
+        self.caps = dict(caps or {})  # limits.apps.<app_id>.derivations
         self.database = deriver.memory.database
 
     async def claim(self) -> Claim | None:
@@ -43,6 +51,7 @@ class DerivationSource:
                 wait_s=self.settings.batch_wait_s,
                 max_tokens=self.settings.batch_max_tokens,
                 per_app=self.per_app,
+                caps=self.caps,
             )
 
     async def process(self, work: Claim) -> None:
@@ -97,13 +106,15 @@ def derivation_workers(
     outage_pause_s: float = 15.0,
     on_error: Callable[[BaseException], None] | None = None,
     per_app: int = 0,
+    caps: Mapping[str, int] | None = None,
 ) -> list[QueueWorker[Claim]]:
     """``settings.concurrency`` workers over one deriver (they share its models and connections).
-    ``per_app``: most batches one app may have in flight over all workers (limits.app_derivations)."""
+    ``per_app``: most batches one app may have in flight over all workers (limits.app_derivations);
+    ``caps``: apps' own caps, by id (limits.apps)."""
     options = WorkerOptions(
         idle_s=settings.poll_interval_s, lease_s=settings.lease_s, outage_pause_s=outage_pause_s
     )
-    source = DerivationSource(deriver, settings, per_app=per_app)
+    source = DerivationSource(deriver, settings, per_app=per_app, caps=caps)
     return [QueueWorker(source, options, on_error=on_error) for _ in range(settings.concurrency)]
 
 
@@ -122,7 +133,10 @@ async def derive_until(
     async with open_stack(settings, embedder=embedder) as stack:
         deriver = build_deriver(stack, llm)
         log.info("deriving with %s", deriver.llm.name)
-        workers = derivation_workers(deriver, settings.deriver, per_app=settings.limits.app_derivations)
+        limits = settings.limits
+        workers = derivation_workers(
+            deriver, settings.deriver, per_app=limits.app_derivations, caps=limits.derivation_caps
+        )
         await run_workers(workers, stop)
     log.info("deriver stopped")
 

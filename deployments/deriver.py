@@ -45,7 +45,10 @@ class DeriverWorker:
         summary_llm = llm if summary == config.llm_for("deriver") else await self._llm(summary, config)
         deriver = Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(config.deriver))
         self._stop = asyncio.Event()
-        workers = derivation_workers(deriver, config.deriver, per_app=config.limits.app_derivations)
+        limits = config.limits
+        workers = derivation_workers(
+            deriver, config.deriver, per_app=limits.app_derivations, caps=limits.derivation_caps
+        )
         self._loop = asyncio.create_task(run_workers(workers, self._stop))
         log.info("derivation worker running with %s", llm.name)
 

@@ -227,6 +227,14 @@ class VectorStoreSettings(_Section):
     )
 
 
+class AppLimits(_Section):
+    """One app's own limits (``[limits.apps.<app_id>]``); what is unset is the default's."""
+
+    requests_per_s: float | None = Field(default=None, ge=0, description="0: no limit for this app.")
+    request_burst: int | None = Field(default=None, ge=1)
+    derivations: int | None = Field(default=None, ge=0, le=100_000, description="0: no cap for this app.")
+
+
 class LimitSettings(_Section):
     app_requests_per_s: float = Field(
         default=0,
@@ -244,9 +252,32 @@ class LimitSettings(_Section):
         "app's backlog leaves the other workers to the rest. 0: no cap (apps still take turns).",
     )
 
+    apps: dict[str, AppLimits] = Field(
+        default_factory=dict, description="Limits of particular apps, by app id, over the defaults above."
+    )
+
+    def requests_for(self, app_id: str) -> tuple[float, int]:
+        """The app's request rate (0: unlimited) and burst. An app given its own rate but no burst may
+        burst one second's worth of its own rate."""
+        own = self.apps.get(app_id)
+        if own is not None and own.requests_per_s is not None:
+            rate, burst = own.requests_per_s, own.request_burst
+        else:
+            rate, burst = (
+                self.app_requests_per_s,
+                (own.request_burst if own else None) or self.app_request_burst,
+            )
+        return rate, burst or max(1, math.ceil(rate))
+
     @property
-    def request_burst(self) -> int:
-        return self.app_request_burst or max(1, math.ceil(self.app_requests_per_s))
+    def limits_requests(self) -> bool:
+        """Whether any app's requests are limited."""
+        return bool(self.app_requests_per_s) or any(own.requests_per_s for own in self.apps.values())
+
+    @property
+    def derivation_caps(self) -> dict[str, int]:
+        """The apps with a cap of their own on derivations in flight (0: none), by id."""
+        return {app: own.derivations for app, own in self.apps.items() if own.derivations is not None}
 
 
 class ServeSettings(_Section):

@@ -12,8 +12,9 @@ backoff, and parked after ``max_attempts`` with the reason and the model's raw o
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -73,16 +74,19 @@ _HELD = """
 """
 
 # Sessions with work that is due: waiting since at least ``wait`` or filling a batch already, not held
-# by a live lease and not backing off, of an app under its cap (``per_app``, 0 for none). Apps take
-# turns: the app deriving least now goes first, then the one served longest ago, then the oldest work.
-# Read from the covering index of pending items and the index of held leases.
+# by a live lease and not backing off, of an app under its cap (its own in ``caps``, a JSON object by app
+# id, else ``per_app``; 0 for none). Apps take turns: the app deriving least now goes first, then the one
+# served longest ago, then the oldest work. Read from the covering index of pending items and the index
+# of held leases.
 _DUE = text(
     f"""
-    WITH held AS ({_HELD} GROUP BY app_id)
+    WITH held AS ({_HELD} GROUP BY app_id),
+    caps AS (SELECT key AS app_id, CAST(value AS int) AS cap FROM jsonb_each_text(CAST(:caps AS jsonb)))
     SELECT q.session_id, min(q.app_id) AS app_id, min(q.user_id) AS user_id
     FROM derivation_queue q
     LEFT JOIN held h ON h.app_id = q.app_id
     LEFT JOIN derivation_apps a ON a.app_id = q.app_id
+    LEFT JOIN caps c ON c.app_id = q.app_id
     WHERE q.status = 'pending'
     GROUP BY q.session_id
     HAVING (min(q.created_at) <= now() - :wait OR sum(q.tokens) >= :max_tokens)
@@ -90,7 +94,7 @@ _DUE = text(
             SELECT 1 FROM derivation_sessions d
             WHERE d.session_id = q.session_id AND (d.leased_until > now() OR d.not_before > now())
        )
-       AND (:per_app = 0 OR coalesce(min(h.n), 0) < :per_app)
+       AND (coalesce(min(c.cap), :per_app) = 0 OR coalesce(min(h.n), 0) < coalesce(min(c.cap), :per_app))
     ORDER BY coalesce(min(h.n), 0), min(a.last_claim_at) NULLS FIRST, min(q.created_at)
     LIMIT :candidates
     """
@@ -143,19 +147,24 @@ async def claim(
     max_tokens: int,
     max_items: int = 64,
     per_app: int = 0,
+    caps: Mapping[str, int] | None = None,
 ) -> Claim | None:
     """Take a due session with its next batch (None if none is): of the app deriving least now, the
-    one that has waited longest. ``per_app``: skip apps that have that many derivations in flight."""
+    one that has waited longest. Apps that have their cap of derivations in flight are skipped: their
+    own in ``caps`` (by app id), else ``per_app``; 0 is no cap."""
+    caps = dict(caps or {})
     params = {
         "wait": timedelta(seconds=wait_s),
         "max_tokens": max_tokens,
         "candidates": 8,
         "per_app": per_app,
+        "caps": json.dumps(caps),
     }
     due = await db.execute(_DUE, params)
     token = uuid.uuid4().hex
     for row in due.all():
-        if per_app and not await _app_has_room(db, row.app_id, per_app):
+        cap = caps.get(row.app_id, per_app)
+        if cap and not await _app_has_room(db, row.app_id, cap):
             continue
         params = {
             "session_id": row.session_id,

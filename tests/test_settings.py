@@ -149,3 +149,26 @@ def test_each_part_names_its_own_llm_or_takes_the_shared_one() -> None:
         "another provider's model is not kept"
     )
     assert settings.llm.provider == "openai", "the shared section is unchanged"
+
+
+def test_apps_own_limits_from_config_toml_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    Path("config.toml").write_text(
+        "[limits]\napp_requests_per_s = 10\napp_derivations = 2\n"
+        '[limits.apps."app-big"]\nrequests_per_s = 100\nderivations = 8\n'
+        '[limits.apps."app-bursty"]\nrequest_burst = 50\n'
+    )
+    limits = Settings().limits
+    assert limits.requests_for("app-big") == (100, 100), "its own rate, and one second of it as burst"
+    assert limits.requests_for("app-bursty") == (10, 50)
+    assert limits.requests_for("anyone") == (10, 10)
+    assert limits.derivation_caps == {"app-big": 8}
+    assert limits.limits_requests
+
+    monkeypatch.setenv("LIMITS_APPS", '{"app-free": {"requests_per_s": 0}}')
+    from_env = Settings().limits
+    assert from_env.requests_for("app-free") == (0, 1) and from_env.requests_for("anyone") == (10, 10)
+
+    Path("config.toml").write_text('[limits.apps."app-x"]\nrequests_per_sec = 1\n')
+    monkeypatch.delenv("LIMITS_APPS")
+    with pytest.raises(ValidationError, match="requests_per_sec"):
+        Settings()

@@ -33,23 +33,23 @@ class _Allowance:
 
 
 class AppRateLimiter:
-    """Admits each app's requests within its budget: ``rate`` a second, ``burst`` at once."""
+    """Admits each app's requests within its budget (``LimitSettings.requests_for``: a rate a second and
+    a burst at once, the default's or the app's own)."""
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.chunk = max(1, min(burst, math.floor(rate * CHUNK_S)))
+    def __init__(self, limits: LimitSettings) -> None:
+        self.limits = limits
         self._allowances: dict[str, _Allowance] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def configured(cls, limits: LimitSettings) -> AppRateLimiter | None:
-        if not limits.app_requests_per_s:
-            return None
-        return cls(limits.app_requests_per_s, limits.request_burst)
+        return cls(limits) if limits.limits_requests else None
 
     async def admit(self, database: Database, app_id: str) -> float | None:
         """None if the request may go on; else how many seconds until the app has budget again."""
+        rate, burst = self.limits.requests_for(app_id)
+        if not rate:
+            return None
         decided, wait = self._local(app_id)
         if decided:
             return wait
@@ -59,9 +59,8 @@ class AppRateLimiter:
                 return wait
             try:
                 async with database.transaction() as db:
-                    grant = await ratelimits.take(
-                        db, app_id, rate=self.rate, burst=self.burst, want=self.chunk
-                    )
+                    chunk = max(1, min(burst, math.floor(rate * CHUNK_S)))
+                    grant = await ratelimits.take(db, app_id, rate=rate, burst=burst, want=chunk)
             except Exception as exc:  # the request itself will meet the outage and answer 503
                 log.warning(
                     "rate limit: cannot read app %s's budget (%s); letting the request through", app_id, exc
@@ -71,7 +70,7 @@ class AppRateLimiter:
             if grant is None:
                 return None  # no such app: the route answers 404
             if grant.granted == 0:
-                wait = (1.0 - grant.left) / self.rate
+                wait = (1.0 - grant.left) / rate
                 self._allowances[app_id] = _Allowance(refused_until=now + wait)
                 return wait
             self._allowances[app_id] = _Allowance(grant.granted - 1, now + HOLD_S)
@@ -106,10 +105,11 @@ async def admitted(request: Request, key: Key = Depends(require_scope)) -> Key:
     wait = await limiter.admit(request.app.state.memory.database, app_id)
     if wait is not None:
         metrics.RATE_LIMITED.inc(app_id=app_id)
+        rate, _ = limiter.limits.requests_for(app_id)
         raise APIError(
             429,
-            f"app {app_id} is over its limit of {limiter.rate:g} requests a second "
-            "(limits.app_requests_per_s); retry after Retry-After seconds",
+            f"app {app_id} is over its limit of {rate:g} requests a second "
+            "(limits.app_requests_per_s, or limits.apps.<app_id>); retry after Retry-After seconds",
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
     return key

@@ -87,3 +87,27 @@ async def test_requests_without_a_valid_key_spend_nothing(
             assert (await limited.get(path)).status_code == 401
         assert [(await limited.get(path, headers=admin)).status_code for _ in range(3)] == [200, 200, 429]
         assert (await limited.get("/v1/apps/nope/users/name/ana", headers=admin)).status_code == 404
+
+
+async def test_an_apps_own_limit_overrides_the_default(
+    client: httpx.AsyncClient, api_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    apps = {name: (await make_user(client, name))[0] for name in ("big", "small", "free", "other")}
+
+    async def statuses(limited: httpx.AsyncClient, name: str, n: int) -> list[int]:
+        return [(await limited.get(f"/v1/apps/{apps[name]}/users/name/ana")).status_code for _ in range(n)]
+
+    limits = {
+        "app_requests_per_s": 1,
+        "app_request_burst": 1,
+        "apps": {apps["big"]: {"request_burst": 3}, apps["free"]: {"requests_per_s": 0}},
+    }
+    async with api_client(limits=limits) as limited:
+        assert await statuses(limited, "big", 4) == [200, 200, 200, 429]
+        assert await statuses(limited, "small", 2) == [200, 429]
+        assert await statuses(limited, "free", 5) == [200] * 5
+
+    only_one = {"apps": {apps["other"]: {"requests_per_s": 1, "request_burst": 1}}}  # no default limit
+    async with api_client(limits=only_one) as limited:
+        assert await statuses(limited, "other", 2) == [200, 429]
+        assert await statuses(limited, "small", 5) == [200] * 5

@@ -73,3 +73,21 @@ async def test_an_expired_lease_does_not_count(database: Database) -> None:
     assert dead is not None
     await asyncio.sleep(0.01)  # its worker died: the lease ran out
     assert await claim(database, per_app=1) is not None
+
+
+async def test_an_apps_own_cap_overrides_the_default(database: Database) -> None:
+    small = await make_tree(database, app_name="small")
+    await backlog(database, small, 3)
+    big = await make_tree(database, app_name="big")
+    await backlog(database, big, 3)
+
+    async def take(**limits: object) -> str | None:
+        async with database.transaction() as db:
+            held = await derivation.claim(db, lease_s=60, wait_s=0, max_tokens=1000, **limits)  # type: ignore[arg-type]
+        return held.app_id if held else None
+
+    caps = {small.app_id: 1}  # no default cap; the small app's own is 1
+    assert [await take(caps=caps) for _ in range(4)] == [small.app_id, big.app_id, big.app_id, big.app_id]
+    assert await take(caps=caps) is None, "small is at its cap, big has nothing left"
+    assert await take(per_app=1) is None
+    assert await take(per_app=1, caps={small.app_id: 0}) == small.app_id, "its own 0 lifts the default cap"
