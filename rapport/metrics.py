@@ -52,11 +52,12 @@ class Metric:
         buckets: Sequence[float] = (),
     ) -> None:
         self.kind = kind
-        self.name = name  # counters: without _total, which both backends add
+        self.name = name  # counters: without _total (prometheus_client adds it; the Ray branch below)
         self.description = description
         self.labels = tuple(labels)
         self.buckets = tuple(buckets)
         self._recorders: dict[str, Any] = {}
+        self._failed = False
 
     def _recorder(self) -> Any:
         recorder = self._recorders.get(_backend)
@@ -87,12 +88,17 @@ class Metric:
         return prometheus_client.Histogram(self.name, self.description, self.labels, buckets=self.buckets)
 
     def _record(self, method: str, value: float, labels: dict[str, str]) -> None:
-        recorder = self._recorder()
-        if _backend == "ray":
-            getattr(recorder, "inc" if method == "inc" else method)(value, tags=labels or None)
-            return
-        target = recorder.labels(**labels) if self.labels else recorder
-        getattr(target, method)(value)
+        try:
+            recorder = self._recorder()
+            if _backend == "ray":
+                getattr(recorder, method)(value, tags=labels or None)
+                return
+            target = recorder.labels(**labels) if self.labels else recorder
+            getattr(target, method)(value)
+        except Exception:  # a metric must never fail the request or the work it measures
+            if not self._failed:
+                self._failed = True
+                log.exception("recording %s failed (logged once)", self.name)
 
     def _check(self, labels: dict[str, Any]) -> dict[str, str]:
         if set(labels) != set(self.labels):

@@ -100,8 +100,10 @@ _DUE = text(
     """
 ).bindparams(bindparam("wait", type_=Interval))
 
-# Claims of one app queue up here while one of them counts the app's leases (limits.app_derivations).
-_APP_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended('rapport.derive:' || :app_id, 0))")
+# One claim at a time counts an app's leases (limits.app_derivations). Tried, never waited for: a claim
+# that waited here while holding another app's lock, or a session row it failed to lease, could deadlock
+# with the claim it waits for.
+_APP_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended('rapport.derive:' || :app_id, 0))")
 _APP_HELD = text(f"{_HELD} AND app_id = :app_id GROUP BY app_id")
 # The app's turn is taken (clock time, not the transaction's: claims at the same instant are ordered).
 _TURN = text(
@@ -184,8 +186,10 @@ async def claim(
 
 async def _app_has_room(db: AsyncConnection, app_id: str, per_app: int) -> bool:
     """Whether the app derives fewer than ``per_app`` batches now, counted under the app's lock (held to
-    the end of this claim's transaction) so that two claims cannot both take its last place."""
-    await db.execute(_APP_LOCK, {"app_id": app_id})
+    the end of this claim's transaction) so that two claims cannot both take its last place. False if
+    another claim is counting it right now: this claim moves on to another app's work."""
+    if not (await db.execute(_APP_LOCK, {"app_id": app_id})).scalar_one():
+        return False
     held = (await db.execute(_APP_HELD, {"app_id": app_id})).first()
     return held is None or held.n < per_app
 

@@ -21,25 +21,32 @@ _CREATE = text(
     "INSERT INTO rate_buckets (app_id, tokens, refilled_at) SELECT id, :burst, now() FROM apps WHERE id = :app "
     "ON CONFLICT (app_id) DO NOTHING"
 )
-# Refill by the time passed (capped at the burst), then take up to ``want`` whole tokens.
+# Refill by the time passed (clock time: a claim that waited for the row lock counts from when it got it)
+# and by the tokens a replica gives back unspent, capped at the burst; then take up to ``want`` whole tokens.
 _TAKE = text(
     """
     WITH b AS (
-        SELECT app_id, least(:burst, tokens + :rate * extract(epoch FROM now() - refilled_at)) AS available
+        SELECT app_id, clock_timestamp() AS at,
+               least(:burst, tokens + :returned
+                     + :rate * greatest(0, extract(epoch FROM clock_timestamp() - refilled_at))) AS available
         FROM rate_buckets WHERE app_id = :app FOR UPDATE
-    )
+    ),
+    g AS (SELECT app_id, at, available, greatest(0, least(:want, floor(available))) AS granted FROM b)
     UPDATE rate_buckets r
-    SET tokens = b.available - least(:want, floor(b.available)), refilled_at = now()
-    FROM b WHERE r.app_id = b.app_id
-    RETURNING least(:want, floor(b.available))::int AS granted, b.available - least(:want, floor(b.available)) AS left
+    SET tokens = g.available - g.granted, refilled_at = g.at
+    FROM g WHERE r.app_id = g.app_id
+    RETURNING CAST(g.granted AS int) AS granted, g.available - g.granted AS left
     """
 )
 
 
-async def take(db: AsyncConnection, app_id: str, *, rate: float, burst: float, want: int) -> Grant | None:
+async def take(
+    db: AsyncConnection, app_id: str, *, rate: float, burst: float, want: int, returned: int = 0
+) -> Grant | None:
     """Take up to ``want`` tokens from the app's bucket (refilled at ``rate`` a second, holding at most
-    ``burst``). None if there is no such app."""
-    params = {"app": app_id, "rate": rate, "burst": float(burst), "want": want}
+    ``burst``), after putting back ``returned`` tokens taken earlier and not spent. None if there is no
+    such app."""
+    params = {"app": app_id, "rate": rate, "burst": float(burst), "want": want, "returned": returned}
     row = (await db.execute(_TAKE, params)).first()
     if row is None:
         await db.execute(_CREATE, params)

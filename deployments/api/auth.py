@@ -122,7 +122,7 @@ async def current_key(
     return decode_key(auth.jwt_secret.get_secret_value(), credentials.credentials)
 
 
-def _route_ids(request: Request, key: Key) -> dict[str, str]:
+def route_ids(request: Request, key: Key) -> dict[str, str]:
     """The ids a request addresses: path parameters, plus the optional query ids some GET routes take.
 
     A route that takes an id as an optional query parameter uses the key's own id when it is left out
@@ -143,7 +143,7 @@ async def require_scope(request: Request, key: Key = Depends(current_key)) -> Ke
     """Router dependency: the key must cover every id the route addresses."""
     if key.admin:
         return key
-    ids = _route_ids(request, key)
+    ids = route_ids(request, key)
     for param, value in ids.items():
         claimed = key.claim(param)
         if claimed is not None and claimed != value:

@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["metrics"])
 
 UNMATCHED = "unmatched"  # 404s and scans: one series, not one per path tried
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "OTHER"
 
 
 class RequestMetrics:
@@ -42,7 +43,7 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             labels = {
-                "method": scope["method"],
+                "method": scope["method"] if scope["method"] in METHODS else "OTHER",
                 "route": getattr(route, "path", None) or UNMATCHED,
                 "status": status,
             }

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from fastapi import Depends, Request
 
-from deployments.api.auth import Key, require_scope
+from deployments.api.auth import Key, require_scope, route_ids
 from deployments.api.errors import APIError
 from rapport import metrics
 from rapport.settings import LimitSettings
@@ -21,15 +21,17 @@ from storage.db import Database
 
 log = logging.getLogger(__name__)
 
-HOLD_S = 1.0  # tokens a replica took but did not spend are dropped after this: no replica banks budget
+HOLD_S = 1.0  # tokens a replica took and did not spend go back to the bucket after this
 CHUNK_S = 0.1  # a replica takes about this many seconds' worth of tokens at a time
+LOCKS = 64  # a replica's trips to the bucket are serialised per app, on one of this many locks
 
 
 @dataclass
 class _Allowance:
-    tokens: int = 0
-    expires: float = 0.0  # monotonic time the tokens are dropped
+    tokens: int = 0  # taken from the bucket, not spent yet
+    expires: float = 0.0  # monotonic time they go back (given back on the next trip to the bucket)
     refused_until: float = 0.0  # the bucket was empty: refuse locally until a token has accrued
+    unknown_until: float = 0.0  # no such app: do not ask again before this (its requests get 404)
 
 
 class AppRateLimiter:
@@ -39,7 +41,7 @@ class AppRateLimiter:
     def __init__(self, limits: LimitSettings) -> None:
         self.limits = limits
         self._allowances: dict[str, _Allowance] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = [asyncio.Lock() for _ in range(LOCKS)]
 
     @classmethod
     def configured(cls, limits: LimitSettings) -> AppRateLimiter | None:
@@ -53,14 +55,18 @@ class AppRateLimiter:
         decided, wait = self._local(app_id)
         if decided:
             return wait
-        async with self._locks.setdefault(app_id, asyncio.Lock()):
+        async with self._locks[hash(app_id) % LOCKS]:
             decided, wait = self._local(app_id)  # the request that held the lock may have taken tokens
             if decided:
                 return wait
+            held = self._allowances.pop(app_id, None)
+            unspent = held.tokens if held is not None else 0  # expired: they go back now
+            chunk = max(1, min(burst, math.floor(rate * CHUNK_S)))
             try:
                 async with database.transaction() as db:
-                    chunk = max(1, min(burst, math.floor(rate * CHUNK_S)))
-                    grant = await ratelimits.take(db, app_id, rate=rate, burst=burst, want=chunk)
+                    grant = await ratelimits.take(
+                        db, app_id, rate=rate, burst=burst, want=chunk, returned=unspent
+                    )
             except Exception as exc:  # the request itself will meet the outage and answer 503
                 log.warning(
                     "rate limit: cannot read app %s's budget (%s); letting the request through", app_id, exc
@@ -68,8 +74,9 @@ class AppRateLimiter:
                 return None
             now = time.monotonic()
             if grant is None:
+                self._allowances[app_id] = _Allowance(unknown_until=now + HOLD_S)
                 return None  # no such app: the route answers 404
-            if grant.granted == 0:
+            if grant.granted <= 0:
                 wait = (1.0 - grant.left) / rate
                 self._allowances[app_id] = _Allowance(refused_until=now + wait)
                 return wait
@@ -77,8 +84,8 @@ class AppRateLimiter:
             return None
 
     def _local(self, app_id: str) -> tuple[bool, float | None]:
-        """Decided here: (True, None) spent a token held here; (True, seconds) refused while the bucket
-        is known to be empty. (False, None): ask the database."""
+        """Decided here: (True, None) spent a token held here (or the app does not exist); (True,
+        seconds) refused while the bucket is known to be empty. (False, None): ask the database."""
         allowance = self._allowances.get(app_id)
         if allowance is None:
             return False, None
@@ -88,18 +95,17 @@ class AppRateLimiter:
             return True, None
         if allowance.refused_until > now:
             return True, allowance.refused_until - now
+        if allowance.unknown_until > now:
+            return True, None
         return False, None
-
-
-def _app_id(request: Request) -> str | None:
-    return request.path_params.get("app_id") or request.query_params.get("app_id")
 
 
 async def admitted(request: Request, key: Key = Depends(require_scope)) -> Key:
     """Router dependency: the key covers the route (auth first, so that requests without a valid key
-    never spend an app's budget), and the route's app is within its request rate."""
+    never spend an app's budget), and the route's app is within its request rate. The app is the one
+    auth checked the key against: the path's, a declared query parameter's, or the key's own."""
     limiter: AppRateLimiter | None = request.app.state.rate_limiter
-    app_id = _app_id(request)
+    app_id = route_ids(request, key).get("app_id")
     if limiter is None or app_id is None:
         return key
     wait = await limiter.admit(request.app.state.memory.database, app_id)

@@ -14,7 +14,9 @@ from storage.db import Database
 from tests.api.conftest import SECRET
 from tests.api.test_metrics import scrape, value
 
-LIMITED = {"app_requests_per_s": 1, "app_request_burst": 3}
+# Slow refills, so that the test's own pace (a few requests a second on a busy box) cannot refill a bucket
+# by surprise: 3 at once, then one every 2 s.
+LIMITED = {"app_requests_per_s": 0.5, "app_request_burst": 3}
 
 
 async def make_user(
@@ -40,13 +42,13 @@ async def test_429_past_the_budget_and_not_before(
             json={"content": "hi", "is_user": True},
         )
         assert refused.status_code == 429
-        assert refused.headers["Retry-After"] == "1"
+        assert refused.headers["Retry-After"] == "2"
         assert "limits.app_requests_per_s" in refused.json()["detail"]
         assert (await limited.get(f"/v1/apps/{other}/users/name/ana")).status_code == 200, "its own budget"
         assert (await limited.get("/health")).status_code == 200, "no app, no limit"
         after = await scrape(limited)
 
-        await asyncio.sleep(1.2)  # a token accrues each second
+        await asyncio.sleep(2.2)  # a token accrues every 2 s
         assert (await limited.get(f"/v1/apps/{app}/users/name/ana")).status_code == 200
         assert (await limited.get(f"/v1/apps/{app}/users/name/ana")).status_code == 429
 
@@ -66,7 +68,7 @@ async def test_replicas_share_one_budget(
 ) -> None:
     app, _ = await make_user(client, "shared")
     path = f"/v1/apps/{app}/users/name/ana"
-    limits = {"app_requests_per_s": 1, "app_request_burst": 4}
+    limits = {"app_requests_per_s": 0.1, "app_request_burst": 4}
     async with api_client(limits=limits) as one, api_client(limits=limits) as two:
         for replica in (one, two, one, two):
             assert (await replica.get(path)).status_code == 200
@@ -79,7 +81,7 @@ async def test_requests_without_a_valid_key_spend_nothing(
 ) -> None:
     admin = {"Authorization": f"Bearer {mint_key(SECRET)}"}
     auth = {"use_auth": True, "jwt_secret": SECRET}
-    async with api_client(auth=auth, limits={"app_requests_per_s": 1, "app_request_burst": 2}) as limited:
+    async with api_client(auth=auth, limits={"app_requests_per_s": 0.1, "app_request_burst": 2}) as limited:
         async with api_client(auth=auth) as setup:
             app, _ = await make_user(setup, "guarded", admin)
         path = f"/v1/apps/{app}/users/name/ana"
@@ -98,7 +100,7 @@ async def test_an_apps_own_limit_overrides_the_default(
         return [(await limited.get(f"/v1/apps/{apps[name]}/users/name/ana")).status_code for _ in range(n)]
 
     limits = {
-        "app_requests_per_s": 1,
+        "app_requests_per_s": 0.1,
         "app_request_burst": 1,
         "apps": {apps["big"]: {"request_burst": 3}, apps["free"]: {"requests_per_s": 0}},
     }
@@ -107,7 +109,7 @@ async def test_an_apps_own_limit_overrides_the_default(
         assert await statuses(limited, "small", 2) == [200, 429]
         assert await statuses(limited, "free", 5) == [200] * 5
 
-    only_one = {"apps": {apps["other"]: {"requests_per_s": 1, "request_burst": 1}}}  # no default limit
+    only_one = {"apps": {apps["other"]: {"requests_per_s": 0.1, "request_burst": 1}}}  # no default limit
     async with api_client(limits=only_one) as limited:
         assert await statuses(limited, "other", 2) == [200, 429]
         assert await statuses(limited, "small", 5) == [200] * 5

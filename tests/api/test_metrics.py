@@ -50,6 +50,7 @@ async def test_a_request_raises_its_routes_counter(client: httpx.AsyncClient) ->
     assert (await client.get(f"/v1/apps/{app}/users/name/ana")).status_code == 200
     assert (await client.get(f"/v1/apps/{app}/users/name/nobody")).status_code == 404
     assert (await client.get("/no/such/route")).status_code == 404
+    assert (await client.request("BREW", "/v1/apps")).status_code in (404, 405)
     too_big = await client.post("/v1/apps", content=b"x" * (3 * 1024 * 1024))
     assert too_big.status_code == 413
     after = await scrape(client)
@@ -66,6 +67,7 @@ async def test_a_request_raises_its_routes_counter(client: httpx.AsyncClient) ->
         "a path no route matches is one series, not one per path"
     )
     assert moved("rapport_http_requests_total", method="POST", route="unmatched", status="413") == 1
+    assert not any(dict(labels).get("method") == "BREW" for _, labels in after), "unknown methods are OTHER"
     assert not any(app in dict(labels).get("route", "") for _, labels in after), "ids never become labels"
 
 
@@ -78,6 +80,12 @@ async def test_backlogs_and_a_parked_item_move_their_gauges(
             db, app, user, session, [{"content": "I live in Lisbon", "is_user": True}]
         )
     waiting = await scrape(client)
+    gauges = ("queue_depth", "queue_oldest_age_seconds", "parked_items")
+    for name in [f"rapport_derivation_{g}" for g in gauges] + [
+        "rapport_index_lag_entries",
+        "rapport_index_parked_entries",
+    ]:
+        assert (name, frozenset()) in waiting, f"{name} is not exported"
     assert value(waiting, "rapport_derivation_queue_depth") == 1
     assert value(waiting, "rapport_derivation_parked_items") == 0
     assert value(waiting, "rapport_derivation_queue_oldest_age_seconds") >= 0
@@ -145,7 +153,7 @@ async def test_llm_calls_tokens_errors_and_latency(client: httpx.AsyncClient) ->
 async def test_metrics_under_ray_point_at_the_agent(client: httpx.AsyncClient, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from rapport import metrics
 
-    monkeypatch.setattr(metrics, "_backend", "ray")
+    monkeypatch.setattr(metrics, "exported_via_ray", lambda: True)  # the route's view only
     response = await client.get("/metrics")
     assert response.status_code == 404
     assert "ray_rapport_" in response.json()["detail"]
