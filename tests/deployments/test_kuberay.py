@@ -59,6 +59,7 @@ def test_the_rayservice_runs_the_gpu_serve_config_on_the_pinned_ray() -> None:
     groups = [head, *cluster["workerGroupSpecs"]]
     assert all(g["rayStartParams"]["metrics-export-port"] == "8080" for g in groups), "every node exports"
     assert all({"containerPort": 8080, "name": "metrics"} in c["ports"] for c in everyone), "and exposes it"
+    assert all(g["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "rapport" for g in groups)
 
 
 def test_the_image_recipe_builds_on_the_pinned_ray_with_the_gpu_extra() -> None:
