@@ -94,6 +94,10 @@ class VectorIndex:
         self._tables = tables
         self.dimension = dimension
         self.ann = ann
+        # This process's writes to a table go one at a time: two merge_inserts of the same new ids that
+        # overlap both insert them (measured: every row twice), e.g. the single writer's background round
+        # and an inline write of the same rows.
+        self._writing = {name: asyncio.Lock() for name in tables}
 
     @classmethod
     async def open(
@@ -147,8 +151,9 @@ class VectorIndex:
 
     async def truncate(self) -> None:
         """Remove every row of both tables (keeping their schemas and indexes)."""
-        for table in self._tables.values():
-            await table.delete("true")
+        for name, table in self._tables.items():
+            async with self._writing[name]:
+                await table.delete("true")
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -158,21 +163,24 @@ class VectorIndex:
             return
         unique = {row["id"]: row for row in rows}  # LanceDB refuses two rows for one id in a batch
         data = pa.Table.from_pylist(list(unique.values()), schema=schema(table, self.dimension))
-        await (
-            self._tables[table]
-            .merge_insert("id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(data)
-        )
+        async with self._writing[table]:
+            await (
+                self._tables[table]
+                .merge_insert("id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(data)
+            )
 
     async def delete(self, table: Table, *, ids: Sequence[str] = (), scope: Scope | None = None) -> None:
         """Remove rows by id, and/or every row matching ``scope`` (e.g. ``{"collection_id": ...}``)."""
-        if ids:
-            await self._tables[table].delete(f"id IN ({', '.join(quote(i) for i in ids)})")
         if scope and any(value is not None for value in scope.values()):
             self._check_scope(table, scope)
-            await self._tables[table].delete(where(**scope))
+        async with self._writing[table]:
+            if ids:
+                await self._tables[table].delete(f"id IN ({', '.join(quote(i) for i in ids)})")
+            if scope and any(value is not None for value in scope.values()):
+                await self._tables[table].delete(where(**scope))
 
     # --- reads -----------------------------------------------------------------------------------------
 

@@ -12,3 +12,24 @@ async def test_opening_a_fresh_index_concurrently_creates_it_once(tmp_path: Path
     opened = await asyncio.gather(*(VectorIndex.open(str(tmp_path / "lancedb"), 8) for _ in range(6)))
     indices = await opened[0]._tables[MESSAGES].list_indices()
     assert [i.index_type for i in indices].count("FTS") == 1
+
+
+async def test_overlapping_upserts_of_the_same_rows_store_them_once(tmp_path: Path) -> None:
+    """The single writer's background round and an inline write can upsert the same new rows at once;
+    two overlapping LanceDB merge_inserts would both insert them."""
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from storage.index import DOCUMENTS
+
+    index = await VectorIndex.open(str(tmp_path / "lancedb"), 8)
+    now = datetime.now(UTC)
+    for batch in range(5):
+        rows = [
+            {"id": f"{batch}-{i}", "app_id": "a", "user_id": "u", "collection_id": "c", "created_at": now,
+             "vector": np.random.default_rng(i).random(8, dtype=np.float32)}
+            for i in range(20)
+        ]  # fmt: skip
+        await asyncio.gather(*(index.upsert(DOCUMENTS, rows) for _ in range(3)))
+    assert await index.count(DOCUMENTS) == 100
