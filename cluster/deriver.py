@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
 from pipelines.deriver import Deriver
 from rapport import metrics
-from rapport.settings import DeriverSettings, Settings
+from rapport.settings import DeriverSettings, LimitSettings, Settings
 from storage import derivation
 from storage.derivation import Claim
 
@@ -30,17 +30,13 @@ class DerivationSource:
     name = "deriver"
 
     def __init__(
-        self,
-        deriver: Deriver,
-        settings: DeriverSettings,
-        *,
-        per_app: int = 0,
-        caps: Mapping[str, int] | None = None,
+        self, deriver: Deriver, settings: DeriverSettings, limits: LimitSettings | None = None
     ) -> None:
         self.deriver = deriver
         self.settings = settings
-        self.per_app = per_app  # limits.app_derivations
-        self.caps = dict(caps or {})  # limits.apps.<app_id>.derivations
+        limits = limits or LimitSettings()
+        self.per_app = limits.app_derivations
+        self.caps = limits.derivation_caps
         self.database = deriver.memory.database
 
     async def claim(self) -> Claim | None:
@@ -105,16 +101,14 @@ def derivation_workers(
     *,
     outage_pause_s: float = 15.0,
     on_error: Callable[[BaseException], None] | None = None,
-    per_app: int = 0,
-    caps: Mapping[str, int] | None = None,
+    limits: LimitSettings | None = None,
 ) -> list[QueueWorker[Claim]]:
     """``settings.concurrency`` workers over one deriver (they share its models and connections).
-    ``per_app``: most batches one app may have in flight over all workers (limits.app_derivations);
-    ``caps``: apps' own caps, by id (limits.apps)."""
+    ``limits``: how many batches one app may have in flight over all workers (default: no cap)."""
     options = WorkerOptions(
         idle_s=settings.poll_interval_s, lease_s=settings.lease_s, outage_pause_s=outage_pause_s
     )
-    source = DerivationSource(deriver, settings, per_app=per_app, caps=caps)
+    source = DerivationSource(deriver, settings, limits)
     return [QueueWorker(source, options, on_error=on_error) for _ in range(settings.concurrency)]
 
 
@@ -133,11 +127,7 @@ async def derive_until(
     async with open_stack(settings, embedder=embedder) as stack:
         deriver = build_deriver(stack, llm)
         log.info("deriving with %s", deriver.llm.name)
-        limits = settings.limits
-        workers = derivation_workers(
-            deriver, settings.deriver, per_app=limits.app_derivations, caps=limits.derivation_caps
-        )
-        await run_workers(workers, stop)
+        await run_workers(derivation_workers(deriver, settings.deriver, limits=settings.limits), stop)
     log.info("deriver stopped")
 
 

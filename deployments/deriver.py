@@ -45,10 +45,7 @@ class DeriverWorker:
         summary_llm = llm if summary == config.llm_for("deriver") else await self._llm(summary, config)
         deriver = Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(config.deriver))
         self._stop = asyncio.Event()
-        limits = config.limits
-        workers = derivation_workers(
-            deriver, config.deriver, per_app=limits.app_derivations, caps=limits.derivation_caps
-        )
+        workers = derivation_workers(deriver, config.deriver, limits=config.limits)
         self._loop = asyncio.create_task(run_workers(workers, self._stop))
         log.info("derivation worker running with %s", llm.name)
 

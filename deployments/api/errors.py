@@ -90,9 +90,8 @@ CONFLICT = responses(409)
 
 def declare_error_statuses(document: dict[str, Any]) -> None:
     """Add to an OpenAPI document the statuses every operation can answer by its shape: 401 where a key
-        is checked, 404 where it names a resource, 413 where it takes a body, 429 where it names an app (its
-    request rate), 503 everywhere. Routes declare
-        the others (409, 405, 501) themselves."""
+    is checked, 404 where it names a resource, 413 where it takes a body, 429 where it names an app (its
+    request rate), 503 everywhere. Routes declare the others (409, 405, 501) themselves."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault(ErrorDetail.__name__, ErrorDetail.model_json_schema())
     ref = {"$ref": f"#/components/schemas/{ErrorDetail.__name__}"}

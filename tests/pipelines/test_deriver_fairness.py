@@ -15,7 +15,7 @@ from models.llm import ChatMessage, Completion
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
 from pipelines.memory import Memory
-from rapport.settings import DeriverSettings
+from rapport.settings import DeriverSettings, LimitSettings
 from storage import derivation, messages, sessions
 from storage.db import Database
 from tests.storage.factories import make_tree
@@ -65,7 +65,8 @@ async def derive_all(memory: Memory, llm: AppTrackingLLM, per_app: int, workers:
     settings = DeriverSettings(batch_wait_s=0, poll_interval_s=0.02, concurrency=workers, lease_s=60)
     deriver = Deriver(memory, llm, options=DeriverOptions.of(settings))
     stop = asyncio.Event()
-    running = asyncio.create_task(run_workers(derivation_workers(deriver, settings, per_app=per_app), stop))
+    limits = LimitSettings(app_derivations=per_app)
+    running = asyncio.create_task(run_workers(derivation_workers(deriver, settings, limits=limits), stop))
     try:
         async with asyncio.timeout(60):
             while True:
