@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from models.llm import ChatMessage  # noqa: E402
-from pipelines.deriver.prompts import FACTS_SYSTEM  # noqa: E402
+from pipelines.deriver.prompts import asks_for_facts  # noqa: E402
 from rapport.settings import Settings  # noqa: E402
 from storage import migrate  # noqa: E402
 from storage.ids import new_id  # noqa: E402
@@ -53,7 +53,7 @@ WORDS = [f"word{i}" for i in range(20_000)]
 
 def two_facts(prompt: Sequence[ChatMessage]) -> str:
     """The double's answer: a fact from each of the first two of the user's messages in the batch."""
-    if prompt[0].content != FACTS_SYSTEM:
+    if not asks_for_facts(prompt):
         return "a summary"
     found = [(n, said) for n, who, said in LINE.findall(prompt[-1].content) if who != "assistant"]
     facts = [

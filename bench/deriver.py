@@ -38,7 +38,7 @@ from cluster.deriver import derivation_workers  # noqa: E402
 from models.llm import ChatMessage  # noqa: E402
 from models.llm.scripted import ScriptedLLM  # noqa: E402
 from pipelines.deriver import Deriver, DeriverOptions  # noqa: E402
-from pipelines.deriver.prompts import FACTS_SYSTEM, MAX_FACTS  # noqa: E402
+from pipelines.deriver.prompts import MAX_FACTS, asks_for_facts  # noqa: E402
 from rapport.settings import Settings  # noqa: E402
 from rapport.stack import open_stack  # noqa: E402
 from storage import apps, derivation, messages, sessions, users  # noqa: E402
@@ -111,7 +111,7 @@ def sentence(i: int) -> str:
 
 def one_fact_per_user_message(prompt: Sequence[ChatMessage]) -> str:
     """The double's answers: a fact for each of the user's numbered messages; a line for a summary."""
-    if prompt[0].content != FACTS_SYSTEM:
+    if not asks_for_facts(prompt):
         return "They talked about many things."
     found = LINE.findall(prompt[-1].content)[:MAX_FACTS]
     facts = [

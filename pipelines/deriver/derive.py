@@ -13,6 +13,7 @@ nothing is stored by a worker that lost its lease.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection as AbstractCollection
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from models.llm import LLMClient, Usage
+from models.llm import ChatMessage, LLMClient, Usage
 from pipelines.deriver.prompts import (
     DerivedFact,
     Line,
@@ -30,6 +31,7 @@ from pipelines.deriver.prompts import (
     derivation_limited,
     facts_limit,
     facts_prompt,
+    summary_beside_facts_prompt,
     summary_prompt,
 )
 from pipelines.memory import Memory
@@ -49,6 +51,9 @@ SUMMARY_LABELS: dict[SummaryType, str] = {
     "LONG": "honcho_chat_summary_long",
 }
 SUMMARY_EVERY: dict[SummaryType, int] = {"SHORT": 20, "LONG": 60}
+# Messages before a batch shown so that a short summary asked beside its extraction reaches back to the
+# previous one; further back than this, the summary is asked on its own.
+BESIDE_FACTS_HISTORY_MAX = 2 * SUMMARY_EVERY["SHORT"]
 METADATA_TEXT_MAX = 200
 MAX_SOURCE_IDS = 200  # message_ids kept on a much-repeated fact (the first ones, then the newest)
 
@@ -133,12 +138,24 @@ class Deriver:
             summary = await metamessages.latest_summary(
                 db, held.session_id, SUMMARY_LABELS["SHORT"], covering_at_most=before
             )
+            covered = _covers(summary)
+            history_limit = self.options.history_messages
+            beside = self._short_summary_beside_facts(before, len(batch))
+            if beside:  # show the messages back to what the summary so far covers, for the summary's sake
+                history_limit = max(history_limit, min(before - covered, BESIDE_FACTS_HISTORY_MAX))
             history = await messages.session_window(
-                db, held.session_id, before_seq=batch[0].seq, limit=self.options.history_messages, newest=True
+                db, held.session_id, before_seq=batch[0].seq, limit=history_limit, newest=True
             )
         outcome = Outcome()
         facts = await self.extract(user.name, summary, history, batch, outcome)
-        summaries = await self._summaries(user.name, held, batch, before, outcome)
+        summaries = []
+        if beside and before - len(history) <= covered:
+            summaries.append(
+                await self._summary_beside_facts(user.name, summary, history, batch, before, outcome)
+            )
+        summaries += await self._summaries(
+            user.name, held, batch, before, outcome, skip={kind for kind, _, _ in summaries}
+        )
         vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
 
         async with self.memory.documents_transaction() as tx:
@@ -273,12 +290,59 @@ class Deriver:
 
     # --- summaries ---------------------------------------------------------------------------------
 
+    def _short_summary_beside_facts(self, before: int, size: int) -> bool:
+        """Whether this batch's short summary (if one is due) is asked beside its extraction, sharing its
+        prompt: when the same model writes both, a server's prompt cache then reads the messages once."""
+        every = SUMMARY_EVERY["SHORT"]
+        return (before + size) // every > before // every and self.summary_llm is self.llm
+
+    async def _summary_beside_facts(
+        self,
+        user_name: str,
+        summary: Record | None,
+        history: Sequence[Record],
+        batch: Sequence[Record],
+        before: int,
+        outcome: Outcome,
+    ) -> tuple[SummaryType, str, _Positioned]:
+        """The short summary through the batch's last message, built on the summary shown with the
+        extraction (the previous short one) and every message shown after it."""
+        prompt = summary_beside_facts_prompt(
+            "SHORT",
+            user_name,
+            summary.content if summary is not None else None,
+            [line(m, user_name) for m in history],
+            [line(m, user_name, i) for i, m in enumerate(batch, start=1)],
+        )
+        return (
+            "SHORT",
+            await self._summary_text("SHORT", prompt, outcome),
+            _Positioned(batch[-1], before + len(batch)),
+        )
+
+    async def _summary_text(self, kind: SummaryType, prompt: list[ChatMessage], outcome: Outcome) -> str:
+        completion = await self.summary_llm.complete(prompt, max_tokens=self.options.summary_max_tokens)
+        outcome.usage = outcome.usage + completion.usage
+        text = completion.text.strip()
+        if not text:
+            raise ValueError(f"the model wrote an empty {kind.lower()} summary")
+        return text
+
     async def _summaries(
-        self, user_name: str, held: Claim, batch: Sequence[Record], before: int, outcome: Outcome
+        self,
+        user_name: str,
+        held: Claim,
+        batch: Sequence[Record],
+        before: int,
+        outcome: Outcome,
+        skip: AbstractCollection[SummaryType] = (),
     ) -> list[tuple[SummaryType, str, _Positioned]]:
-        """A summary of each kind whose interval ends inside this batch, built on its previous one."""
+        """A summary of each kind (but ``skip``) whose interval ends inside this batch, through the
+        message that ends the interval, built on its previous one and the messages after it."""
         written = []
         for kind, every in SUMMARY_EVERY.items():
+            if kind in skip:
+                continue
             last_position = before + len(batch)
             due = last_position - last_position % every
             if due <= before:
@@ -288,7 +352,7 @@ class Deriver:
                 previous = await metamessages.latest_summary(
                     db, held.session_id, SUMMARY_LABELS[kind], covering_at_most=due - 1
                 )
-                covered = int((previous.metadata_ or {}).get("message_count", 0)) if previous else 0
+                covered = _covers(previous)
                 since = await messages.session_window(
                     db, held.session_id, through_seq=message.row.seq, skip=covered, limit=due - covered
                 )
@@ -298,13 +362,13 @@ class Deriver:
                 previous.content if previous else None,
                 [line(m, user_name) for m in since],
             )
-            completion = await self.summary_llm.complete(prompt, max_tokens=self.options.summary_max_tokens)
-            outcome.usage = outcome.usage + completion.usage
-            text = completion.text.strip()
-            if not text:
-                raise ValueError(f"the model wrote an empty {kind.lower()} summary")
-            written.append((kind, text, message))
+            written.append((kind, await self._summary_text(kind, prompt, outcome), message))
         return written
+
+
+def _covers(summary: Record | None) -> int:
+    """How many of its session's first messages a summary covers (none: 0)."""
+    return int((summary.metadata_ or {}).get("message_count", 0)) if summary is not None else 0
 
 
 @dataclass(frozen=True, slots=True)

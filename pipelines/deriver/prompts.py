@@ -8,6 +8,7 @@ ids, so it cannot invent a source; the numbers are mapped back to message ids in
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +17,8 @@ from pydantic import BaseModel, Field, create_model
 from models.llm import ChatMessage
 
 MAX_FACTS = 20
+SummaryType = Literal["SHORT", "LONG"]
+SUMMARY_WORDS: dict[SummaryType, int] = {"SHORT": 120, "LONG": 350}
 FACT_MAX_CHARS = 240
 
 
@@ -82,12 +85,12 @@ class Line:
 
 
 FACTS_SYSTEM = """\
-You keep a memory of one person, the user, from their conversations. Read the numbered messages and \
-write down what they reveal about the user: facts they state about themselves (where they live, work, \
-family, friends, pets, health, possessions, plans, preferences, habits, opinions, experiences) and \
-careful theory-of-mind inferences (what they likely feel, value, intend or struggle with).
+You keep a memory of one person, the user, from their conversations. You are shown part of a \
+conversation and asked either what it reveals about the user, as JSON, or for a summary of it, as prose.
 
-Rules:
+What it reveals: facts the user states about themselves (where they live, work, family, friends, pets, \
+health, possessions, plans, preferences, habits, opinions, experiences) and careful theory-of-mind \
+inferences (what they likely feel, value, intend or struggle with). Rules:
 - Only the user. What the other speaker says is context; facts about other people count only as the \
 user's relationship to them ("Ana's sister Rosa is a nurse").
 - Each fact is one short, self-contained sentence that names the user as the conversation names them \
@@ -110,14 +113,18 @@ Answer:
  {"text": "Ana adopted a beagle named Bolt on 2023-05-07.", "kind": "fact", "confidence": 1.0, "sources": [1, 3]},
  {"text": "Ana rents her home in Porto.", "kind": "fact", "confidence": 0.9, "sources": [3]},
  {"text": "Ana was anxious about whether her landlord would allow a dog.", "kind": "inference", "confidence": 0.7, "sources": [3]}
-]}"""
+]}
+
+A summary is one paragraph of plain prose in the past tense that keeps the names, absolute dates, \
+places, decisions, plans, feelings and open questions of both speakers and drops greetings and small \
+talk."""
+
+FACTS_ASK = "Answer with the JSON object."
 
 
-def facts_prompt(
-    user_name: str, summary: str | None, history: list[Line], batch: list[Line], limit: int = MAX_FACTS
-) -> list[ChatMessage]:
-    """The extraction prompt: what is known so far as context, the numbered batch to read, and how many
-    facts at most (``limit``; the output schema holds the model to it)."""
+def _conversation(user_name: str, summary: str | None, history: list[Line], batch: list[Line]) -> list[str]:
+    """What the model is shown of a session: the part an extraction call and a summary of the same batch
+    share word for word, so that a server with a prompt cache reads it once for both."""
     parts = [f"The user is {user_name}."]
     if summary:
         parts.append(f"Summary of the conversation so far:\n{summary}")
@@ -126,15 +133,43 @@ def facts_prompt(
             "Earlier messages (context only, not numbered):\n" + "\n".join(line.render() for line in history)
         )
     parts.append("Messages:\n" + "\n".join(line.render() for line in batch))
+    return parts
+
+
+def facts_prompt(
+    user_name: str, summary: str | None, history: list[Line], batch: list[Line], limit: int = MAX_FACTS
+) -> list[ChatMessage]:
+    """The extraction prompt: what is known so far as context, the numbered batch to read, and how many
+    facts at most (``limit``; the output schema holds the model to it)."""
+    parts = _conversation(user_name, summary, history, batch)
     parts.append(
         f"What do the numbered messages reveal about {user_name}? At most {limit} facts, the most telling "
-        "first. Answer with the JSON object."
+        f"first. {FACTS_ASK}"
     )
     return [ChatMessage("system", FACTS_SYSTEM), ChatMessage("user", "\n\n".join(parts))]
 
 
-SummaryType = Literal["SHORT", "LONG"]
-SUMMARY_WORDS: dict[SummaryType, int] = {"SHORT": 120, "LONG": 350}
+def summary_beside_facts_prompt(
+    kind: SummaryType, user_name: str, summary: str | None, history: list[Line], batch: list[Line]
+) -> list[ChatMessage]:
+    """A summary asked of the same conversation as a batch's extraction (``facts_prompt`` with the same
+    arguments), differing only in its last lines: after the extraction call, a llama.cpp or vLLM server
+    finds all but those lines in its prompt cache, so the messages are read once, not twice. It builds on
+    the summary shown (the previous one of its kind) and covers every message shown."""
+    parts = _conversation(user_name, summary, history, batch)
+    words = SUMMARY_WORDS[kind]
+    parts.append(
+        "Now do not list facts: summarise the conversation instead, "
+        + ("the summary so far and every message after it, " if summary else "every message above, ")
+        + f"in one paragraph of {words * 2 // 3} to {words} words. Answer with the summary only."
+    )
+    return [ChatMessage("system", FACTS_SYSTEM), ChatMessage("user", "\n\n".join(parts))]
+
+
+def asks_for_facts(prompt: Sequence[ChatMessage]) -> bool:
+    """Whether a prompt of the deriver's is an extraction (else it asks for a summary)."""
+    return prompt[0].content == FACTS_SYSTEM and prompt[-1].content.endswith(FACTS_ASK)
+
 
 SUMMARY_SYSTEM = """\
 You write running summaries of a conversation between {user} and an assistant or another person. \

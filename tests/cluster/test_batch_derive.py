@@ -25,7 +25,7 @@ from models.embedding.hashing import HashingEmbedder
 from models.llm import ChatMessage
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
-from pipelines.deriver.prompts import FACTS_SYSTEM
+from pipelines.deriver.prompts import asks_for_facts
 from pipelines.memory import Memory
 from rapport.settings import Settings
 from storage import apps, jobs, messages, sessions, users
@@ -42,7 +42,7 @@ LINE = re.compile(r"^\[(\d+)\] (\S+) \([^)]*\): (.*)$", re.M)
 def three_facts(prompt: Sequence[ChatMessage]) -> str:
     """Facts from the user's first three numbered messages. Each answer carries a fresh nonce, so a user
     derived twice would keep two different sets where both were stored."""
-    if prompt[0].content != FACTS_SYSTEM:
+    if not asks_for_facts(prompt):
         return "a summary"
     nonce = uuid.uuid4().hex[:10]
     found = [(n, who, said) for n, who, said in LINE.findall(prompt[-1].content) if who != "assistant"]

@@ -18,7 +18,7 @@ from models.embedding.hashing import HashingEmbedder
 from models.llm import ChatMessage, LLMUnavailable
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
-from pipelines.deriver.prompts import FACTS_SYSTEM, TOKENS_PER_FACT
+from pipelines.deriver.prompts import FACTS_SYSTEM, TOKENS_PER_FACT, asks_for_facts
 from pipelines.indexing import IndexSync
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
@@ -52,7 +52,7 @@ def facts(*items: tuple[str, list[int]] | tuple[str, list[int], str, float]) -> 
 
 
 def is_extraction(prompt: Sequence[ChatMessage]) -> bool:
-    return prompt[0].content == FACTS_SYSTEM
+    return asks_for_facts(prompt)
 
 
 async def say(database: Database, tree: Tree, *turns: str, session_id: str | None = None) -> list[str]:
@@ -208,11 +208,38 @@ async def test_summaries_every_20_and_60_messages(database: Database, memory_has
     async with database.transaction() as db:
         twentieth = (await messages.session_window(db, tree.session_id, skip=19, limit=1))[0]
     assert rows[0].message_id == twentieth.id, "a summary hangs on the message that completed its interval"
-    short_prompts = [p for p in llm.prompts if not is_extraction(p) and "at most 120 words" in p[0].content]
+    short_prompts = [p for p in llm.prompts if not is_extraction(p) and "120 words" in p[-1].content]
+    assert len(short_prompts) == 3
     assert "summary 1" in short_prompts[1][1].content, "each summary builds on the previous one of its kind"
     assert "message 21" in short_prompts[1][1].content and "message 20" not in short_prompts[1][1].content
+    assert "message 40" in short_prompts[1][1].content and "message 41" not in short_prompts[1][1].content
     extraction = [p for p in llm.prompts if is_extraction(p)]
     assert any("summary 1" in p[1].content for p in extraction), "the latest summary is the model's context"
+    for summary_prompt in short_prompts:  # asked right after its batch's extraction, sharing its prompt
+        asked = llm.prompts.index(summary_prompt)
+        facts_prompt = llm.prompts[asked - 1]
+        assert is_extraction(facts_prompt) and facts_prompt[0] == summary_prompt[0] == ChatMessage(
+            "system", FACTS_SYSTEM
+        )
+        shared = facts_prompt[1].content.rsplit("\n\n", 1)[0]
+        assert summary_prompt[1].content.rsplit("\n\n", 1)[0] == shared, "all but the request is the same"
+    long_prompt = next(p for p in llm.prompts if "at most 350 words" in p[0].content)
+    assert "message 1" in long_prompt[1].content and "message 60" in long_prompt[1].content
+
+
+async def test_a_summary_model_of_its_own_gets_a_summary_prompt_of_its_own(
+    database: Database, memory_hashed: Memory
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, *[f"message {i + 1}" for i in range(20)])
+    llm = ScriptedLLM(lambda p: facts())
+    summarizer = ScriptedLLM(lambda p: "a summary")
+    deriver = Deriver(memory_hashed, llm, summarizer, options=DeriverOptions.of(SETTINGS))
+    w = derivation_workers(deriver, SETTINGS, outage_pause_s=0.01)[0]
+    assert await w.run_once() == "done"
+    assert len(llm.prompts) == 1 and is_extraction(llm.prompts[0])
+    [asked] = summarizer.prompts
+    assert "at most 120 words" in asked[0].content and "message 1" in asked[1].content
 
 
 async def test_later_messages_never_reach_the_prompt(database: Database, memory_hashed: Memory) -> None:
