@@ -21,6 +21,9 @@ OFFLINE_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
 # For a Ray that `rapport serve` starts itself (see docs/benchmarks.md for what each gave):
 LOCAL_RAY_ENV = {
     "RAY_worker_niceness": "0",  # Ray runs workers at nice 15; the API replicas are latency-bound
+    # The Serve controller's loop runs every 0.1 s by default: 7-8% of a core on an idle 2-core box, CPU the
+    # local model does not get. Every 1 s it took 2%, and `rapport serve` was healthy as soon.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1",
 }
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",  # HAProxy in front, routing straight to the replicas
