@@ -47,7 +47,7 @@ from storage import migrate  # noqa: E402
 from storage.ids import new_id  # noqa: E402
 from tests.db import scratch_database  # noqa: E402
 
-LINE = re.compile(r"^\[(\d+)\] (\S+) \([^)]*\): (.*)$", re.M)
+LINE = re.compile(r"^\[(\d+)\] (\S+): (.*)$", re.M)
 WORDS = [f"word{i}" for i in range(20_000)]
 
 
@@ -56,10 +56,7 @@ def two_facts(prompt: Sequence[ChatMessage]) -> str:
     if not asks_for_facts(prompt):
         return "a summary"
     found = [(n, said) for n, who, said in LINE.findall(prompt[-1].content) if who != "assistant"]
-    facts = [
-        {"text": f"the user mentioned {said}", "kind": "fact", "confidence": 1.0, "sources": [int(n)]}
-        for n, said in found[:2]
-    ]
+    facts = [{"fact": f"the user mentioned {said}", "sources": [int(n)]} for n, said in found[:2]]
     return json.dumps({"facts": facts})
 
 

@@ -153,7 +153,7 @@ def test_derive_runs_a_job_on_a_local_ray_and_jobs_reports_it(tmp_path: Path) ->
             await database.dispose()
 
         asyncio.run(seed())
-        fact = {"text": "likes green tea", "kind": "fact", "confidence": 0.9, "sources": [1]}
+        fact = {"fact": "likes green tea", "sources": [1]}
         llm.script(*(openai_reply(json.dumps({"facts": [fact]})) for _ in range(4)))
 
         done = _rapport("derive", "--app", "cli-app", "--all", "--concurrency", "2", env=env)

@@ -13,6 +13,7 @@ nothing is stored by a worker that lost its lease.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection as AbstractCollection
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pipelines.deriver.prompts import (
     facts_prompt,
     summary_beside_facts_prompt,
     summary_prompt,
+    summary_tokens,
 )
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
@@ -55,6 +57,7 @@ SUMMARY_EVERY: dict[SummaryType, int] = {"SHORT": 20, "LONG": 60}
 # previous one; further back than this, the summary is asked on its own.
 BESIDE_FACTS_HISTORY_MAX = 2 * SUMMARY_EVERY["SHORT"]
 METADATA_TEXT_MAX = 200
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 MAX_SOURCE_IDS = 200  # message_ids kept on a much-repeated fact (the first ones, then the newest)
 
 
@@ -62,7 +65,6 @@ MAX_SOURCE_IDS = 200  # message_ids kept on a much-repeated fact (the first ones
 class DeriverOptions:
     dedup_threshold: float = 0.90  # cosine similarity at or above which a fact repeats a stored one
     history_messages: int = 8  # messages before the batch shown as context
-    summary_max_tokens: int = 600
 
     @classmethod
     def of(cls, settings: DeriverSettings) -> DeriverOptions:
@@ -99,8 +101,30 @@ def date_of(message: Record) -> str:
     return str(message.created_at.date().isoformat())
 
 
+def _tidy_summary(text: str, cut: bool) -> str:
+    """A summary without repeated sentences (a small model can loop, writing the same few sentences until
+    its token limit) and, if it was ``cut`` off, without its unfinished last sentence."""
+    sentences = SENTENCE_END.split(text.strip())
+    if cut and len(sentences) > 1 and not sentences[-1].endswith((".", "!", "?")):
+        sentences.pop()
+    seen: set[str] = set()
+    kept = []
+    for sentence in sentences:
+        key = " ".join(sentence.lower().split())
+        if key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    return " ".join(kept)
+
+
 def line(message: Record, user_name: str, number: int | None = None) -> Line:
     return Line(number, speaker(message, user_name), date_of(message), message.content)
+
+
+def numbered(batch: Sequence[Record], user_name: str) -> list[Line]:
+    """The batch as the model sees it: the user's messages numbered by position, the others not, so the
+    model can cite only what the user said."""
+    return [line(m, user_name, i if m.is_user else None) for i, m in enumerate(batch, start=1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +238,6 @@ class Deriver:
         outcome: Outcome,
     ) -> list[tuple[DerivedFact, list[str]]]:
         """The model's facts with their source message ids (only the user's own messages count)."""
-        numbered = [line(m, user_name, i) for i, m in enumerate(batch, start=1)]
         users_messages = {i: m.id for i, m in enumerate(batch, start=1) if m.is_user}
         if not users_messages:
             return []  # nothing the user said: context for later batches, no facts
@@ -223,7 +246,7 @@ class Deriver:
             user_name,
             summary.content if summary is not None else None,
             [line(m, user_name) for m in history],
-            numbered,
+            numbered(batch, user_name),
             limit,
         )
         result, completion = await self.llm.structured(
@@ -233,7 +256,7 @@ class Deriver:
         )
         outcome.usage = outcome.usage + completion.usage
         facts = []
-        for fact in result.facts:
+        for fact in result.derived():
             text = " ".join(fact.text.split())
             if len(text) < 3:
                 continue
@@ -312,7 +335,7 @@ class Deriver:
             user_name,
             summary.content if summary is not None else None,
             [line(m, user_name) for m in history],
-            [line(m, user_name, i) for i, m in enumerate(batch, start=1)],
+            numbered(batch, user_name),
         )
         return (
             "SHORT",
@@ -321,9 +344,10 @@ class Deriver:
         )
 
     async def _summary_text(self, kind: SummaryType, prompt: list[ChatMessage], outcome: Outcome) -> str:
-        completion = await self.summary_llm.complete(prompt, max_tokens=self.options.summary_max_tokens)
+        limit = summary_tokens(kind)
+        completion = await self.summary_llm.complete(prompt, max_tokens=limit)
         outcome.usage = outcome.usage + completion.usage
-        text = completion.text.strip()
+        text = _tidy_summary(completion.text, cut=completion.usage.completion_tokens >= limit)
         if not text:
             raise ValueError(f"the model wrote an empty {kind.lower()} summary")
         return text

@@ -1,8 +1,17 @@
 """The deriver's prompts, each beside the pydantic model of the output it asks for: the schema used for
 constrained decoding and the words of the prompt cannot drift apart.
 
-Messages are shown numbered (``[3] Ana (2023-05-08): ...``) and the model cites those numbers, never
-ids, so it cannot invent a source; the numbers are mapped back to message ids in code.
+Messages are shown under a ``Date:`` line wherever the date changes, the user's numbered by their place in
+the batch (``[3] Ana: ...``), the other speaker's not (``Sam: ...``). The model cites those numbers, never
+ids, so it cannot invent a source nor cite what someone else said; the numbers are mapped back to message
+ids in code.
+
+Every token counts on a CPU (a 1.5B model there reads about 60 tokens a second and writes about 12): a
+date is shown once for the messages that share it, not on every line; a stated fact is written as
+``{"fact": ..., "sources": [3]}``, without the kind and confidence that only an inference needs; and a
+summary may take at most twice its words in tokens. Numbering only the user's messages also keeps the
+1.5B model's citations right: with every message numbered and the compact answer, it listed runs of
+numbers (``[4, 5, 6, 7, 8, 9]``).
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from models.llm import ChatMessage
 
@@ -20,30 +29,70 @@ MAX_FACTS = 20
 SummaryType = Literal["SHORT", "LONG"]
 SUMMARY_WORDS: dict[SummaryType, int] = {"SHORT": 120, "LONG": 350}
 FACT_MAX_CHARS = 240
+MAX_SOURCES = 6
+
+
+def summary_tokens(kind: SummaryType) -> int:
+    """The token limit of a summary: twice its words (English prose runs about 1.3 tokens a word). A small
+    model can write on and on; on a CPU each token past the summary asked for costs a tenth of a second."""
+    return 2 * SUMMARY_WORDS[kind]
 
 
 class DerivedFact(BaseModel):
-    text: str = Field(
+    """One fact or inference as the deriver stores it."""
+
+    text: str = Field(min_length=3, max_length=FACT_MAX_CHARS)
+    kind: Literal["fact", "inference"]
+    confidence: float = Field(ge=0, le=1)
+    sources: list[int] = Field(min_length=1, max_length=MAX_SOURCES)
+
+
+_SOURCES = "The numbers of the user's messages it comes from"
+
+
+class StatedFact(BaseModel):
+    """What the user said outright, in the model's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fact: str = Field(
         min_length=3, max_length=FACT_MAX_CHARS, description="One self-contained statement about the user"
     )
-    kind: Literal["fact", "inference"] = Field(
-        description="fact: the user said it; inference: a theory-of-mind reading of what they said"
+    sources: list[int] = Field(min_length=1, max_length=MAX_SOURCES, description=_SOURCES)
+
+    def derived(self) -> DerivedFact:
+        return DerivedFact(text=self.fact, kind="fact", confidence=1.0, sources=self.sources)
+
+
+class Inference(BaseModel):
+    """A theory-of-mind reading of what the user said, in the model's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inference: str = Field(
+        min_length=3, max_length=FACT_MAX_CHARS, description="What the user likely feels, values or intends"
     )
-    confidence: float = Field(ge=0, le=1, description="How sure: 1.0 for what the user said outright")
-    sources: list[int] = Field(
-        min_length=1, max_length=6, description="Numbers of the messages it comes from"
-    )
+    confidence: float = Field(ge=0, le=1, description="How sure, below 1.0")
+    sources: list[int] = Field(min_length=1, max_length=MAX_SOURCES, description=_SOURCES)
+
+    def derived(self) -> DerivedFact:
+        return DerivedFact(
+            text=self.inference, kind="inference", confidence=self.confidence, sources=self.sources
+        )
 
 
 class Derivation(BaseModel):
     """What one batch of messages says about the user."""
 
-    facts: list[DerivedFact] = Field(max_length=MAX_FACTS)
+    facts: list[StatedFact | Inference] = Field(max_length=MAX_FACTS)
+
+    def derived(self) -> list[DerivedFact]:
+        return [item.derived() for item in self.facts]
 
 
-# Tokens one fact can take in the answer: its text (at most FACT_MAX_CHARS, about 4 characters a token),
-# the other fields and the JSON around them. The answer's token limit grows with the facts allowed, so
-# that constrained decoding always has room to close the JSON.
+# Tokens one item can take in the answer: its text (at most FACT_MAX_CHARS, about 4 characters a token),
+# the other fields and the JSON around them (an inference's are the longer). The answer's token limit
+# grows with the facts allowed, so that constrained decoding always has room to close the JSON.
 TOKENS_PER_FACT = FACT_MAX_CHARS // 4 + 40
 
 
@@ -66,7 +115,7 @@ def derivation_limited(limit: int) -> type[Derivation]:
     return create_model(
         f"Derivation{limit}",
         __base__=Derivation,
-        facts=(list[DerivedFact], Field(max_length=limit)),
+        facts=(list[StatedFact | Inference], Field(max_length=limit)),
     )
 
 
@@ -81,7 +130,20 @@ class Line:
 
     def render(self) -> str:
         head = f"[{self.number}] " if self.number is not None else ""
-        return f"{head}{self.speaker} ({self.date}): {self.content}"
+        return f"{head}{self.speaker}: {self.content}"
+
+
+def render(lines: Sequence[Line]) -> str:
+    """Messages one per line, each date once: a ``Date:`` line before the first message of each date
+    (a date on every line costs a dozen prompt tokens a message, digits being a token each)."""
+    out: list[str] = []
+    date = None
+    for line in lines:
+        if line.date != date:
+            out.append(f"Date: {line.date}")
+            date = line.date
+        out.append(line.render())
+    return "\n".join(out)
 
 
 FACTS_SYSTEM = """\
@@ -95,24 +157,26 @@ inferences (what they likely feel, value, intend or struggle with). Rules:
 user's relationship to them ("Ana's sister Rosa is a nurse").
 - Each fact is one short, self-contained sentence that names the user as the conversation names them \
 (never "the user", "I" or "he/she"), so it makes sense on its own a year later.
-- Make dates absolute: turn "yesterday", "last week", "next month" into dates using the message's date.
-- kind "fact" for what the user said outright (confidence 1.0, or lower if they were unsure); kind \
-"inference" for your reading between the lines, with a confidence below 1.0.
-- sources: the numbers of the messages the fact comes from. Only numbered messages count.
+- Make dates absolute: turn "yesterday", "last week", "next month" into dates using the date shown above \
+the message.
+- Two kinds of item: {"fact": ...} for what the user said outright; {"inference": ..., "confidence": ...} \
+for your reading between the lines, with a confidence below 1.0.
+- sources: the numbers of the user's messages it comes from. Only the user's messages are numbered.
 - Nothing from small talk, greetings, jokes or questions that reveal nothing. No duplicates. If the \
 messages reveal nothing about the user, answer {"facts": []}.
 - Answer with the JSON object only.
 
 Example. Messages:
-[1] Ana (2023-05-08): Yesterday I finally adopted a dog! His name is Bolt.
-[2] Sam (2023-05-08): Congrats! What breed?
-[3] Ana (2023-05-08): A beagle. My landlord in Porto was fine with it, luckily, I was so nervous.
-[4] Sam (2023-05-08): haha nice. I ran the Lisbon marathon last week.
+Date: 2023-05-08
+[1] Ana: Yesterday I finally adopted a dog! His name is Bolt.
+Sam: Congrats! What breed?
+[3] Ana: A beagle. My landlord in Porto was fine with it, luckily, I was so nervous.
+Sam: haha nice. I ran the Lisbon marathon last week.
 Answer:
 {"facts": [
- {"text": "Ana adopted a beagle named Bolt on 2023-05-07.", "kind": "fact", "confidence": 1.0, "sources": [1, 3]},
- {"text": "Ana rents her home in Porto.", "kind": "fact", "confidence": 0.9, "sources": [3]},
- {"text": "Ana was anxious about whether her landlord would allow a dog.", "kind": "inference", "confidence": 0.7, "sources": [3]}
+ {"fact": "Ana adopted a beagle named Bolt on 2023-05-07.", "sources": [1, 3]},
+ {"fact": "Ana rents her home in Porto.", "sources": [3]},
+ {"inference": "Ana was anxious about whether her landlord would allow a dog.", "confidence": 0.7, "sources": [3]}
 ]}
 
 A summary is one paragraph of plain prose in the past tense that keeps the names, absolute dates, \
@@ -129,10 +193,8 @@ def _conversation(user_name: str, summary: str | None, history: list[Line], batc
     if summary:
         parts.append(f"Summary of the conversation so far:\n{summary}")
     if history:
-        parts.append(
-            "Earlier messages (context only, not numbered):\n" + "\n".join(line.render() for line in history)
-        )
-    parts.append("Messages:\n" + "\n".join(line.render() for line in batch))
+        parts.append("Earlier messages (context only, not numbered):\n" + render(history))
+    parts.append("Messages:\n" + render(batch))
     return parts
 
 
@@ -184,9 +246,7 @@ def summary_prompt(
     parts = []
     if previous:
         parts.append(f"The summary so far:\n{previous}")
-    parts.append(
-        ("Messages since then:\n" if previous else "Messages:\n") + "\n".join(line.render() for line in lines)
-    )
+    parts.append(("Messages since then:\n" if previous else "Messages:\n") + render(lines))
     parts.append("Write the updated summary of the whole conversation." if previous else "Write the summary.")
     system = SUMMARY_SYSTEM.format(user=user_name, words=SUMMARY_WORDS[kind])
     return [ChatMessage("system", system), ChatMessage("user", "\n\n".join(parts))]

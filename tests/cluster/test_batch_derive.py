@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 USERS, MESSAGES, FACTS_PER_USER = 200, 30, 3
 WORDS = [f"w{i}" for i in range(5000)]
-LINE = re.compile(r"^\[(\d+)\] (\S+) \([^)]*\): (.*)$", re.M)
+LINE = re.compile(r"^\[(\d+)\] (\S+): (.*)$", re.M)
 
 
 def three_facts(prompt: Sequence[ChatMessage]) -> str:
@@ -47,7 +47,7 @@ def three_facts(prompt: Sequence[ChatMessage]) -> str:
     nonce = uuid.uuid4().hex[:10]
     found = [(n, who, said) for n, who, said in LINE.findall(prompt[-1].content) if who != "assistant"]
     facts = [
-        {"text": f"{who} mentioned {said} {nonce}", "kind": "fact", "confidence": 1.0, "sources": [int(n)]}
+        {"fact": f"{who} mentioned {said} {nonce}", "sources": [int(n)]}
         for n, who, said in found[:FACTS_PER_USER]
     ]
     return json.dumps({"facts": facts})

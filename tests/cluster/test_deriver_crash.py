@@ -30,16 +30,13 @@ from tests.storage.factories import make_tree
 
 pytestmark = pytest.mark.slow
 
-LINE = re.compile(r"^\[(\d+)\] ana \([^)]*\): (.*)$", re.M)
+LINE = re.compile(r"^\[(\d+)\] ana: (.*)$", re.M)
 
 
 def one_fact_per_message(prompt: Sequence[ChatMessage]) -> str:
     """A fact for each of the user's numbered messages, citing it."""
     found = LINE.findall(prompt[-1].content)
-    facts = [
-        {"text": f"ana said: {said}", "kind": "fact", "confidence": 1.0, "sources": [int(n)]}
-        for n, said in found
-    ]
+    facts = [{"fact": f"ana said: {said}", "sources": [int(n)]} for n, said in found]
     return json.dumps({"facts": facts})
 
 

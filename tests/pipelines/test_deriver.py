@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select, text
 
 from cluster.deriver import derivation_workers
@@ -18,7 +19,14 @@ from models.embedding.hashing import HashingEmbedder
 from models.llm import ChatMessage, LLMUnavailable
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
-from pipelines.deriver.prompts import FACTS_SYSTEM, TOKENS_PER_FACT, asks_for_facts
+from pipelines.deriver.prompts import (
+    FACTS_SYSTEM,
+    TOKENS_PER_FACT,
+    Line,
+    asks_for_facts,
+    derivation_limited,
+    render,
+)
 from pipelines.indexing import IndexSync
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
@@ -44,10 +52,15 @@ async def memory_hashed(database: Database, tmp_path: Path) -> Memory:
 
 
 def facts(*items: tuple[str, list[int]] | tuple[str, list[int], str, float]) -> str:
+    """A scripted extraction answer: (text, the message numbers it cites) for a stated fact, plus
+    ("inference", confidence) for an inference."""
     out = []
     for item in items:
         text_, sources, kind, confidence = (*item, "fact", 1.0) if len(item) == 2 else item
-        out.append({"text": text_, "kind": kind, "confidence": confidence, "sources": sources})
+        if kind == "fact":
+            out.append({"fact": text_, "sources": sources})
+        else:
+            out.append({"inference": text_, "confidence": confidence, "sources": sources})
     return json.dumps({"facts": out})
 
 
@@ -131,10 +144,42 @@ async def test_facts_are_stored_with_their_sources(database: Database, memory_ha
         limit=1,
     )
     assert hits and hits[0].id == stored[1].id, "facts are searchable as soon as they are stored"
-    # The prompt shows the batch numbered, with speakers named and dated.
+    # The prompt shows the batch with speakers named, the user's messages numbered (only they can be
+    # cited), under its date (shown once).
     shown = llm.prompts[0][1].content
-    assert "[1] ana (2023-05-08): I moved to Lisbon in May" in shown
-    assert "[2] assistant (2023-05-08): Nice! Why Lisbon?" in shown
+    assert (
+        "Date: 2023-05-08\n[1] ana: I moved to Lisbon in May\nassistant: Nice! Why Lisbon?\n[3] ana: For"
+        in shown
+    )
+    assert shown.count("2023-05-08") == 1
+
+
+def test_a_date_is_shown_once_above_the_messages_of_that_date() -> None:
+    shown = render(
+        [
+            Line(1, "ana", "2023-05-08", "a"),
+            Line(2, "sam", "2023-05-08", "b"),
+            Line(3, "ana", "2023-05-09", "c"),
+        ]
+    )
+    assert shown == "Date: 2023-05-08\n[1] ana: a\n[2] sam: b\nDate: 2023-05-09\n[3] ana: c"
+
+
+def test_an_answer_holds_stated_facts_and_inferences_and_nothing_between() -> None:
+    answer = derivation_limited(2).model_validate_json(
+        '{"facts": [{"fact": "Ana has a cat.", "sources": [1]},'
+        ' {"inference": "Ana loves animals.", "confidence": 0.6, "sources": [3, 5]}]}'
+    )
+    assert [(f.text, f.kind, f.confidence, f.sources) for f in answer.derived()] == [
+        ("Ana has a cat.", "fact", 1.0, [1]),
+        ("Ana loves animals.", "inference", 0.6, [3, 5]),
+    ]
+    for item in (
+        '{"fact": "Ana has a cat.", "confidence": 0.6, "sources": [1]}',
+        '{"inference": "Ana is sad.", "sources": [1]}',
+    ):
+        with pytest.raises(ValidationError):
+            derivation_limited(2).model_validate_json(f'{{"facts": [{item}]}}')
 
 
 async def test_a_batch_yields_at_most_a_few_facts_per_message_of_the_user(
@@ -242,6 +287,21 @@ async def test_a_summary_model_of_its_own_gets_a_summary_prompt_of_its_own(
     assert "at most 120 words" in asked[0].content and "message 1" in asked[1].content
 
 
+async def test_a_summary_that_loops_is_cut_at_its_token_limit_and_keeps_each_sentence_once(
+    database: Database, memory_hashed: Memory
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, *[f"message {i + 1}" for i in range(20)])
+    looping = "Ana moved to Lisbon. She likes it there." + " She likes  it there." * 100 + " And then"
+    summarizer = ScriptedLLM(lambda p: looping)  # the double counts a word as a token
+    deriver = Deriver(memory_hashed, ScriptedLLM(lambda p: facts()), summarizer, DeriverOptions.of(SETTINGS))
+    assert await derivation_workers(deriver, SETTINGS, outage_pause_s=0.01)[0].run_once() == "done"
+    assert summarizer.max_tokens_asked == [240], "a short summary may take twice its 120 words in tokens"
+    async with database.transaction() as db:
+        [stored] = (await db.execute(select(Metamessage.content))).scalars().all()
+    assert stored == "Ana moved to Lisbon. She likes it there."
+
+
 async def test_later_messages_never_reach_the_prompt(database: Database, memory_hashed: Memory) -> None:
     tree = await make_tree(database, user_name="ana")
     await say(database, tree, *[f"turn number {i:02d} " + "words " * 40 for i in range(1, 9)])
@@ -253,8 +313,8 @@ async def test_later_messages_never_reach_the_prompt(database: Database, memory_
     for prompt in llm.prompts:
         shown = prompt[1].content
         numbers = [int(n) for n in re.findall(r"turn number (\d\d)", shown)]
-        cited = [int(n) for n in re.findall(r"\[\d+\] \S+ \([^)]*\): turn number (\d\d)", shown)]
-        assert numbers and max(numbers) == max(cited), f"nothing after the batch is shown: {numbers} {cited}"
+        batch = [int(n) for n in re.findall(r"turn number (\d\d)", shown.split("\nMessages:\n")[1])]
+        assert numbers and max(numbers) == max(batch), f"nothing after the batch is shown: {numbers} {batch}"
 
 
 async def test_broken_json_is_repaired_once_then_retried_then_parked(

@@ -24,7 +24,7 @@ from tests.models.fake_llm_servers import FakeServer, Reply, openai_error, opena
 from tests.pipelines.test_deriver import facts_of
 from tests.storage.factories import make_tree
 
-LINE = re.compile(r"^\[(\d+)\] ana \([^)]*\): (.*)$", re.M)
+LINE = re.compile(r"^\[(\d+)\] ana: (.*)$", re.M)
 
 
 def guided(body: dict[str, Any]) -> Reply:
@@ -37,10 +37,7 @@ def guided(body: dict[str, Any]) -> Reply:
         return openai_error(400, f"unsupported response_format {fmt!r}")
     schema = fmt["json_schema"]["schema"]
     said = LINE.findall(body["messages"][-1]["content"])
-    facts = [
-        {"text": f"ana said: {text}", "kind": "fact", "confidence": 0.9, "sources": [int(n)]}
-        for n, text in said
-    ]
+    facts = [{"fact": f"ana said: {text}", "sources": [int(n)]} for n, text in said]
     answer = {"facts": facts[: schema["properties"]["facts"]["maxItems"]]}
     jsonschema.validate(answer, schema)  # guided decoding never leaves the schema
     return openai_reply(json.dumps(answer), prompt_tokens=900, completion_tokens=80)
