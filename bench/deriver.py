@@ -38,7 +38,7 @@ from cluster.deriver import derivation_workers  # noqa: E402
 from models.llm import ChatMessage  # noqa: E402
 from models.llm.scripted import ScriptedLLM  # noqa: E402
 from pipelines.deriver import Deriver, DeriverOptions  # noqa: E402
-from pipelines.deriver.prompts import MAX_FACTS, asks_for_facts  # noqa: E402
+from pipelines.deriver.prompts import MAX_FACTS, MAX_SOURCES, asks_for_facts  # noqa: E402
 from rapport.settings import Settings  # noqa: E402
 from rapport.stack import open_stack  # noqa: E402
 from storage import apps, derivation, messages, sessions, users  # noqa: E402
@@ -334,7 +334,7 @@ def quality(args: argparse.Namespace) -> None:
                     # fact can cite: it cited none of the user's messages and was credited the batch's.)
                     if row.max() >= 0.70:
                         ids = run["facts"][int(row.argmax())]["metadata"].get("message_ids", [])
-                        cited += len(ids) <= 6 and bool(evidence & {run["dia"].get(i) for i in ids})
+                        cited += len(ids) <= MAX_SOURCES and bool(evidence & {run["dia"].get(i) for i in ids})
         if len(texts) > 1:
             vectors = model.embed_sync(texts)
             pairs = vectors @ vectors.T
