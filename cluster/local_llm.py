@@ -19,7 +19,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.llm import LLMClient, RetryPolicy
-from models.llm.local import LocalModelOptions, shared_server
+from models.llm.local import PROSE_SAMPLING, LocalModelOptions, shared_server
 from models.llm.openai_compatible import OpenAICompatibleLLM
 from models.llm.weights import resolve_local_model
 from rapport.settings import LLMSettings
@@ -85,6 +85,7 @@ async def node_local_llm(llm: LLMSettings, home: Path) -> NodeModel:
         timeout_s=llm.call_timeout_s,
         max_tokens=llm.max_tokens,
         retry=RetryPolicy(attempts=llm.max_retries + 1),
+        prose_fields=PROSE_SAMPLING,  # as the in-process client asks
     )
     client.provider = "local"  # recorded beside what it derived as local/<model>, as in one process
     return NodeModel(client, node_id, path.stem, host)

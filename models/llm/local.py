@@ -32,6 +32,14 @@ from models.llm.client import (
 
 log = logging.getLogger(__name__)
 
+# A small model answering at temperature 0 can loop, writing the same sentences until its token limit: a
+# 1.5B summary ran to its 240-token cap repeating "They both started their businesses because ...", a
+# third of a minute of generation on two cores. llama.cpp's DRY sampler ("don't repeat yourself")
+# penalises a token that would extend a sequence of more than 3 tokens already seen in the last 300, more
+# steeply the longer the repeat; names and short phrases stay free. Only prose gets it: a JSON answer
+# repeats its keys by design, and its schema already bounds it.
+PROSE_SAMPLING: dict[str, Any] = {"dry_multiplier": 0.8, "dry_allowed_length": 3, "dry_penalty_last_n": 300}
+
 
 @dataclass(frozen=True, slots=True)
 class LocalModelOptions:
@@ -107,7 +115,7 @@ class LocalLLM(LLMClient):
         temperature: float,
         schema: tuple[str, dict[str, Any]] | None,
     ) -> Completion:
-        extra = response_format(schema)
+        extra = response_format(schema) if schema is not None else PROSE_SAMPLING
         request = self._request(messages, max_tokens, temperature, **extra)
         server = await asyncio.to_thread(lambda: self.server)  # the first call loads the model
         try:
@@ -139,7 +147,7 @@ class LocalLLM(LLMClient):
         def generate() -> None:
             try:
                 server.handle_chat_completions(
-                    self._request(messages, max_tokens, temperature, stream=True), on_chunk
+                    self._request(messages, max_tokens, temperature, stream=True, **PROSE_SAMPLING), on_chunk
                 )
             except BaseException as exc:  # handed to the reader
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

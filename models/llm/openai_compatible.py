@@ -5,7 +5,7 @@ vLLM, llama.cpp and Ollama all enforce by guided decoding."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -39,8 +39,12 @@ class OpenAICompatibleLLM(LLMClient):
         max_tokens: int = 512,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        prose_fields: Mapping[str, Any] | None = None,
     ) -> None:
+        """``prose_fields``: request fields added when no schema constrains the answer, for a server's own
+        sampling options (a llama.cpp server's DRY sampler: ``models.llm.local.PROSE_SAMPLING``)."""
         super().__init__(model, max_tokens=max_tokens, retry=retry)
+        self.prose_fields = dict(prose_fields or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
@@ -86,7 +90,7 @@ class OpenAICompatibleLLM(LLMClient):
         temperature: float,
         schema: tuple[str, dict[str, Any]] | None,
     ) -> Completion:
-        extra = response_format(schema)
+        extra = response_format(schema) if schema is not None else self.prose_fields
         body = self._body(messages, max_tokens, temperature, **extra)
         try:
             response = await self._http.post("/chat/completions", json=body)
@@ -109,7 +113,7 @@ class OpenAICompatibleLLM(LLMClient):
     async def _stream(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float
     ) -> AsyncIterator[str]:
-        body = self._body(messages, max_tokens, temperature, stream=True)
+        body = self._body(messages, max_tokens, temperature, stream=True, **self.prose_fields)
         try:
             async with self._http.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, Field
 
-from models.llm import ChatMessage, LLMConfigError, build_llm
+from models.llm import ChatMessage, LLMConfigError, build_llm, local
 from models.llm.weights import SMOLLM2_135M, PackagedWeights, materialize
 from rapport.settings import LLMSettings
 
@@ -79,3 +80,44 @@ async def test_a_real_gguf_model_answers_in_the_schema_and_streams(tmp_path: Pat
     assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
     pieces = [piece async for piece in llm.stream([ChatMessage("user", "Say hello.")], max_tokens=8)]
     assert pieces and "".join(pieces).strip()
+
+
+class RecordingServer:
+    """Stands in for llama.cpp's server: answers every request with the same text and keeps the requests."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.requests: list[dict[str, Any]] = []
+
+    def handle_chat_completions(self, request: dict[str, Any], on_chunk: Any = None) -> dict[str, Any] | None:
+        self.requests.append(request)
+        if on_chunk is not None:
+            on_chunk({"choices": [{"delta": {"content": self.text}}]})
+            return None
+        return {
+            "choices": [{"message": {"content": self.text}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3},
+        }
+
+
+async def test_prose_answers_ask_llama_cpp_not_to_loop_and_json_answers_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "tiny.gguf"
+    weights.write_bytes(b"GGUF")
+    server = RecordingServer('{"city": "Lisbon"}')
+    monkeypatch.setattr(local, "shared_server", lambda path, options: server)
+    llm = local.LocalLLM(weights)
+    prompt = [ChatMessage("user", "Where does Ana live?")]
+
+    answer, _ = await llm.structured(prompt, City)
+    await llm.complete(prompt)
+    streamed = [piece async for piece in llm.stream(prompt)]
+
+    assert answer.city == "Lisbon" and streamed == ['{"city": "Lisbon"}']
+    structured, prose, stream = server.requests
+    assert structured["response_format"]["type"] == "json_schema"
+    assert not any(key.startswith("dry_") for key in structured)  # JSON repeats its keys by design
+    for request in (prose, stream):
+        assert "response_format" not in request
+        assert request["dry_multiplier"] > 0 and request["dry_penalty_last_n"] >= 256

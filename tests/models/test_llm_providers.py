@@ -106,6 +106,25 @@ async def test_a_llama_cpp_server_says_where_the_time_went(
     ]
 
 
+async def test_prose_fields_go_with_prose_and_streams_but_not_with_a_schema(
+    openai_server: FakeServer,
+) -> None:
+    # How workers reach a node's shared llama.cpp model: prose asks its DRY sampler not to loop.
+    llm = OpenAICompatibleLLM(
+        f"{openai_server.url}/v1", "served-model", retry=FAST, prose_fields={"dry_multiplier": 0.8}
+    )
+    openai_server.script(
+        openai_reply('{"facts": []}'), openai_reply("She moved."), openai_stream(["She ", "moved."])
+    )
+    await llm.structured(PROMPT, Facts)
+    await llm.complete(PROMPT)
+    assert [piece async for piece in llm.stream(PROMPT)] == ["She ", "moved."]
+    structured, prose, stream = openai_server.requests
+    assert "dry_multiplier" not in structured and "response_format" in structured
+    assert prose["dry_multiplier"] == 0.8 and "response_format" not in prose
+    assert stream["dry_multiplier"] == 0.8 and stream["stream"] is True
+
+
 @pytest.mark.parametrize("status", [429, 500, 503])
 async def test_openai_retries_rate_limits_and_server_errors(
     openai_server: FakeServer, openai_llm: LLMClient, status: int
