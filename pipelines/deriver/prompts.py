@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from models.llm import ChatMessage
 
@@ -29,7 +29,11 @@ MAX_FACTS = 20
 SummaryType = Literal["SHORT", "LONG"]
 SUMMARY_WORDS: dict[SummaryType, int] = {"SHORT": 120, "LONG": 350}
 FACT_MAX_CHARS = 240
-MAX_SOURCES = 6
+# A fact cites at most three messages. With six allowed, the 1.5B model often listed a run of the user's
+# messages ([2, 4, 6, 8, 10, 12]) for a trait it read from all of them: vague provenance, and costly, the
+# tokenizer writing each digit, comma and space as a token of its own (a run of six: 20 tokens, three
+# times the fact's words).
+MAX_SOURCES = 3
 
 
 def summary_tokens(kind: SummaryType) -> int:
@@ -47,7 +51,20 @@ class DerivedFact(BaseModel):
     sources: list[int] = Field(min_length=1, max_length=MAX_SOURCES)
 
 
-_SOURCES = "The numbers of the user's messages it comes from"
+def _first_sources(value: Any) -> Any:
+    """A longer list keeps its first MAX_SOURCES numbers: constrained decoding never writes one, but a
+    provider that treats the schema as a hint (Anthropic's tool use) may, and a fact is not lost for it."""
+    return value[:MAX_SOURCES] if isinstance(value, list) else value
+
+
+# One to MAX_SOURCES numbers in the schema; a longer list in an answer is cut, not refused.
+Sources = Annotated[
+    list[int],
+    BeforeValidator(_first_sources),
+    Field(
+        min_length=1, max_length=MAX_SOURCES, description="The numbers of the user's messages it comes from"
+    ),
+]
 
 
 class StatedFact(BaseModel):
@@ -58,7 +75,7 @@ class StatedFact(BaseModel):
     fact: str = Field(
         min_length=3, max_length=FACT_MAX_CHARS, description="One self-contained statement about the user"
     )
-    sources: list[int] = Field(min_length=1, max_length=MAX_SOURCES, description=_SOURCES)
+    sources: Sources
 
     def derived(self) -> DerivedFact:
         return DerivedFact(text=self.fact, kind="fact", confidence=1.0, sources=self.sources)
@@ -73,7 +90,7 @@ class Inference(BaseModel):
         min_length=3, max_length=FACT_MAX_CHARS, description="What the user likely feels, values or intends"
     )
     confidence: float = Field(ge=0, le=1, description="How sure, below 1.0")
-    sources: list[int] = Field(min_length=1, max_length=MAX_SOURCES, description=_SOURCES)
+    sources: Sources
 
     def derived(self) -> DerivedFact:
         return DerivedFact(

@@ -21,6 +21,7 @@ from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
 from pipelines.deriver.prompts import (
     FACTS_SYSTEM,
+    MAX_SOURCES,
     TOKENS_PER_FACT,
     Line,
     asks_for_facts,
@@ -180,6 +181,17 @@ def test_an_answer_holds_stated_facts_and_inferences_and_nothing_between() -> No
     ):
         with pytest.raises(ValidationError):
             derivation_limited(2).model_validate_json(f'{{"facts": [{item}]}}')
+
+
+def test_a_fact_cites_at_most_a_few_messages_and_a_longer_list_is_cut_not_refused() -> None:
+    schema = derivation_limited(2).model_json_schema()
+    assert {d["properties"]["sources"]["maxItems"] for d in schema["$defs"].values()} == {MAX_SOURCES}
+    answer = derivation_limited(2).model_validate_json(
+        '{"facts": [{"fact": "Ana is kind.", "sources": [2, 4, 6, 8, 10, 12]}]}'
+    )
+    assert [f.sources for f in answer.derived()] == [[2, 4, 6, 8, 10, 12][:MAX_SOURCES]]
+    with pytest.raises(ValidationError):
+        derivation_limited(2).model_validate_json('{"facts": [{"fact": "Ana is kind.", "sources": []}]}')
 
 
 async def test_a_batch_yields_at_most_a_few_facts_per_message_of_the_user(
