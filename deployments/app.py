@@ -20,15 +20,21 @@ IMPORT_PATH = "deployments.app:build_app"
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """Entry point for ``serve run serve_config.yaml``: settings come from the environment of the cluster
-    (the application's ``runtime_env.env_vars``), deployment options from the YAML itself."""
-    return rapport_application(get_settings())
+    (the application's ``runtime_env.env_vars``), deployment options from the YAML itself. The YAML names
+    a DeriverWorker, and Serve refuses options for a deployment the application lacks: with the deriver
+    off, one idle DeriverWorker stands in."""
+    return rapport_application(get_settings(), idle_deriver=True)
 
 
-def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] | None = None) -> Application:
+def rapport_application(
+    settings: Settings, options: dict[str, dict[str, Any]] | None = None, *, idle_deriver: bool = False
+) -> Application:
     """The application: the API ingress, two batched embedders (requests; background indexing and
     derivation, at low priority), the index's single writer and ``deriver.workers`` derivation workers.
 
     ``options`` maps a deployment name to Serve deployment options (autoscaling, resources...).
+    ``idle_deriver``: with the deriver off (``deriver.enabled`` false or no workers), still bind one
+    DeriverWorker, which derives nothing.
     """
     options = options or {}
 
@@ -40,8 +46,10 @@ def rapport_application(settings: Settings, options: dict[str, dict[str, Any]] |
     background = configured(Embedder, "BackgroundEmbedder").bind(payload, True)
     writer = configured(IndexWriter, "IndexWriter").bind(payload, background)
     deriver = None
-    if settings.deriver.enabled and settings.deriver.workers > 0:
-        worker_options = {"num_replicas": settings.deriver.workers, **options.get("DeriverWorker", {})}
+    deriving = settings.deriver.enabled and settings.deriver.workers > 0
+    if deriving or idle_deriver:
+        replicas = settings.deriver.workers if deriving else 1
+        worker_options = {"num_replicas": replicas, **options.get("DeriverWorker", {})}
         workers: Any = DeriverWorker
         deriver = workers.options(name="DeriverWorker", **worker_options).bind(payload, background, writer)
     # The ingress holds the deriver's handle only so that the workers are part of the application.

@@ -33,9 +33,14 @@ class DeriverWorker:
     async def __init__(self, settings: dict[str, Any], embedder: Any, index_writer: Any) -> None:  # type: ignore[misc]  # Serve awaits it
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
+        self._loop: asyncio.Task[None] | None = None
+        self._local: Any = None  # this node's shared local model, when the LLM is local
+        if not (config.deriver.enabled and config.deriver.workers > 0):
+            # Bound only because a Serve config names it (deployments/app.py, build_app).
+            log.info("the deriver is off (deriver.enabled, deriver.workers): this replica derives nothing")
+            return
         metrics.export_via_ray()
         self._resources = AsyncExitStack()
-        self._local: Any = None  # this node's shared local model, when the LLM is local
         model = await ServeEmbedder.connect(embedder, config.embedding)
         stack = await self._resources.enter_async_context(
             open_stack(config, embedder=model, writer=ServeIndexWriter(index_writer))
@@ -58,15 +63,16 @@ class DeriverWorker:
         return self._local.llm  # type: ignore[no-any-return]
 
     async def check_health(self) -> None:
-        if self._loop.done():
+        if self._loop is not None and self._loop.done():
             raise RuntimeError("the derivation loop stopped; the replica will be restarted")
         if self._local is not None and not self._local.alive():
             raise RuntimeError("this node's local model host is gone; restarting to start a new one")
 
     async def __del__(self) -> None:
-        if hasattr(self, "_stop"):
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
             self._stop.set()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._loop, timeout=10)
+                await asyncio.wait_for(loop, timeout=10)
         if hasattr(self, "_resources"):
             await self._resources.aclose()

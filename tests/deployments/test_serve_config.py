@@ -95,6 +95,22 @@ def test_the_gpu_config_builds_rapport_with_gpu_embedders_and_a_served_llm(
     assert llm.engine_kwargs["max_model_len"] >= 4096
 
 
+def test_with_the_deriver_off_serve_run_still_finds_every_deployment_its_config_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deployments.app import build_app
+
+    _, options = read_serve_config(CONFIG)
+    monkeypatch.setenv("DERIVER_ENABLED", "false")
+    off = Settings()
+    assert set(deployments_of(rapport_application(off))) == set(options) - {"DeriverWorker"}, (
+        "`rapport serve` starts no derivation worker when the deriver is off"
+    )
+    built = deployments_of(build_app())  # what `serve run` builds, then applies the YAML's options to
+    assert set(built) == set(options), "Serve refuses options for a deployment the application lacks"
+    assert built["DeriverWorker"].num_replicas == 1
+
+
 @pytest.mark.slow
 def test_serve_run_deploys_it_to_a_running_ray(tmp_path: Path) -> None:
     port = free_port()
@@ -113,10 +129,9 @@ def test_serve_run_deploys_it_to_a_running_ray(tmp_path: Path) -> None:
             config["http_options"]["port"] = port
             config["applications"][0]["runtime_env"]["env_vars"]["DB_CONNECTION_URI"] = db_url
             # What is tested is the deployment; a derivation worker would load the local model, and a
-            # SIGINT while it loads has kept `serve run` from exiting for minutes on a busy box.
-            rapport = config["applications"][0]
-            rapport["runtime_env"]["env_vars"]["DERIVER_ENABLED"] = "false"
-            rapport["deployments"] = [d for d in rapport["deployments"] if d["name"] != "DeriverWorker"]
+            # SIGINT while it loads has kept `serve run` from exiting for minutes on a busy box. The
+            # config keeps its DeriverWorker section: the deriver off, it must deploy all the same.
+            config["applications"][0]["runtime_env"]["env_vars"]["DERIVER_ENABLED"] = "false"
             path = tmp_path / "serve_config.yaml"
             path.write_text(yaml.safe_dump(config))
             # Ray 2.60 clusters use token auth; the CLI reads the token from ~/.ray when told to.
