@@ -341,6 +341,7 @@ class BufferedIndexWriter:
         self._removals: list[int] = []
         self._full = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def write_documents(self, rows: Any, vectors: np.ndarray, outbox_ids: Any) -> None:
         self._rows.extend(rows)
@@ -359,7 +360,7 @@ class BufferedIndexWriter:
             self._flusher = asyncio.create_task(self._flush_periodically())
 
     async def _flush_periodically(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), timeout=self.interval_s)
             await self.flush()
@@ -379,10 +380,13 @@ class BufferedIndexWriter:
             )
 
     async def close(self) -> None:
+        """Hand over everything collected, then return. A flush under way is waited for, not cancelled:
+        its rows are no longer in the buffers, and a cancelled hand-over would leave them to the index
+        sync, so the index would lag behind a job reported done."""
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            self._closing = True
+            self._full.set()  # wake the flusher: it ends after the flush it is in, or one more
+            await self._flusher
         await self.flush()
 
 

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import text
 
-from cluster.batch import BadSelection, RunOptions, create_job, drive
+from cluster.batch import BadSelection, BufferedIndexWriter, RunOptions, create_job, drive
 from cluster.deriver import derivation_workers
 from deployments.api import create_api
 from models.embedding.hashing import HashingEmbedder
@@ -304,3 +305,32 @@ async def test_a_users_file_must_name_users_of_the_app(
         await new_job(database, settings, app.id, "append", users_file=str(listed))
     async with database.transaction() as db:
         assert len(await jobs.list_jobs(db)) == 1, "nothing is recorded for a bad selection"
+
+
+class SlowWriter:
+    """An index writer whose hand-overs take a while, recording what arrived."""
+
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.removals: list[int] = []
+        self.busy = asyncio.Event()
+
+    async def write_documents(self, rows: list[str], vectors: np.ndarray, outbox_ids: list[int]) -> None:
+        self.busy.set()
+        await asyncio.sleep(0.3)
+        self.rows += rows
+
+    async def apply(self, outbox_ids: list[int]) -> None:
+        await asyncio.sleep(0.1)
+        self.removals += outbox_ids
+
+
+async def test_closing_the_buffered_writer_waits_for_a_hand_over_under_way() -> None:
+    writer = SlowWriter()
+    buffered = BufferedIndexWriter(writer, interval_s=0.01)
+    await buffered.write_documents(["a", "b"], np.zeros((2, 4)), [1, 2])
+    await buffered.apply([3])
+    await writer.busy.wait()  # the periodic flush is handing them over
+    await buffered.write_documents(["c"], np.zeros((1, 4)), [4])  # and this waits for the next
+    await buffered.close()
+    assert (writer.rows, writer.removals) == (["a", "b", "c"], [3]), "nothing left to the index sync"
