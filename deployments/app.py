@@ -46,9 +46,8 @@ def rapport_application(
     background = configured(Embedder, "BackgroundEmbedder").bind(payload, True)
     writer = configured(IndexWriter, "IndexWriter").bind(payload, background)
     deriver = None
-    deriving = settings.deriver.enabled and settings.deriver.workers > 0
-    if deriving or idle_deriver:
-        replicas = settings.deriver.workers if deriving else 1
+    if settings.deriver.deriving or idle_deriver:
+        replicas = settings.deriver.workers if settings.deriver.deriving else 1
         worker_options = {"num_replicas": replicas, **options.get("DeriverWorker", {})}
         workers: Any = DeriverWorker
         deriver = workers.options(name="DeriverWorker", **worker_options).bind(payload, background, writer)

@@ -35,7 +35,7 @@ class DeriverWorker:
         configure_logging(config.app.log_level)
         self._loop: asyncio.Task[None] | None = None
         self._local: Any = None  # this node's shared local model, when the LLM is local
-        if not (config.deriver.enabled and config.deriver.workers > 0):
+        if not config.deriver.deriving:
             # Bound only because a Serve config names it (deployments/app.py, build_app).
             log.info("the deriver is off (deriver.enabled, deriver.workers): this replica derives nothing")
             return

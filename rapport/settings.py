@@ -182,6 +182,11 @@ class DeriverSettings(_UsesLLM):
     summary_provider: Provider | None = Field(default=None, description="For summaries; unset: provider.")
     summary_model: str | None = Field(default=None, description="For summaries; unset: model.")
 
+    @property
+    def deriving(self) -> bool:
+        """Whether `rapport serve` runs derivation workers: the deriver on, with at least one."""
+        return self.enabled and self.workers > 0
+
 
 class DialecticSettings(_UsesLLM):
     top_k: int = Field(default=10, ge=1, le=200, description="Facts, and relevant messages, per query.")
