@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,10 +18,40 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Ports for listeners a test starts are drawn from below the kernel's ephemeral range (32768-60999 by
+# default) and above Ray's worker ports (10002-19999): a port the kernel hands out (bind to port 0) is free
+# only until some process's outbound connection takes it as its local port, and Ray and Postgres clients
+# open many. HAProxy once failed to start in a bench for that reason ("cannot bind socket").
+PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, outside the ephemeral range, not handed out before in this process."""
+    low, high = PORT_RANGE
+    ephemeral_low, ephemeral_high = ephemeral_range()
+    candidates = [p for p in range(low, high + 1) if not ephemeral_low <= p <= ephemeral_high]
+    for port in random.sample(candidates, min(200, len(candidates))):
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(
+        f"no free port in {low}-{high} outside the ephemeral range {ephemeral_low}-{ephemeral_high}"
+    )
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path | None, timeout_s: float = 180) -> None:
