@@ -1,11 +1,11 @@
 """The deriver: its own cost, how it scales with concurrent LLM calls, and what it finds on LoCoMo.
 
     python -m bench.deriver cost      [--messages 600]          # zero-latency LLM double, real embedder
-    python -m bench.deriver scaling   [--latency 0.3]           # a double that sleeps per call: 1, 2, 4, 8 in flight
+    python -m bench.deriver scaling   [--latency 0.3] [--users 1]  # a double that sleeps per call: 1, 2, 4, 8 in flight
     python -m bench.deriver quality ../shared/data/locomo-dev.json [--sessions 1] [--conversations 5]
 
 cost and scaling run the pipeline in-process (real PostgreSQL, LanceDB and MiniLM embedder; the LLM is
-a scripted double answering one fact per user message). quality starts `rapport serve` on its defaults
+a scripted double answering a fact per user message, as many as the output schema allows). quality starts `rapport serve` on its defaults
 (the local Qwen2.5-Coder-1.5B), ingests the first --sessions sessions of each LoCoMo conversation through
 the API twice, once with each speaker as the user, lets the deriver work, and compares each user's facts
 with LoCoMo's reference observations for that speaker: a reference is found when some fact has cosine
@@ -38,14 +38,15 @@ from cluster.deriver import derivation_workers  # noqa: E402
 from models.llm import ChatMessage  # noqa: E402
 from models.llm.scripted import ScriptedLLM  # noqa: E402
 from pipelines.deriver import Deriver, DeriverOptions  # noqa: E402
-from pipelines.deriver.prompts import MAX_FACTS, MAX_SOURCES, asks_for_facts  # noqa: E402
+from pipelines.deriver.prompts import MAX_SOURCES, asks_for_facts, facts_limit  # noqa: E402
 from rapport.settings import Settings  # noqa: E402
 from rapport.stack import open_stack  # noqa: E402
 from storage import apps, derivation, messages, sessions, users  # noqa: E402
 from tests.db import scratch_database  # noqa: E402
 from tests.served import rapport_serve  # noqa: E402
 
-LINE = re.compile(r"^\[(\d+)\] user: (.*)$", re.M)
+# a numbered line of the extraction prompt: only the user's messages are numbered
+LINE = re.compile(r"^\[(\d+)\] [^:\n]+: (.*)$", re.M)
 # the local model's line for each call (models/llm/client.py, log_timings)
 TIMING = re.compile(
     r"prompt (\d+) tokens \((\d+) cached\) read in ([\d.]+) s, (\d+) tokens generated in ([\d.]+) s"
@@ -114,18 +115,28 @@ def sentence(i: int) -> str:
 
 
 def one_fact_per_user_message(prompt: Sequence[ChatMessage]) -> str:
-    """The double's answers: a fact for each of the user's numbered messages; a line for a summary."""
+    """The double's answers: a fact for each of the user's numbered messages, as many as the batch's
+    output schema allows (``facts_limit``: a longer list fails validation); a line for a summary."""
     if not asks_for_facts(prompt):
         return "They talked about many things."
-    found = LINE.findall(prompt[-1].content)[:MAX_FACTS]
+    found = LINE.findall(prompt[-1].content)
+    found = found[: facts_limit(len(found))]
     facts = [{"fact": f"The user said ({n}): {said[:150]}", "sources": [int(n)]} for n, said in found]
     return json.dumps({"facts": facts})
 
 
 async def run_pipeline(
-    db_url: str, home: Path, *, n_sessions: int, per_session: int, latency_s: float, concurrency: int
-) -> tuple[int, float]:
-    """Seed the messages, derive them all with ``concurrency`` workers; (messages, seconds)."""
+    db_url: str,
+    home: Path,
+    *,
+    n_sessions: int,
+    per_session: int,
+    latency_s: float,
+    concurrency: int,
+    n_users: int = 1,
+) -> tuple[int, float, int]:
+    """Seed the messages (the sessions dealt round the users), derive them all with ``concurrency``
+    workers; (messages, seconds, facts stored)."""
     settings = Settings.model_validate(
         {
             "app": {"home": str(home)},
@@ -137,9 +148,10 @@ async def run_pipeline(
     async with open_stack(settings) as stack:
         async with stack.database.transaction() as db:
             app = await apps.create_app(db, f"bench-{concurrency}-{time.monotonic_ns()}")
-            user = await users.create_user(db, app.id, "user")
+            people = [await users.create_user(db, app.id, f"user-{u}") for u in range(n_users)]
             for k in range(n_sessions):
                 seed = 1000 * k
+                user = people[k % n_users]
                 session = await sessions.create_session(db, app.id, user.id)
                 turns = [
                     {"content": sentence(seed + i), "is_user": i % 2 == 0, "metadata": {}}
@@ -164,14 +176,24 @@ async def run_pipeline(
         await running
         assert counts.parked == 0, counts
         async with stack.database.transaction() as db:
+            retried = (
+                await db.execute(
+                    text("SELECT count(*) FROM derivation_queue WHERE app_id = :a AND attempts > 0"),
+                    {"a": app.id},
+                )
+            ).scalar_one()
             stored = (
                 await db.execute(text("SELECT count(*) FROM documents WHERE app_id = :a"), {"a": app.id})
             ).scalar_one()
-        if latency_s == 0 and stored < 0.9 * total // 2:  # a few random sentences are alike enough to merge
+        if retried:  # a failed batch is retried a message at a time: that is not the cost being measured
+            raise SystemExit(
+                f"{retried} messages needed a retry: the double's answers do not fit the deriver"
+            )
+        if stored < total // 4:  # a fact for at least every other user message
             raise SystemExit(
                 f"only {stored} facts were stored for {total // 2} user messages: the double is off"
             )
-        return total, elapsed
+        return total, elapsed, stored
 
 
 def cost(args: argparse.Namespace) -> None:
@@ -180,26 +202,27 @@ def cost(args: argparse.Namespace) -> None:
         asyncio.run(
             run_pipeline(url, Path(tmp), n_sessions=2, per_session=20, latency_s=0, concurrency=1)
         )  # warm-up
-        n, seconds = asyncio.run(
+        n, seconds, stored = asyncio.run(
             run_pipeline(
                 url, Path(tmp), n_sessions=args.messages // 30, per_session=30, latency_s=0, concurrency=1
             )
         )
     per_message = 1000 * seconds / n
-    print(f"{n} messages (half the user's, one fact each) in {seconds:.2f} s: {per_message:.1f} ms per message "
+    print(f"{n} messages (half the user's; {stored} facts) in {seconds:.2f} s: {per_message:.1f} ms per message "
           f"[goal: under 25 ms]")  # fmt: skip
 
 
 def scaling(args: argparse.Namespace) -> None:
     print(
         f"# bench/deriver.py scaling  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  latency={args.latency}s"
+        f"  users={args.users}"
     )
     rates: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp, scratch_database("rapport_bench_deriver") as url:
         for concurrency in (1, 2, 4, 8):
-            n, seconds = asyncio.run(
+            n, seconds, _ = asyncio.run(
                 run_pipeline(url, Path(tmp), n_sessions=8 * concurrency, per_session=6, latency_s=args.latency,
-                             concurrency=concurrency)
+                             concurrency=concurrency, n_users=args.users)
             )  # fmt: skip
             rates[concurrency] = n / seconds
             efficiency = rates[concurrency] / (concurrency * rates[1])
@@ -394,7 +417,11 @@ def main() -> None:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("cost").add_argument("--messages", type=int, default=600)
-    commands.add_parser("scaling").add_argument("--latency", type=float, default=0.3)
+    scale = commands.add_parser("scaling")
+    scale.add_argument("--latency", type=float, default=0.3)
+    scale.add_argument(
+        "--users", type=int, default=1, help="deal the sessions round this many users (1: the worst case)"
+    )
     q = commands.add_parser("quality")
     q.add_argument("locomo")
     q.add_argument("--sessions", type=int, default=1)
