@@ -188,10 +188,25 @@ class VectorIndex:
         self, table: Table, vector: np.ndarray, *, scope: Scope, limit: int, exact: bool = False
     ) -> list[Hit]:
         """The rows closest to ``vector`` by cosine similarity (1 = same direction), within the scope."""
+        return (await self.nearest_each(table, [vector], scope=scope, limit=limit, exact=exact))[0]
+
+    async def nearest_each(
+        self,
+        table: Table,
+        vectors: Sequence[np.ndarray] | np.ndarray,
+        *,
+        scope: Scope,
+        limit: int,
+        exact: bool = False,
+    ) -> list[list[Hit]]:
+        """``nearest`` for each of ``vectors``, in one query (one scan of the scope for all of them)."""
         self._check_scope(table, scope)
+        if len(vectors) == 0:
+            return []
         query = (
             self._tables[table]
-            .vector_search(np.asarray(vector, dtype=np.float32))
+            .query()
+            .nearest_to([np.asarray(v, dtype=np.float32) for v in vectors])
             .distance_type("cosine")
             .where(where(**scope))
             .select(["id", "_distance"])
@@ -205,7 +220,12 @@ class VectorIndex:
             query = query.ef(self.ann.ef).refine_factor(self.ann.refine_factor)
         async with self._reading():
             rows = await query.to_list()
-        return [Hit(row["id"], 1.0 - float(row["_distance"])) for row in rows]
+        hits: list[list[Hit]] = [[] for _ in vectors]
+        for row in rows:  # a single vector's rows carry no query_index
+            hits[row.get("query_index", 0)].append(Hit(row["id"], 1.0 - float(row["_distance"])))
+        for each in hits:
+            each.sort(key=lambda hit: -hit.score)
+        return hits
 
     async def matching(self, table: Table, text: str, *, scope: Scope, limit: int) -> list[Hit]:
         """Rows whose indexed text best matches ``text`` (BM25; stemmed, stop words dropped)."""

@@ -283,16 +283,21 @@ class Deriver:
             if against_stored
             else {}
         )
+        # The closest stored fact to each fact without an exact match, in one query.
+        unmatched = [i for i, (fact, _) in enumerate(facts) if normalized(fact.text) not in exact]
+        closest: dict[int, Any] = {}
+        if against_stored and unmatched:
+            found = await self.memory.index.nearest_each(
+                DOCUMENTS, vectors[unmatched], scope={"collection_id": collection_id}, limit=1
+            )
+            closest = {i: hits[0] for i, hits in zip(unmatched, found, strict=True) if hits}
         kept: list[np.ndarray] = []
         seen: dict[str, int] = {}  # normalised text -> its index in plan.new
-        for (fact, sources), vector in zip(facts, vectors, strict=True):
+        for i, ((fact, sources), vector) in enumerate(zip(facts, vectors, strict=True)):
             repeat: Any = exact.get(normalized(fact.text))
-            if repeat is None and against_stored:
-                hits = await self.memory.index.nearest(
-                    DOCUMENTS, vector, scope={"collection_id": collection_id}, limit=1
-                )
-                if hits and hits[0].score >= self.options.dedup_threshold:
-                    repeat = hits[0]
+            hit = closest.get(i)
+            if repeat is None and hit is not None and hit.score >= self.options.dedup_threshold:
+                repeat = hit
             if repeat is not None:
                 plan.repeats.setdefault(repeat.id, []).extend(sources)
                 continue
