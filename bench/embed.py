@@ -1,6 +1,7 @@
 """Embedding throughput through Ray Serve: `@serve.batch` on versus batches of one, in one run.
 
     python -m bench.embed [--callers 64] [--duration 10] [--batch-sizes 64,1] [--device auto]
+    python -m bench.embed --in-process [--callers 8] [--texts-per-call 3]
 
 Deploys the Embedder once per batch size (embedding.batch_size; 1 turns batching off) and drives it
 through `ServeEmbedder`, the client the API replicas and the index sync use, from --callers concurrent
@@ -8,6 +9,10 @@ callers, one text per call. With batching on, the client coalesces concurrent ca
 to batch_size texts and the deployment's `@serve.batch` merges requests from several clients; with 1,
 every text is its own request and its own forward pass. Reports texts/s and per-call p50/p95 latency, and the batched/unbatched ratio. Texts are
 LoCoMo turns when the data set is beside the checkout, else generated sentences.
+
+--in-process drives the model in this process (no Ray), as `rapport deriver run`, batch actors and tests
+use it: `embed`, which merges the calls that arrive while the model is busy into its next call, against
+one thread hop and model call per call (queued on the model's lock), alternately, --repeats times.
 """
 
 from __future__ import annotations
@@ -59,7 +64,10 @@ def texts() -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(rng.randint(6, 30))) for _ in range(3000)]
 
 
-async def drive(embedder, corpus: list[str], callers: int, seconds: float) -> tuple[int, list[float]]:
+async def drive(
+    embedder, corpus: list[str], callers: int, seconds: float, per_call: int = 1
+) -> tuple[int, list[float]]:
+    """Calls per second from ``callers`` concurrent callers of ``per_call`` texts each, and latencies."""
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
 
@@ -67,9 +75,9 @@ async def drive(embedder, corpus: list[str], callers: int, seconds: float) -> tu
         i = offset
         while time.perf_counter() < stop_at:
             started = time.perf_counter()
-            await embedder.embed([corpus[i % len(corpus)]])
+            await embedder.embed([corpus[(i + k) % len(corpus)] for k in range(per_call)])
             latencies.append((time.perf_counter() - started) * 1000)
-            i += callers
+            i += callers * per_call
 
     began = time.perf_counter()
     await asyncio.gather(*(caller(c) for c in range(callers)))
@@ -89,7 +97,13 @@ def main() -> None:
     parser.add_argument(
         "--num-cpus", type=float, default=float(os.cpu_count() or 1), help="for the Embedder replica"
     )
+    parser.add_argument("--in-process", action="store_true", help="the model in this process, no Ray")
+    parser.add_argument("--texts-per-call", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2, help="with --in-process")
     args = parser.parse_args()
+    if args.in_process:
+        in_process(args)
+        return
 
     import ray
     from ray import serve
@@ -116,8 +130,8 @@ def main() -> None:
 
             async def measure(handle=handle, settings=settings) -> tuple[int, list[float]]:
                 embedder = await ServeEmbedder.connect(handle, settings.embedding)
-                await drive(embedder, corpus, args.callers, args.warmup)
-                return await drive(embedder, corpus, args.callers, args.duration)
+                await drive(embedder, corpus, args.callers, args.warmup, args.texts_per_call)
+                return await drive(embedder, corpus, args.callers, args.duration, args.texts_per_call)
 
             rate, latencies = asyncio.run(measure())
             latencies.sort()
@@ -133,6 +147,45 @@ def main() -> None:
         print(
             f"\nbatched ({sizes[-1]}) / unbatched ({sizes[0]}): {results[sizes[-1]] / results[sizes[0]]:.1f}x"
         )
+
+
+class OneCallEach:
+    """The model called once per call, in a thread (what `embed` did before it merged calls)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    async def embed(self, texts: list[str]):
+        return await asyncio.to_thread(self.model.embed_sync, texts)
+
+
+def in_process(args: argparse.Namespace) -> None:
+    from models.embedding import load_embedder
+    from rapport.settings import Settings
+
+    corpus = texts()
+    embedding = Settings.model_validate({"embedding": {"device": args.device}}).embedding
+    model = load_embedder(embedding.model, embedding.device, embedding.precision)
+    print(f"# bench/embed.py --in-process  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  "
+          f"callers={args.callers} texts/call={args.texts_per_call}  {model.precision} on {model.device}")  # fmt: skip
+    print(f"{'variant':>14} {'calls/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    variants = {"merged (embed)": model, "one call each": OneCallEach(model)}
+
+    async def run() -> None:
+        for _ in range(args.repeats):
+            for name, embedder in variants.items():
+                await drive(embedder, corpus, args.callers, args.warmup, args.texts_per_call)
+                rate, latencies = await drive(
+                    embedder, corpus, args.callers, args.duration, args.texts_per_call
+                )
+                latencies.sort()
+                p50, p95 = latencies[len(latencies) // 2], latencies[int(0.95 * len(latencies))]
+                print(
+                    f"{name:>14} {rate:>8} {rate * args.texts_per_call:>8} {p50:>8.1f} {p95:>8.1f}",
+                    flush=True,
+                )
+
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from ray.serve.exceptions import RayServeException
 
 from models.embedding import load_embedder
 from rapport import metrics
+from rapport.coalesce import Coalescer
 from rapport.logs import configure_logging
 from rapport.settings import EmbeddingSettings, Settings
 from storage.errors import UnavailableError
@@ -94,10 +95,7 @@ class ServeEmbedder:
         self._handle = handle
         self._dimension = dimension
         self._max_texts = max_texts
-        self._wait_s = wait_s
-        self._pending: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
-        self._in_flight: set[asyncio.Task[None]] = set()  # referenced, so the event loop cannot drop them
-        self._sender: asyncio.Task[None] | None = None
+        self._coalescer: Coalescer[str] = Coalescer(self._remote, max_items=max_texts, wait_s=wait_s)
 
     @classmethod
     async def connect(cls, handle: Any, embedding: EmbeddingSettings | None = None) -> ServeEmbedder:
@@ -112,50 +110,17 @@ class ServeEmbedder:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
-        chunks = [list(texts[i : i + self._max_texts]) for i in range(0, len(texts), self._max_texts)]
         try:
             if self._max_texts == 1:
-                parts = await asyncio.gather(*(self._handle.embed.remote(chunk) for chunk in chunks))
+                parts = await asyncio.gather(*(self._handle.embed.remote([text]) for text in texts))
                 return np.concatenate(parts)
-            loop = asyncio.get_running_loop()
-            futures = []
-            for chunk in chunks:
-                future: asyncio.Future[np.ndarray] = loop.create_future()
-                self._pending.append((chunk, future))
-                futures.append(future)
-            if self._sender is None or self._sender.done():
-                self._sender = asyncio.create_task(self._send_loop())
-            return np.concatenate(await asyncio.gather(*futures))
+            return np.concatenate(await self._coalescer.run(texts))
         except (RayError, RayServeException) as exc:
             # The deployment is gone, restarting or shedding load: a wait, not a bug (503 in the API).
             raise UnavailableError(
                 "embedding model", f"the Embedder deployment cannot answer just now ({type(exc).__name__})"
             ) from exc
 
-    async def _send_loop(self) -> None:
-        """Send what is pending in requests of up to max_texts texts, until nothing is left."""
-        while self._pending:
-            if self._in_flight:
-                await asyncio.sleep(self._wait_s)  # busy: let concurrent callers join this request
-            group, size = [], 0
-            while self._pending and size + len(self._pending[0][0]) <= self._max_texts:
-                texts, future = self._pending.pop(0)
-                group.append((texts, future))
-                size += len(texts)
-            task = asyncio.create_task(self._send(group))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
-
-    async def _send(self, group: list[tuple[list[str], asyncio.Future[np.ndarray]]]) -> None:
-        try:
-            vectors = await self._handle.embed.remote([text for texts, _ in group for text in texts])
-        except Exception as exc:
-            for _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        start = 0
-        for texts, future in group:
-            if not future.done():
-                future.set_result(vectors[start : start + len(texts)])
-            start += len(texts)
+    async def _remote(self, texts: list[str]) -> np.ndarray:
+        result: np.ndarray = await self._handle.embed.remote(texts)
+        return result

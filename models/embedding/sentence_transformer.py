@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from models.embedding.client import EmbeddingModelNotFound
 from rapport import metrics
+from rapport.coalesce import Coalescer
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ WINDOW_OVERLAP = 32
 # are already big enough: 245 vs 210 texts/s for all-MiniLM-L6-v2 on 2 cores); GPUs want big passes.
 FORWARD_BATCH = {"cpu": 16}
 DEFAULT_FORWARD_BATCH = 128
+# Concurrent `embed` calls are merged into one model call of at most this many texts.
+COALESCE_MAX_TEXTS = 64
 
 
 def locate_model(source: str) -> Path:
@@ -107,7 +111,14 @@ class SentenceTransformerEmbedder:
             raise EmbeddingModelNotFound(f"the model in {path} does not report its embedding dimension")
         self._dimension = int(dimension)
         self.name = path.name if path.name != "model" else path.parent.name
-        self._lock = threading.Lock()  # one encode at a time per model; torch uses the cores itself
+        # One encode (and tokenizer call) at a time per model; torch uses the cores itself.
+        self._lock = threading.Lock()
+        # `embed` callers of one event loop share model calls: what arrives while the model is busy goes
+        # in its next call (eight workers' 3 facts each cost one 24-text call, not eight 3-text calls
+        # queued on the lock, each paying a thread hop and the GIL handed back and forth).
+        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer[str]] = (
+            weakref.WeakKeyDictionary()
+        )
         log.info(
             "embedding model %s on %s in %s: %d dimensions, %d-token window",
             path, self.device, self.precision, dimension, self.max_tokens,
@@ -121,9 +132,11 @@ class SentenceTransformerEmbedder:
         """Vectors for ``texts`` (n x dimension, float32, unit length)."""
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
-        pieces, owners, weights = self._windows(texts)
         metrics.EMBED_BATCH.observe(len(texts), model=self.name)
+        # The windows are measured under the lock too: the model pads its batches with the same fast
+        # tokenizer, whose padding setting another thread's call would change between set and use.
         with self._lock:
+            pieces, owners, weights = self._windows(texts)
             vectors = self.model.encode(
                 pieces,
                 batch_size=self.batch_size,
@@ -139,6 +152,17 @@ class SentenceTransformerEmbedder:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return self.embed_sync(texts)
+        loop = asyncio.get_running_loop()
+        coalescer = self._coalescers.get(loop)
+        if coalescer is None:
+            coalescer = self._coalescers[loop] = Coalescer(
+                self._embed_in_thread, max_items=COALESCE_MAX_TEXTS, max_in_flight=1
+            )
+        return np.concatenate(await coalescer.run(texts))
+
+    async def _embed_in_thread(self, texts: list[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embed_sync, texts)
 
     def _windows(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
