@@ -18,6 +18,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from models.embedding import TextEmbedder
+from rapport.coalesce import Coalescer, PerLoop
 from rapport.settings import VectorStoreSettings
 from storage import outbox
 from storage.db import Database
@@ -131,6 +132,10 @@ TABLE_OF_KIND: dict[str, Table] = {spec.kind: spec.table for spec in INDEXED}
 INDEXED_BY_KIND = {spec.kind: spec for spec in INDEXED}
 
 CALL_TIMEOUT_S = 120  # an embedding or index call that takes longer counts as failed
+WRITES_PER_GROUP = 64  # inline document writes merged into one index write, at most
+
+# An inline document write: the stored rows, their vectors and their outbox entries.
+_DocumentWrite = tuple[list[Record], np.ndarray, list[int]]
 
 
 async def _bounded(call: Awaitable[T]) -> T:
@@ -156,6 +161,11 @@ class IndexSync:
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self._writes_since_upkeep = 0
+        # Inline document writes that arrive while one is under way go together in the next: one index
+        # version, one check and one outbox update for many derivation batches or API requests.
+        self._document_writes: PerLoop[_DocumentWrite] = PerLoop(
+            lambda: Coalescer(self._write_document_groups, max_items=WRITES_PER_GROUP, max_in_flight=1)
+        )
 
     @classmethod
     def configured(
@@ -171,9 +181,17 @@ class IndexSync:
         self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
     ) -> None:
         """Write freshly stored documents with the vectors already computed, then retire their entries."""
-        await self._upsert(INDEXED_BY_KIND["document"], rows, vectors)
+        if rows or outbox_ids:
+            await self._document_writes.run([(list(rows), vectors, list(outbox_ids))])
+
+    async def _write_document_groups(self, writes: list[_DocumentWrite]) -> list[None]:
+        rows = [row for each, _, _ in writes for row in each]
+        if rows:
+            vectors = np.concatenate([v for each, v, _ in writes if len(each)])
+            await self._upsert(INDEXED_BY_KIND["document"], rows, vectors)
         async with self.database.transaction() as db:
-            await outbox.done(db, outbox_ids)
+            await outbox.done(db, [i for _, _, ids in writes for i in ids])
+        return [None] * len(writes)
 
     async def apply(self, outbox_ids: Sequence[int]) -> None:
         """Apply these entries now (deletes, typically) rather than on the next round."""

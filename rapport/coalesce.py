@@ -8,6 +8,7 @@ requests) pay it once per group instead of once each."""
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -90,3 +91,21 @@ class Coalescer(Generic[T]):
             if not future.done():
                 future.set_result(results[start : start + len(items)])
             start += len(items)
+
+
+class PerLoop(Generic[T]):
+    """A Coalescer for each event loop that calls ``run`` (an object used from several loops, e.g. a
+    model shared by the tests' loops or by threads running their own)."""
+
+    def __init__(self, make: Callable[[], Coalescer[T]]) -> None:
+        self._make = make
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer[T]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def run(self, items: Sequence[T]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        coalescer = self._by_loop.get(loop)
+        if coalescer is None:
+            coalescer = self._by_loop[loop] = self._make()
+        return await coalescer.run(items)

@@ -8,7 +8,6 @@ import importlib.util
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from models.embedding.client import EmbeddingModelNotFound
 from rapport import metrics
-from rapport.coalesce import Coalescer
+from rapport.coalesce import Coalescer, PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,8 @@ class SentenceTransformerEmbedder:
         # `embed` callers of one event loop share model calls: what arrives while the model is busy goes
         # in its next call (eight workers' 3 facts each cost one 24-text call, not eight 3-text calls
         # queued on the lock, each paying a thread hop and the GIL handed back and forth).
-        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Coalescer[str]] = (
-            weakref.WeakKeyDictionary()
+        self._calls: PerLoop[str] = PerLoop(
+            lambda: Coalescer(self._embed_in_thread, max_items=COALESCE_MAX_TEXTS, max_in_flight=1)
         )
         log.info(
             "embedding model %s on %s in %s: %d dimensions, %d-token window",
@@ -154,13 +153,7 @@ class SentenceTransformerEmbedder:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return self.embed_sync(texts)
-        loop = asyncio.get_running_loop()
-        coalescer = self._coalescers.get(loop)
-        if coalescer is None:
-            coalescer = self._coalescers[loop] = Coalescer(
-                self._embed_in_thread, max_items=COALESCE_MAX_TEXTS, max_in_flight=1
-            )
-        return np.concatenate(await coalescer.run(texts))
+        return np.concatenate(await self._calls.run(texts))
 
     async def _embed_in_thread(self, texts: list[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embed_sync, texts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from cluster.index_sync import drain
 from models.embedding import SentenceTransformerEmbedder
 from pipelines.indexing import IndexSync, message_text
 from pipelines.memory import Memory
-from storage import collections
+from storage import collections, documents, outbox
 from storage.db import Database
 from storage.index import DOCUMENTS, MESSAGES, IndexDimensionMismatch, VectorIndex
 from storage.query import Record
@@ -233,3 +234,55 @@ async def test_parked_entries_can_be_retried(database: Database, memory: Memory)
         assert await outbox.unpark(db) == 1
     assert (await memory.index_lag()).parked == 0
     assert await drain(memory.writer) == 1
+
+
+async def test_concurrent_document_writes_share_index_writes_and_all_land(
+    memory: Memory, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Documents stored by concurrent callers (derivation workers, API requests) are indexed in fewer
+    writes: what arrives while one write is under way goes in the next. Each caller's outbox entries
+    are retired only with its rows indexed, and a failed write leaves its entries for the sync."""
+    t = await make_tree(database)
+    async with database.transaction() as db:
+        cid = (await collections.create_collection(db, t.app_id, t.user_id, "c")).id
+    stored = []
+    async with database.transaction() as db:
+        for i in range(10):
+            row = await documents.create_document(
+                db, t.app_id, t.user_id, cid, content=f"fact {i}", metadata={}
+            )
+            entries = await outbox.enqueue_upserts(db, "document", [row.id])
+            stored.append((row, entries))
+    vectors = await memory.embedder.embed([f"fact {i}" for i in range(10)])
+
+    upserts: list[int] = []
+    upsert = memory.index.upsert
+
+    async def counted(table: str, rows: Sequence[dict]) -> None:
+        upserts.append(len(rows))
+        await asyncio.sleep(0.02)  # a write under way while the others arrive
+        await upsert(table, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(memory.index, "upsert", counted)
+    await asyncio.gather(
+        *(
+            memory.writer.write_documents([row], vectors[i : i + 1], ids)
+            for i, (row, ids) in enumerate(stored)
+        )
+    )
+    assert sum(upserts) == 10 and len(upserts) < 10, upserts
+    assert await memory.index.count(DOCUMENTS, {"collection_id": cid}) == 10
+    async with database.transaction() as db:
+        assert (await db.execute(text("SELECT count(*) FROM index_outbox"))).scalar_one() == 0
+
+    async def broken(table: str, rows: Sequence[dict]) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(memory.index, "upsert", broken)
+    async with database.transaction() as db:
+        row = await documents.create_document(db, t.app_id, t.user_id, cid, content="fact 10", metadata={})
+        entries = await outbox.enqueue_upserts(db, "document", [row.id])
+    with pytest.raises(OSError, match="disk full"):
+        await memory.writer.write_documents([row], vectors[:1], entries)
+    async with database.transaction() as db:
+        assert (await db.execute(text("SELECT count(*) FROM index_outbox"))).scalar_one() == 1
