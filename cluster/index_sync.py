@@ -40,7 +40,12 @@ class OutboxSource:
 
     async def claim(self) -> list[outbox.Entry] | None:
         async with self.database.transaction() as db:
-            return await outbox.claim(db, self.sync.batch_size, lease_s=self.lease_s) or None
+            entries = await outbox.claim(db, self.sync.batch_size, lease_s=self.lease_s)
+        if not entries:
+            # Idle is when upkeep is due most: writes made inline (the API's, the deriver's) retire their
+            # own entries and leave this worker nothing to claim, while each still adds a fragment.
+            await self._maintain_if_due()
+        return entries or None
 
     async def process(self, work: list[outbox.Entry]) -> None:
         applied, failures = await self.sync.apply_isolating_failures(work)

@@ -286,3 +286,22 @@ async def test_concurrent_document_writes_share_index_writes_and_all_land(
         await memory.writer.write_documents([row], vectors[:1], entries)
     async with database.transaction() as db:
         assert (await db.execute(text("SELECT count(*) FROM index_outbox"))).scalar_one() == 1
+
+
+async def test_the_index_is_compacted_when_every_write_was_inline(memory: Memory, database: Database) -> None:
+    """Inline writes retire their own outbox entries, so the sync worker finds nothing to claim; each
+    still adds a fragment to the index, which slows every search until upkeep folds them together."""
+    from cluster.index_sync import OutboxSource
+
+    t = await make_tree(database)
+    async with database.transaction() as db:
+        cid = (await collections.create_collection(db, t.app_id, t.user_id, "c")).id
+    for i in range(6):
+        await memory.add_document(t.app_id, t.user_id, cid, content=f"fact number {i}", metadata={})
+    table = memory.index._tables[DOCUMENTS]
+    assert (await table.stats())["fragment_stats"]["num_fragments"] >= 6
+
+    source = OutboxSource(memory.writer, maintain_every_s=0.0)  # type: ignore[arg-type]
+    assert await source.claim() is None, "nothing left for the sync: every write was inline"
+    assert (await table.stats())["fragment_stats"]["num_fragments"] == 1
+    assert await memory.index.count(DOCUMENTS, {"collection_id": cid}) == 6
