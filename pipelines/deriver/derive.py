@@ -43,7 +43,7 @@ from storage.derivation import Claim
 from storage.documents import normalized
 from storage.index import DOCUMENTS
 from storage.query import Record, fetch_by_ids, record_columns
-from storage.tables import Collection, Document, Message
+from storage.tables import Document, Message
 from storage.validation import METADATA_MAX_BYTES
 
 log = logging.getLogger(__name__)
@@ -183,21 +183,26 @@ class Deriver:
         vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
 
         async with self.memory.documents_transaction() as tx:
-            honcho = await collections.get_or_create_reserved(tx.db, held.app_id, held.user_id)
-            # One writer per user at a time from here to the commit, so two sessions of the same user
-            # cannot both store the same new fact.
-            await tx.db.execute(select(Collection.id).where(Collection.id == honcho.id).with_for_update())
-            plan = await self.plan(tx.db, honcho.id, facts, vectors)
-            for fact, sources, vector in plan.new:
-                source = next(m for m in batch if m.id == sources[0])
-                metadata = self.fact_metadata(fact, sources, source)
-                row = await documents.create_document(
-                    tx.db, held.app_id, held.user_id, honcho.id, content=fact.text, metadata=metadata
+            # The user's honcho collection, created if missing and locked: one writer per user at a
+            # time from here to the commit, so two sessions of the same user cannot both store the same
+            # new fact. (The user was read above; batch jobs lock the same rows.)
+            honcho = (await collections.lock_reserved(tx.db, [(held.app_id, held.user_id)]))[held.user_id]
+            plan = await self.plan(tx.db, honcho, facts, vectors)
+            new = [
+                documents.NewDocument(
+                    held.app_id,
+                    held.user_id,
+                    honcho,
+                    fact.text,
+                    self.fact_metadata(fact, sources, next(m for m in batch if m.id == sources[0])),
                 )
+                for fact, sources, _ in plan.new
+            ]
+            for row, (_, _, vector) in zip(await documents.create_many(tx.db, new), plan.new, strict=True):
                 tx.add(row, vector)
                 outcome.stored.append(row.id)
             for document_id, sources in plan.repeats.items():
-                await _reinforce(tx.db, held, honcho.id, document_id, sources)
+                await _reinforce(tx.db, held, honcho, document_id, sources)
                 outcome.reinforced.append(document_id)
             for kind, text, message in summaries:
                 await metamessages.create_metamessage(
