@@ -39,13 +39,12 @@ class OutboxSource:
         self.handled = 0  # entries handled (applied, or failed and counted) by the last ``process``
 
     async def claim(self) -> list[outbox.Entry] | None:
+        # Upkeep goes before each claim, busy or idle: writes made inline (the API's, the deriver's)
+        # retire their own entries and can leave this worker nothing to claim for good, while each still
+        # adds a fragment.
+        await self._maintain_if_due()
         async with self.database.transaction() as db:
-            entries = await outbox.claim(db, self.sync.batch_size, lease_s=self.lease_s)
-        if not entries:
-            # Idle is when upkeep is due most: writes made inline (the API's, the deriver's) retire their
-            # own entries and leave this worker nothing to claim, while each still adds a fragment.
-            await self._maintain_if_due()
-        return entries or None
+            return await outbox.claim(db, self.sync.batch_size, lease_s=self.lease_s) or None
 
     async def process(self, work: list[outbox.Entry]) -> None:
         applied, failures = await self.sync.apply_isolating_failures(work)
@@ -58,7 +57,6 @@ class OutboxSource:
                         entry.target_id or entry.scope, "; parked" if last else "", error)  # fmt: skip
                 await outbox.failed(db, [entry.id], error, max_attempts=self.sync.max_attempts)
         self.handled = len(work)
-        await self._maintain_if_due()
 
     async def renew(self, work: list[outbox.Entry]) -> bool:
         await self.postpone(work, self.lease_s)
