@@ -48,7 +48,10 @@ class Embedder:
         configure_logging(config.app.log_level)
         metrics.export_via_ray()
         self.model = load_embedder(
-            config.embedding.model, config.embedding.device, config.embedding.precision
+            config.embedding.model,
+            config.embedding.device,
+            config.embedding.precision,
+            config.embedding.cpu_threads,
         )
         if background:
             self.model.embed_sync(["warm-up"])  # let torch start its threads, so they are reniced too

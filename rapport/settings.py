@@ -99,6 +99,13 @@ class EmbeddingSettings(_Section):
         default="auto",
         description="auto: float16 on GPUs, bfloat16 on CPUs with native bf16 (AMX or AVX512-BF16), else float32.",
     )
+    cpu_threads: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="torch threads for a model on the CPU; 0: OMP_NUM_THREADS where set (Ray sets it to a "
+        "replica's num_cpus), else one less than this process's cores (at least one).",
+    )
     batch_size: int = Field(
         default=64,
         ge=1,

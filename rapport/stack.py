@@ -68,7 +68,9 @@ async def open_stack(
     try:
         if embedder is None:
             model = settings.embedding
-            embedder = await asyncio.to_thread(load_embedder, model.model, model.device, model.precision)
+            embedder = await asyncio.to_thread(
+                load_embedder, model.model, model.device, model.precision, model.cpu_threads
+            )
         index = await open_index(settings, embedder.dimension, recreate=recreate_index)
         sync = IndexSync.configured(database, index, embedder, settings.vector_store)
         if run_index_sync:

@@ -14,6 +14,8 @@ __all__ = [
 ]
 
 
-def load_embedder(source: str, device: str = "auto", precision: str = "auto") -> SentenceTransformerEmbedder:
+def load_embedder(
+    source: str, device: str = "auto", precision: str = "auto", cpu_threads: int = 0
+) -> SentenceTransformerEmbedder:
     """The configured model, loaded in this process."""
-    return SentenceTransformerEmbedder(source, device=device, precision=precision)
+    return SentenceTransformerEmbedder(source, device=device, precision=precision, cpu_threads=cpu_threads)

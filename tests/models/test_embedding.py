@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from deployments.embedder import ServeEmbedder
 from models.embedding import EmbeddingModelNotFound, SentenceTransformerEmbedder, load_embedder, locate_model
-from models.embedding.sentence_transformer import pick_precision
+from models.embedding.sentence_transformer import pick_cpu_threads, pick_precision
 
 
 def test_vectors_are_unit_length_and_similar_texts_are_close(
@@ -44,6 +45,17 @@ def test_precision_follows_the_hardware() -> None:
     assert pick_precision("auto", "cuda:0") == "float16"
     assert pick_precision("float32", "cuda") == "float32"
     assert pick_precision("auto", "cpu") in {"bfloat16", "float32"}
+
+
+def test_cpu_threads_leave_a_core_to_the_process_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert pick_cpu_threads(0) == max(1, cores - 1)
+    assert pick_cpu_threads(3) == 3  # the setting wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # as Ray sets it for an actor with num_cpus=4
+    assert pick_cpu_threads(0) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert pick_cpu_threads(0) == max(1, cores - 1)
 
 
 class FakeHandle:
