@@ -191,6 +191,11 @@ class Collection(Base):
     )
 
 
+# A document's content as the deriver compares facts for exact repeats (storage.documents.normalized does
+# the same in Python), indexed hashed per collection (migration 0007): contents can outgrow a btree entry.
+NORMALIZED_CONTENT = "btrim(regexp_replace(lower(content), '[^0-9a-z]+', ' ', 'g'))"
+
+
 class Document(Base):
     __tablename__ = "documents"
     id: Mapped[str] = _id()
@@ -207,6 +212,7 @@ class Document(Base):
     __table_args__ = (
         CheckConstraint("char_length(content) BETWEEN 1 AND 100000", name="content_length"),
         Index("ix_documents_collection_id_seq", "collection_id", "seq"),
+        Index("ix_documents_collection_id_normalized", "collection_id", text(f"md5({NORMALIZED_CONTENT})")),
         *_metadata_checks("documents"),
     )
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from storage import collections, documents, users
 from storage.db import Database
 from storage.errors import ConflictError, InvalidError, NotFoundError
-from storage.tables import Collection, Document
+from storage.tables import NORMALIZED_CONTENT, Collection, Document
 from tests.storage.factories import make_tree
 
 
@@ -93,6 +93,34 @@ async def test_documents_crud_and_cascade(database: Database) -> None:
         await collections.delete_collection(db, t.app_id, t.user_id, c.id)
     assert await _count(database, Collection) == 0
     assert await _count(database, Document) == 0, "deleting a collection deletes its documents"
+
+
+async def test_exact_repeats_are_found_by_normalised_content_through_their_index(database: Database) -> None:
+    t = await make_tree(database)
+    async with database.transaction() as db:
+        c = await collections.create_collection(db, t.app_id, t.user_id, "notes")
+        other = await collections.create_collection(db, t.app_id, t.user_id, "elsewhere")
+        kept = await documents.create_document(
+            db, t.app_id, t.user_id, c.id, content="Ana  LOVES rock-climbing!"
+        )
+        await documents.create_document(db, t.app_id, t.user_id, c.id, content="Ana loves hiking.")
+        await documents.create_document(db, t.app_id, t.user_id, other.id, content="Ana loves rock climbing")
+        wanted = [documents.normalized("ana loves rock climbing."), documents.normalized("Ana has a cat")]
+        found = await documents.find_normalized(db, c.id, wanted)
+        # The planner takes the hashed-content index (not a scan of the collection's documents).
+        await db.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(
+            row[0]
+            for row in await db.execute(
+                text(
+                    f"EXPLAIN SELECT id FROM documents WHERE collection_id = :c AND md5({NORMALIZED_CONTENT}) "
+                    "= ANY(ARRAY(SELECT md5(t) FROM unnest(CAST(:texts AS text[])) AS t))"
+                ),
+                {"c": c.id, "texts": wanted},
+            )
+        )
+    assert {key: row.id for key, row in found.items()} == {"ana loves rock climbing": kept.id}
+    assert "ix_documents_collection_id_normalized" in plan, plan
 
 
 async def test_bad_document_input(database: Database) -> None:
