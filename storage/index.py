@@ -77,6 +77,13 @@ class AnnOptions:
     refine_factor: int = 5
 
 
+# Rows from which a table keeps a scalar index of its ids. A merge_insert (every write is one) joins its
+# rows to the table's ids: without the index it reads all of them, with it it looks them up. Three new
+# rows into a 384-dimension table: 7.5 ms at 1,000 rows, 12.6 ms at 20,000 and 31 ms at 200,000 read
+# whole; 8-12 ms at every size through the index (a little slower than reading at a thousand rows).
+ID_INDEX_MIN_ROWS = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     id: str
@@ -94,6 +101,7 @@ class VectorIndex:
         self._tables = tables
         self.dimension = dimension
         self.ann = ann
+        self.id_index_min_rows = ID_INDEX_MIN_ROWS
         # This process's writes to a table go one at a time: two merge_inserts of the same new ids that
         # overlap both insert them (measured: every row twice), e.g. the single writer's background round
         # and an inline write of the same rows.
@@ -243,7 +251,9 @@ class VectorIndex:
 
     async def maintain(self) -> dict[str, Any]:
         """Compact small fragments, fold new rows into the indexes, prune versions older than an hour,
-        and build the ANN and scalar indexes once a table is big enough for them to pay."""
+        and build the ANN and scalar indexes once a table is big enough for them to pay: the vectors' and
+        the scope's from ``ann.min_rows``, the ids' (which every upsert and delete looks rows up by) from
+        ``id_index_min_rows``."""
         from lancedb.index import BTree, HnswSq
 
         report: dict[str, Any] = {}
@@ -256,6 +266,9 @@ class VectorIndex:
                 await table.create_index("vector", config=HnswSq(distance_type="cosine"))
                 scope = "collection_id" if name == DOCUMENTS else "user_id"
                 await table.create_index(scope, config=BTree())
+            if rows >= self.id_index_min_rows and "id_idx" not in indices:
+                log.info("building the id index on %s (%d rows)", name, rows)
+                await table.create_index("id", config=BTree())
             await table.optimize(cleanup_older_than=timedelta(hours=1))
             report[name] = {"rows": rows, "seconds": round(time.monotonic() - started, 3)}
         return report

@@ -33,3 +33,35 @@ async def test_overlapping_upserts_of_the_same_rows_store_them_once(tmp_path: Pa
         ]  # fmt: skip
         await asyncio.gather(*(index.upsert(DOCUMENTS, rows) for _ in range(3)))
     assert await index.count(DOCUMENTS) == 100
+
+
+async def test_a_big_table_gets_an_index_of_its_ids_and_upserts_still_replace_rows(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    import numpy as np
+
+    from storage.index import DOCUMENTS
+
+    index = await VectorIndex.open(str(tmp_path / "lancedb"), 8)
+    index.id_index_min_rows = 30
+    table = index._tables[DOCUMENTS]
+
+    def rows(ids: range, collection: str) -> list[dict]:
+        return [
+            {"id": f"d{i}", "app_id": "a", "user_id": "u", "collection_id": collection,
+             "created_at": datetime.now(UTC), "vector": np.random.default_rng(i).random(8, dtype=np.float32)}
+            for i in ids
+        ]  # fmt: skip
+
+    await index.upsert(DOCUMENTS, rows(range(20), "c"))
+    await index.maintain()
+    assert "id_idx" not in {i.name for i in await table.list_indices()}, "20 rows: reading the ids is cheaper"
+    await index.upsert(DOCUMENTS, rows(range(20, 40), "c"))
+    await index.maintain()
+    assert "id_idx" in {i.name for i in await table.list_indices()}
+    # Through the index: the rows written before it and after it are replaced, not written twice.
+    await index.upsert(DOCUMENTS, rows(range(35, 45), "moved"))
+    assert await index.count(DOCUMENTS) == 45
+    assert await index.count(DOCUMENTS, {"collection_id": "moved"}) == 10
+    await index.delete(DOCUMENTS, ids=["d0", "d44"])
+    assert await index.count(DOCUMENTS) == 43
