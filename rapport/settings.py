@@ -104,7 +104,7 @@ class EmbeddingSettings(_Section):
         ge=0,
         le=1024,
         description="torch threads for a model on the CPU; 0: OMP_NUM_THREADS where set (Ray sets it to a "
-        "replica's num_cpus), else one less than this process's cores (at least one).",
+        "replica's num_cpus), else torch's default (a thread per core).",
     )
     batch_size: int = Field(
         default=64,

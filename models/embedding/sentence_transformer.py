@@ -71,16 +71,11 @@ def _cpu_has_native_bf16() -> bool:
 
 def pick_cpu_threads(threads: int) -> int:
     """torch's threads for a model on the CPU: ``threads`` if set; else OMP_NUM_THREADS (which Ray sets
-    to an actor's ``num_cpus``); else one less than this process's cores. A process that embeds in-process
-    also runs an event loop, a database driver and LanceDB's threads: a forward pass split over every core
-    waits for its slowest thread, which is the one sharing a core with them (on 2 cores, the deriver at 8
-    calls in flight went 12% faster with one torch thread than with two)."""
+    to an actor's ``num_cpus``); else 0, torch's own choice (a thread per core)."""
     if threads > 0:
         return threads
     configured = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if configured.isdigit() and int(configured) > 0:
-        return int(configured)
-    return max(1, len(os.sched_getaffinity(0)) - 1)
+    return int(configured) if configured.isdigit() else 0
 
 
 def pick_precision(precision: str, device: str) -> str:
@@ -119,8 +114,9 @@ class SentenceTransformerEmbedder:
         if self.device == "cpu":
             import torch
 
-            self.cpu_threads = pick_cpu_threads(cpu_threads)
-            torch.set_num_threads(self.cpu_threads)  # for the whole process: torch has one pool
+            if chosen := pick_cpu_threads(cpu_threads):
+                torch.set_num_threads(chosen)  # for the whole process: torch has one pool
+            self.cpu_threads = torch.get_num_threads()
         if self.precision != "float32":
             import torch
 

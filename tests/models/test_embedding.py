@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import numpy as np
@@ -47,15 +46,15 @@ def test_precision_follows_the_hardware() -> None:
     assert pick_precision("auto", "cpu") in {"bfloat16", "float32"}
 
 
-def test_cpu_threads_leave_a_core_to_the_process_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_threads_come_from_the_setting_then_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    cores = len(os.sched_getaffinity(0))
-    assert pick_cpu_threads(0) == max(1, cores - 1)
-    assert pick_cpu_threads(3) == 3  # the setting wins
+    assert pick_cpu_threads(0) == 0, "torch's own choice"
+    assert pick_cpu_threads(3) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "4")  # as Ray sets it for an actor with num_cpus=4
     assert pick_cpu_threads(0) == 4
+    assert pick_cpu_threads(1) == 1, "the setting wins"
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
-    assert pick_cpu_threads(0) == max(1, cores - 1)
+    assert pick_cpu_threads(0) == 0
 
 
 class FakeHandle:
