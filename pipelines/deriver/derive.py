@@ -41,7 +41,7 @@ from rapport.settings import DeriverSettings
 from storage import collections, derivation, documents, messages, metamessages, users
 from storage.derivation import Claim
 from storage.documents import normalized
-from storage.index import DOCUMENTS
+from storage.index import DOCUMENTS, Hit
 from storage.query import Record, fetch_by_ids, record_columns
 from storage.tables import Document, Message
 from storage.validation import METADATA_MAX_BYTES
@@ -170,6 +170,7 @@ class Deriver:
             history = await messages.session_window(
                 db, held.session_id, before_seq=batch[0].seq, limit=history_limit, newest=True
             )
+            known_collection = await collections.reserved_id(db, held.user_id)
         outcome = Outcome()
         facts = await self.extract(user.name, summary, history, batch, outcome)
         summaries = []
@@ -181,13 +182,23 @@ class Deriver:
             user.name, held, batch, before, outcome, skip={kind for kind, _, _ in summaries}
         )
         vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
+        # The stored facts closest to these, found before the user's lock is taken: the search is the
+        # slowest part of the plan, and the index learns of another batch's new facts only after its
+        # commit anyway (an exact repeat is still caught under the lock, in PostgreSQL).
+        closest = (
+            await self.closest_stored(known_collection, vectors)
+            if known_collection is not None and vectors is not None
+            else None
+        )
 
         async with self.memory.documents_transaction() as tx:
             # The user's honcho collection, created if missing and locked: one writer per user at a
             # time from here to the commit, so two sessions of the same user cannot both store the same
             # new fact. (The user was read above; batch jobs lock the same rows.)
-            honcho = (await collections.lock_reserved(tx.db, [(held.app_id, held.user_id)]))[held.user_id]
-            plan = await self.plan(tx.db, honcho, facts, vectors)
+            honcho = await collections.lock_reserved_one(tx.db, held.app_id, held.user_id, known_collection)
+            plan = await self.plan(
+                tx.db, honcho, facts, vectors, closest=closest if honcho == known_collection else None
+            )
             new = [
                 documents.NewDocument(
                     held.app_id,
@@ -278,8 +289,10 @@ class Deriver:
         vectors: np.ndarray | None,
         *,
         against_stored: bool = True,
+        closest: dict[int, Hit] | None = None,
     ) -> Plan:
-        """Which facts are new and which repeat a stored one (``against_stored``) or each other."""
+        """Which facts are new and which repeat a stored one (``against_stored``) or each other.
+        ``closest``: each fact's closest stored fact (``closest_stored``), if already looked up."""
         plan = Plan([], {})
         if not facts or vectors is None:
             return plan
@@ -290,12 +303,10 @@ class Deriver:
         )
         # The closest stored fact to each fact without an exact match, in one query.
         unmatched = [i for i, (fact, _) in enumerate(facts) if normalized(fact.text) not in exact]
-        closest: dict[int, Any] = {}
-        if against_stored and unmatched:
-            found = await self.memory.index.nearest_each(
-                DOCUMENTS, vectors[unmatched], scope={"collection_id": collection_id}, limit=1
-            )
-            closest = {i: hits[0] for i, hits in zip(unmatched, found, strict=True) if hits}
+        if not against_stored:
+            closest = {}
+        elif closest is None:
+            closest = await self.closest_stored(collection_id, vectors, unmatched) if unmatched else {}
         kept: list[np.ndarray] = []
         seen: dict[str, int] = {}  # normalised text -> its index in plan.new
         for i, ((fact, sources), vector) in enumerate(zip(facts, vectors, strict=True)):
@@ -320,6 +331,17 @@ class Deriver:
             plan.new.append((fact, list(sources), vector))
             kept.append(vector)
         return plan
+
+    async def closest_stored(
+        self, collection_id: str, vectors: np.ndarray, which: Sequence[int] | None = None
+    ) -> dict[int, Hit]:
+        """The stored fact closest to each of ``vectors`` (or to those ``which`` picks), by position, in
+        one search of the collection."""
+        picked = list(range(len(vectors))) if which is None else list(which)
+        found = await self.memory.index.nearest_each(
+            DOCUMENTS, vectors[picked], scope={"collection_id": collection_id}, limit=1
+        )
+        return {i: hits[0] for i, hits in zip(picked, found, strict=True) if hits}
 
     # --- summaries ---------------------------------------------------------------------------------
 
