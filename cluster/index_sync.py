@@ -82,8 +82,9 @@ class OutboxSource:
         return isinstance(error, DEPENDENCY_OUTAGES)
 
     async def _maintain_if_due(self) -> None:
-        """Compact and index now and then, between rounds (never beside a write of this writer's)."""
-        if time.monotonic() - self._last_upkeep < self.maintain_every_s:
+        """Compact and index every ``maintain_every_s``, or sooner once a table has taken many writes
+        (``IndexSync.compaction_due``), between this worker's rounds."""
+        if time.monotonic() - self._last_upkeep < self.maintain_every_s and not self.sync.compaction_due():
             return
         self._last_upkeep = time.monotonic()
         try:

@@ -249,15 +249,17 @@ class VectorIndex:
 
     # --- upkeep ----------------------------------------------------------------------------------------
 
-    async def maintain(self) -> dict[str, Any]:
+    async def maintain(self, tables: Sequence[str] | None = None) -> dict[str, Any]:
         """Compact small fragments, fold new rows into the indexes, prune versions older than an hour,
         and build the ANN and scalar indexes once a table is big enough for them to pay: the vectors' and
         the scope's from ``ann.min_rows``, the ids' (which every upsert and delete looks rows up by) from
-        ``id_index_min_rows``."""
+        ``id_index_min_rows``. ``tables``: only these (default: every table)."""
         from lancedb.index import BTree, HnswSq
 
         report: dict[str, Any] = {}
         for name, table in self._tables.items():
+            if tables is not None and name not in tables:
+                continue
             started = time.monotonic()
             rows = await table.count_rows()
             indices = {i.name: i for i in await table.list_indices()}

@@ -305,3 +305,30 @@ async def test_the_index_is_compacted_when_every_write_was_inline(memory: Memory
     assert await source.claim() is None, "nothing left for the sync: every write was inline"
     assert (await table.stats())["fragment_stats"]["num_fragments"] == 1
     assert await memory.index.count(DOCUMENTS, {"collection_id": cid}) == 6
+
+
+async def test_many_writes_bring_upkeep_before_its_interval(memory: Memory, database: Database) -> None:
+    """A busy writer adds fragments faster than a minute's upkeep folds them: after enough writes to a
+    table (COMPACT_AFTER_WRITES_MIN while it is small) upkeep comes at the next round, not on the clock."""
+    from cluster.index_sync import OutboxSource
+    from pipelines.indexing import COMPACT_AFTER_WRITES_MIN
+
+    t = await make_tree(database)
+    async with database.transaction() as db:
+        cid = (await collections.create_collection(db, t.app_id, t.user_id, "c")).id
+    source = OutboxSource(memory.writer, maintain_every_s=3600.0)  # type: ignore[arg-type]
+    table = memory.index._tables[DOCUMENTS]
+
+    async def fragments() -> int:
+        return int((await table.stats())["fragment_stats"]["num_fragments"])
+
+    for i in range(COMPACT_AFTER_WRITES_MIN - 1):
+        await memory.add_document(t.app_id, t.user_id, cid, content=f"fact number {i}", metadata={})
+    await source.claim()
+    assert await fragments() >= COMPACT_AFTER_WRITES_MIN - 1, "too few writes yet: upkeep waits its hour"
+    await memory.add_document(t.app_id, t.user_id, cid, content="one fact more", metadata={})
+    await source.claim()
+    assert await fragments() == 1
+    assert await memory.index.count(DOCUMENTS, {"collection_id": cid}) == COMPACT_AFTER_WRITES_MIN
+    await source.claim()  # nothing written since: nothing to do
+    assert await fragments() == 1
