@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cluster.deriver import derivation_workers  # noqa: E402
+from cluster.index_sync import IndexSyncLoop, drain  # noqa: E402
 from models.llm import ChatMessage  # noqa: E402
 from models.llm.scripted import ScriptedLLM  # noqa: E402
 from pipelines.deriver import Deriver, DeriverOptions  # noqa: E402
@@ -170,6 +171,11 @@ async def run_pipeline(
             return outcome
 
         deriver.derive = timed  # type: ignore[method-assign]
+        # The index sync runs beside the workers, as `rapport serve` runs it (its upkeep folds the
+        # fragments that the workers' writes add); the seeded messages are indexed before the clock starts.
+        while await drain(stack.sync):
+            pass
+        index_sync = IndexSyncLoop(stack.sync, settings.vector_store).start()
         stop = asyncio.Event()
         workers = derivation_workers(deriver, settings.deriver)
         total = n_sessions * per_session
@@ -186,6 +192,7 @@ async def run_pipeline(
         elapsed = max(finished) - started
         stop.set()
         await running
+        await index_sync.stop()
         assert counts.parked == 0, counts
         async with stack.database.transaction() as db:
             retried = (
