@@ -105,32 +105,35 @@ _DUE = text(
 # with the claim it waits for.
 _APP_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended('rapport.derive:' || :app_id, 0))")
 _APP_HELD = text(f"{_HELD} AND app_id = :app_id GROUP BY app_id")
-# The app's turn is taken (clock time, not the transaction's: claims at the same instant are ordered).
-_TURN = text(
-    "INSERT INTO derivation_apps (app_id, last_claim_at) VALUES (:app_id, clock_timestamp()) "
-    "ON CONFLICT (app_id) DO UPDATE SET last_claim_at = excluded.last_claim_at"
-)
-
-# Take the lease unless another worker just did (the row is created by a session's first claim).
+# Take the lease unless another worker just did (the row is created by a session's first claim); if taken,
+# take the app's turn (clock time, not the transaction's: claims at the same instant are ordered) and read
+# the session's pending items in message order. One statement: no row if the lease was not taken, one row
+# of nulls if it was but nothing is pending any more.
 _LEASE = text(
     """
-    INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
-    VALUES (:session_id, :app_id, :user_id, :token, now() + :lease)
-    ON CONFLICT (session_id) DO UPDATE
-        SET lease_owner = excluded.lease_owner, leased_until = excluded.leased_until
-        WHERE (d.leased_until IS NULL OR d.leased_until <= now()) AND (d.not_before IS NULL OR d.not_before <= now())
-    RETURNING d.session_id
+    WITH lease AS (
+        INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
+        VALUES (:session_id, :app_id, :user_id, :token, now() + :lease)
+        ON CONFLICT (session_id) DO UPDATE
+            SET lease_owner = excluded.lease_owner, leased_until = excluded.leased_until
+            WHERE (d.leased_until IS NULL OR d.leased_until <= now()) AND (d.not_before IS NULL OR d.not_before <= now())
+        RETURNING d.session_id
+    ),
+    turn AS (
+        INSERT INTO derivation_apps (app_id, last_claim_at)
+        SELECT :app_id, clock_timestamp() FROM lease
+        ON CONFLICT (app_id) DO UPDATE SET last_claim_at = excluded.last_claim_at
+    )
+    SELECT p.message_id, p.seq, p.tokens, p.attempts
+    FROM lease LEFT JOIN LATERAL (
+        SELECT message_id, seq, tokens, attempts FROM derivation_queue
+        WHERE session_id = lease.session_id AND status = 'pending'
+        ORDER BY seq
+        LIMIT :limit
+    ) p ON true
+    ORDER BY p.seq
     """
 ).bindparams(bindparam("lease", type_=Interval))
-
-_PENDING = text(
-    """
-    SELECT message_id, seq, tokens, attempts FROM derivation_queue
-    WHERE session_id = :session_id AND status = 'pending'
-    ORDER BY seq
-    LIMIT :limit
-    """
-)
 
 # Give the session back: offered again after ``delay`` (zero once its batch is done).
 _RELEASE = text(
@@ -175,11 +178,10 @@ async def claim(
             "token": token,
             "lease": timedelta(seconds=lease_s),
         }
-        if (await db.execute(_LEASE, params)).first() is None:
+        leased = (await db.execute(_LEASE, {**params, "limit": max_items})).all()
+        if not leased:
             continue  # another worker took it a moment ago
-        await db.execute(_TURN, {"app_id": row.app_id})
-        pending = (await db.execute(_PENDING, {"session_id": row.session_id, "limit": max_items})).all()
-        items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in pending]
+        items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in leased if p.message_id is not None]
         return Claim(token, row.app_id, row.user_id, row.session_id, tuple(_batch(items, max_tokens)))
     return None
 
@@ -235,18 +237,33 @@ async def _hold(db: AsyncConnection, held: Claim) -> None:
         raise LeaseLost(f"the lease on session {held.session_id} was lost; another worker has it now")
 
 
+# Items done and the session released, if the lease is still the claim's (one statement; no row if not).
+_COMPLETE = text(
+    """
+    WITH held AS (
+        SELECT session_id FROM derivation_sessions
+        WHERE session_id = :session_id AND lease_owner = :token
+        FOR UPDATE
+    ),
+    finished AS (
+        UPDATE derivation_queue SET status = 'done', done_at = now(), last_error = NULL, raw_output = NULL
+        WHERE session_id IN (SELECT session_id FROM held) AND message_id = ANY(:ids) AND status = 'pending'
+    ),
+    released AS (
+        UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL, not_before = now()
+        WHERE session_id IN (SELECT session_id FROM held)
+    )
+    SELECT session_id FROM held
+    """
+).bindparams(_IDS)
+
+
 async def complete(db: AsyncConnection, held: Claim, message_ids: Sequence[str]) -> None:
     """Mark these items done and release the session. Call it in the transaction that stores their
     output: if the lease was lost, LeaseLost aborts that transaction and nothing is stored twice."""
-    await _hold(db, held)
-    await db.execute(
-        text(
-            "UPDATE derivation_queue SET status = 'done', done_at = now(), last_error = NULL, raw_output = NULL "
-            "WHERE session_id = :session_id AND message_id = ANY(:ids) AND status = 'pending'"
-        ).bindparams(_IDS),
-        {"session_id": held.session_id, "ids": list(message_ids)},
-    )
-    await db.execute(_RELEASE, {"session_id": held.session_id, "token": held.token, "delay": timedelta(0)})
+    params = {"session_id": held.session_id, "token": held.token, "ids": list(message_ids)}
+    if (await db.execute(_COMPLETE, params)).first() is None:
+        raise LeaseLost(f"the lease on session {held.session_id} was lost; another worker has it now")
 
 
 def backoff_s(attempts: int, *, base_s: float = 5.0, max_s: float = 600.0) -> float:
