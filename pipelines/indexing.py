@@ -195,11 +195,13 @@ class IndexSync:
 
     async def _write_document_groups(self, writes: list[_DocumentWrite]) -> list[None]:
         rows = [row for each, _, _ in writes for row in each]
+        entries = [i for _, _, ids in writes for i in ids]
         if rows:
             vectors = np.concatenate([v for each, v, _ in writes if len(each)])
-            await self._upsert(INDEXED_BY_KIND["document"], rows, vectors)
-        async with self.database.transaction() as db:
-            await outbox.done(db, [i for _, _, ids in writes for i in ids])
+            await self._upsert(INDEXED_BY_KIND["document"], rows, vectors, retire=entries)
+        else:
+            async with self.database.transaction() as db:
+                await outbox.done(db, entries)
         return [None] * len(writes)
 
     async def apply(self, outbox_ids: Sequence[int]) -> None:
@@ -295,15 +297,18 @@ class IndexSync:
         vectors = await _bounded(self.embedder.embed([spec.text_of(r) for r in rows]))
         await self._upsert(spec, rows, vectors)
 
-    async def _upsert(self, spec: _Indexed, rows: Sequence[Record], vectors: np.ndarray) -> None:
-        """Write rows with their vectors, then check them against PostgreSQL (see ``_verify``)."""
+    async def _upsert(
+        self, spec: _Indexed, rows: Sequence[Record], vectors: np.ndarray, *, retire: Sequence[int] = ()
+    ) -> None:
+        """Write rows with their vectors, then check them against PostgreSQL (see ``_verify``) and retire
+        the outbox entries ``retire`` in the same transaction."""
         await _bounded(
             self.index.upsert(spec.table, [spec.to_row(r, v) for r, v in zip(rows, vectors, strict=True)])
         )
         self._writes_since_upkeep[spec.table] += 1
-        await self._verify(spec, {r.id: spec.text_of(r) for r in rows})
+        await self._verify(spec, {r.id: spec.text_of(r) for r in rows}, retire)
 
-    async def _verify(self, spec: _Indexed, written: dict[str, str]) -> None:
+    async def _verify(self, spec: _Indexed, written: dict[str, str], retire: Sequence[int] = ()) -> None:
         """Re-read what was just written: a row deleted meanwhile leaves the index again, and one changed
         meanwhile is queued again, so a write that lost a race never outlives the winner's."""
         async with self.database.transaction() as db:
@@ -311,6 +316,8 @@ class IndexSync:
             changed = [i for i, text in written.items() if i in now and now[i] != text]
             if changed:
                 await outbox.enqueue_upserts(db, spec.kind, changed)
+            if retire:
+                await outbox.done(db, list(retire))
         gone = [i for i in written if i not in now]
         if gone:
             await _bounded(self.index.delete(spec.table, ids=gone))
