@@ -58,6 +58,14 @@ class Database:
         async with self.engine.begin() as connection:
             yield connection
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads only, each statement on its own (autocommit): no BEGIN and COMMIT round
+        trips. Under READ COMMITTED each statement of a transaction sees its own snapshot anyway, so a
+        block of reads sees nothing different; a block that writes, or must lock, takes ``transaction``."""
+        async with self.engine.connect() as connection:
+            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+
     async def ping(self) -> None:
         """Raise if the database can't answer a trivial query."""
         async with self.engine.connect() as conn:

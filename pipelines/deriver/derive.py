@@ -152,25 +152,15 @@ class Deriver:
 
     async def derive(self, held: Claim) -> Outcome:
         """Derive the batch and record it (or raise, having recorded nothing)."""
-        async with self.memory.database.transaction() as db:
+        async with self.memory.database.reading() as db:
             user = await users.get_user(db, held.app_id, held.user_id)
             batch = sorted(await fetch_by_ids(db, Message, held.message_ids), key=lambda m: m.seq)
-            if not batch:  # the messages were deleted meanwhile: nothing to derive
+            context = await self._context(db, held, batch) if batch else None
+        if context is None:  # the messages were deleted meanwhile: nothing to derive
+            async with self.memory.database.transaction() as db:
                 await derivation.complete(db, held, held.message_ids)
-                return Outcome()
-            before = await messages.count_before(db, held.session_id, batch[0].seq)
-            summary = await metamessages.latest_summary(
-                db, held.session_id, SUMMARY_LABELS["SHORT"], covering_at_most=before
-            )
-            covered = _covers(summary)
-            history_limit = self.options.history_messages
-            beside = self._short_summary_beside_facts(before, len(batch))
-            if beside:  # show the messages back to what the summary so far covers, for the summary's sake
-                history_limit = max(history_limit, min(before - covered, BESIDE_FACTS_HISTORY_MAX))
-            history = await messages.session_window(
-                db, held.session_id, before_seq=batch[0].seq, limit=history_limit, newest=True
-            )
-            known_collection = await collections.reserved_id(db, held.user_id)
+            return Outcome()
+        before, summary, covered, beside, history, known_collection = context
         outcome = Outcome()
         facts = await self.extract(user.name, summary, history, batch, outcome)
         summaries = []
@@ -229,6 +219,26 @@ class Deriver:
                 outcome.summaries.append(SUMMARY_LABELS[kind])
             await derivation.complete(tx.db, held, held.message_ids)
         return outcome
+
+    async def _context(
+        self, db: AsyncConnection, held: Claim, batch: Sequence[Record]
+    ) -> tuple[int, Record | None, int, bool, Sequence[Record], str | None]:
+        """What the model is shown beside the batch, and the user's honcho collection if it exists yet:
+        (messages before the batch, the latest short summary, the messages it covers, whether this batch's
+        short summary is asked beside its facts, the messages shown before the batch, collection id)."""
+        before = await messages.count_before(db, held.session_id, batch[0].seq)
+        summary = await metamessages.latest_summary(
+            db, held.session_id, SUMMARY_LABELS["SHORT"], covering_at_most=before
+        )
+        covered = _covers(summary)
+        history_limit = self.options.history_messages
+        beside = self._short_summary_beside_facts(before, len(batch))
+        if beside:  # show the messages back to what the summary so far covers, for the summary's sake
+            history_limit = max(history_limit, min(before - covered, BESIDE_FACTS_HISTORY_MAX))
+        history = await messages.session_window(
+            db, held.session_id, before_seq=batch[0].seq, limit=history_limit, newest=True
+        )
+        return before, summary, covered, beside, history, await collections.reserved_id(db, held.user_id)
 
     # --- facts -------------------------------------------------------------------------------------
 
@@ -404,7 +414,7 @@ class Deriver:
             if due <= before:
                 continue
             message = _Positioned(batch[due - before - 1], due)
-            async with self.memory.database.transaction() as db:
+            async with self.memory.database.reading() as db:
                 previous = await metamessages.latest_summary(
                     db, held.session_id, SUMMARY_LABELS[kind], covering_at_most=due - 1
                 )
