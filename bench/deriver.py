@@ -1,7 +1,7 @@
 """The deriver: its own cost, how it scales with concurrent LLM calls, and what it finds on LoCoMo.
 
     python -m bench.deriver cost      [--messages 600]          # zero-latency LLM double, real embedder
-    python -m bench.deriver scaling   [--latency 0.3] [--users 1]  # a double that sleeps per call: 1, 2, 4, 8 in flight
+    python -m bench.deriver scaling   [--latency 0.3] [--users 1] [--rounds 16]  # a double that sleeps per call: 1, 2, 4, 8 in flight
     python -m bench.deriver quality ../shared/data/locomo-dev.json [--sessions 1] [--conversations 5]
 
 cost and scaling run the pipeline in-process (real PostgreSQL, LanceDB and MiniLM embedder; the LLM is
@@ -234,13 +234,13 @@ def cost(args: argparse.Namespace) -> None:
 def scaling(args: argparse.Namespace) -> None:
     print(
         f"# bench/deriver.py scaling  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  latency={args.latency}s"
-        f"  users={args.users}"
+        f"  users={args.users}  rounds={args.rounds}"
     )
     rates: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp, scratch_database("rapport_bench_deriver") as url:
         for concurrency in (1, 2, 4, 8):
             n, seconds, _ = asyncio.run(
-                run_pipeline(url, Path(tmp), n_sessions=8 * concurrency, per_session=6, latency_s=args.latency,
+                run_pipeline(url, Path(tmp), n_sessions=args.rounds * concurrency, per_session=6, latency_s=args.latency,
                              concurrency=concurrency, n_users=args.users)
             )  # fmt: skip
             rates[concurrency] = n / seconds
@@ -440,6 +440,13 @@ def main() -> None:
     scale.add_argument("--latency", type=float, default=0.3)
     scale.add_argument(
         "--users", type=int, default=1, help="deal the sessions round this many users (1: the worst case)"
+    )
+    scale.add_argument(
+        "--rounds",
+        type=int,
+        default=16,
+        help="sessions (batches of 6 messages) per worker at each level; the first round starts every "
+        "worker at once and the last leaves some idle, so few rounds measure mostly the start and the end",
     )
     q = commands.add_parser("quality")
     q.add_argument("locomo")
