@@ -40,7 +40,10 @@ class DerivationSource:
         self.database = deriver.memory.database
 
     async def claim(self) -> Claim | None:
-        async with self.database.transaction() as db:
+        # A claim's writes are each one statement (the lease, with the app's turn), unless apps are
+        # capped: then an app's leases are counted under a lock held to the end of a transaction.
+        capped = bool(self.per_app or self.caps)
+        async with self.database.transaction() if capped else self.database.autocommit() as db:
             return await derivation.claim(
                 db,
                 lease_s=self.settings.lease_s,

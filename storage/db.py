@@ -59,10 +59,11 @@ class Database:
             yield connection
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads only, each statement on its own (autocommit): no BEGIN and COMMIT round
-        trips. Under READ COMMITTED each statement of a transaction sees its own snapshot anyway, so a
-        block of reads sees nothing different; a block that writes, or must lock, takes ``transaction``."""
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose statements each stand alone (autocommit): no BEGIN and COMMIT round trips.
+        For reads (under READ COMMITTED each statement of a transaction sees its own snapshot anyway, so
+        a block of reads sees nothing different) and for writes each complete in one statement; a block
+        whose writes must stand or fall together, or that locks, takes ``transaction``."""
         async with self.engine.connect() as connection:
             yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 

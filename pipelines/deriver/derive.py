@@ -152,7 +152,7 @@ class Deriver:
 
     async def derive(self, held: Claim) -> Outcome:
         """Derive the batch and record it (or raise, having recorded nothing)."""
-        async with self.memory.database.reading() as db:
+        async with self.memory.database.autocommit() as db:
             user = await users.get_user(db, held.app_id, held.user_id)
             batch = sorted(await fetch_by_ids(db, Message, held.message_ids), key=lambda m: m.seq)
             context = await self._context(db, held, batch) if batch else None
@@ -414,7 +414,7 @@ class Deriver:
             if due <= before:
                 continue
             message = _Positioned(batch[due - before - 1], due)
-            async with self.memory.database.reading() as db:
+            async with self.memory.database.autocommit() as db:
                 previous = await metamessages.latest_summary(
                     db, held.session_id, SUMMARY_LABELS[kind], covering_at_most=due - 1
                 )

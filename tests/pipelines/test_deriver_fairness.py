@@ -101,6 +101,7 @@ async def test_without_a_cap_apps_still_take_turns(database: Database, memory: M
     await derive_all(memory, llm, per_app=0, workers=2)
 
     # Uncapped, two workers claiming at the very same instant may both pick busy's work; the quiet app
-    # has the next turn whichever worker frees first (without turns it would be last, behind all 6).
-    assert llm.started.index("quiet") <= 2, f"the quiet app waited behind the backlog: {llm.started}"
+    # has the next turn whichever worker frees first (without turns it would be last, behind all 6). The
+    # two free up at about the same moment, so the other's next call (busy's) may begin a moment before.
+    assert llm.started.index("quiet") <= 3, f"the quiet app waited behind the backlog: {llm.started}"
     assert llm.most_at_once["busy"] == 2, "uncapped, the busy app may use every worker"

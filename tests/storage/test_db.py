@@ -18,7 +18,7 @@ async def test_reads_need_no_transaction_and_leave_the_pool_transactional(
     try:
         async with own.transaction() as db:
             app = await apps.create_app(db, "reading")
-        async with own.reading() as db:
+        async with own.autocommit() as db:
             status = await db.execute(text("SELECT count(*) FROM apps WHERE id = :id"), {"id": app.id})
             assert status.scalar_one() == 1
             # now() is when the transaction began: the statement's own start when it is one on its own.
@@ -29,7 +29,7 @@ async def test_reads_need_no_transaction_and_leave_the_pool_transactional(
             async with own.transaction() as db:
                 await apps.create_app(db, "rolled back")
                 raise RuntimeError("abort")
-        async with own.reading() as db:
+        async with own.autocommit() as db:
             names = (await db.execute(text("SELECT name FROM apps ORDER BY name"))).scalars().all()
         assert names == ["reading"]
     finally:
