@@ -33,6 +33,10 @@ class LeaseLost(StorageError):
         super().__init__(detail)
         self.users = list(users)  # whose leases were lost, when a job completes several users
 
+    @classmethod
+    def of(cls, held: Claim) -> LeaseLost:
+        return cls(f"the lease on session {held.session_id} was lost; another worker has it now")
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -234,7 +238,7 @@ async def _hold(db: AsyncConnection, held: Claim) -> None:
         )
     ).first()
     if row is None or row.lease_owner != held.token:
-        raise LeaseLost(f"the lease on session {held.session_id} was lost; another worker has it now")
+        raise LeaseLost.of(held)
 
 
 # Items done and the session released, if the lease is still the claim's (one statement; no row if not).
@@ -263,7 +267,7 @@ async def complete(db: AsyncConnection, held: Claim, message_ids: Sequence[str])
     output: if the lease was lost, LeaseLost aborts that transaction and nothing is stored twice."""
     params = {"session_id": held.session_id, "token": held.token, "ids": list(message_ids)}
     if (await db.execute(_COMPLETE, params)).first() is None:
-        raise LeaseLost(f"the lease on session {held.session_id} was lost; another worker has it now")
+        raise LeaseLost.of(held)
 
 
 def backoff_s(attempts: int, *, base_s: float = 5.0, max_s: float = 600.0) -> float:

@@ -149,15 +149,20 @@ def normalized(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
+# A document whose hashed normalised content is among ``:texts``' (a text array): the condition the index of
+# migration 0007 answers.
+NORMALIZED_AMONG = (
+    f"md5({NORMALIZED_CONTENT}) = ANY(ARRAY(SELECT md5(t) FROM unnest(CAST(:texts AS text[])) AS t))"
+)
+
+
 async def find_normalized(db: AsyncConnection, collection_id: str, texts: Sequence[str]) -> dict[str, Record]:
     """The collection's documents whose normalized content is one of ``texts``' (already normalized)."""
     if not texts:
         return {}
     # Written out, not bound: the planner matches the index's expression only with the same constants.
     key = literal_column(NORMALIZED_CONTENT, type_=Text)
-    hashed = text(
-        f"md5({NORMALIZED_CONTENT}) = ANY(ARRAY(SELECT md5(t) FROM unnest(CAST(:texts AS text[])) AS t))"
-    ).bindparams(bindparam("texts", list(texts), type_=ARRAY(Text)))
+    hashed = text(NORMALIZED_AMONG).bindparams(bindparam("texts", list(texts), type_=ARRAY(Text)))
     rows = await db.execute(
         select(*record_columns(Document), key.label("normalized")).where(
             Document.collection_id == collection_id, hashed, key.in_(list(texts))
