@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +81,27 @@ class DBSettings(_Section):
                 "e.g. postgresql+psycopg://user:password@host:5432/rapport"
             )
         return value
+
+
+# Words that mark a secret copied from an example instead of generated (serve_config.gpu.yaml ships
+# "CHANGE_ME-with-openssl-rand-hex-32-output", config.toml.example "a long random string").
+PLACEHOLDER_WORDS = ("change_me", "changeme", "change-me", "replace", "placeholder", "random string", "your")
+SECRET_MIN_BITS = 96
+
+
+def weak_secret(secret: str) -> str | None:
+    """Why ``secret`` would be guessable, or None. Its entropy is estimated from its own characters'
+    frequencies (`openssl rand -hex 16`, 32 characters, estimates at about 110 bits; a word padded with
+    one letter at about 70), and a repeated word or pattern is caught by its repeated 4-character runs."""
+    lowered = secret.lower()
+    if any(word in lowered for word in PLACEHOLDER_WORDS):
+        return "is a placeholder from an example"
+    counts = Counter(secret)
+    bits = -sum(n * math.log2(n / len(secret)) for n in counts.values())
+    runs = [secret[i : i + 4] for i in range(len(secret) - 3)]
+    if bits < SECRET_MIN_BITS or len(set(runs)) < 0.75 * len(runs):
+        return "is too predictable (a repeated pattern or too few different characters)"
+    return None
 
 
 class AuthSettings(_Section):
@@ -341,6 +363,11 @@ class Settings(BaseSettings):
             raise ValueError("AUTH_USE_AUTH is on but AUTH_JWT_SECRET is not set: set a long random secret")
         if secret and len(secret) < 32:
             raise ValueError("AUTH_JWT_SECRET must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        if secret and (problem := weak_secret(secret)):
+            raise ValueError(
+                f"AUTH_JWT_SECRET {problem}: anyone who guesses it can mint admin keys; set it to the output "
+                "of `openssl rand -hex 32`"
+            )
         return self
 
     @classmethod

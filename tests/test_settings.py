@@ -59,7 +59,7 @@ def test_priority_env_over_dotenv_over_toml_over_default(monkeypatch: pytest.Mon
 def test_section_key_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_CONNECTION_URI", "postgresql://u:pw@db.example:5432/rapport")
     monkeypatch.setenv("AUTH_USE_AUTH", "true")
-    monkeypatch.setenv("AUTH_JWT_SECRET", "s3cret-value-" + "x" * 32)
+    monkeypatch.setenv("AUTH_JWT_SECRET", "s3cret-value-" + RANDOM_HEX)
     monkeypatch.setenv("VECTOR_STORE_URI", "/data/lance")
     monkeypatch.setenv("RAPPORT_HOME", "/srv/rapport")
     s = Settings()
@@ -72,7 +72,7 @@ def test_section_key_env_names(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_secrets_are_masked_wherever_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_CONNECTION_URI", "postgresql+psycopg://u:hunter2@db:5432/r")
     monkeypatch.setenv("AUTH_USE_AUTH", "true")
-    monkeypatch.setenv("AUTH_JWT_SECRET", "jwt-hunter2-" + "x" * 32)
+    monkeypatch.setenv("AUTH_JWT_SECRET", "jwt-hunter2-" + RANDOM_HEX)
     monkeypatch.setenv("LLM_API_KEY", "sk-hunter2")
     s = Settings()
     for text in (repr(s), str(s), str(s.redacted())):
@@ -96,6 +96,43 @@ def test_bad_values_fail_with_the_key_named(monkeypatch: pytest.MonkeyPatch, env
         monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+# `openssl rand -hex 32` output, as the README says to make a secret.
+RANDOM_HEX = "9f3b1c07d2e84a6f5b0c9d1e7a2f4c8b3e6d0a5f1c9b7e2d4a8f6c0b3e5d7a19"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "CHANGE_ME-with-openssl-rand-hex-32-output",  # the placeholder serve_config.gpu.yaml ships
+        "changeme-changeme-changeme-changeme",
+        "a long random string, at least 32 chars",  # config.toml.example's words
+        "x" * 40,
+        "s3cret-value-" + "x" * 32,
+        "abababababababababababababababababab",
+        "password-password-password-password",
+    ],
+)
+def test_placeholder_and_low_entropy_secrets_are_refused(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("AUTH_USE_AUTH", "true")
+    monkeypatch.setenv("AUTH_JWT_SECRET", secret)
+    with pytest.raises(ValidationError, match="AUTH_JWT_SECRET .*openssl rand -hex 32"):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        RANDOM_HEX,
+        "9f3b1c07d2e84a6f5b0c9d1e7a2f4c8b",  # `openssl rand -hex 16`
+        "q8Jx2mV0pL7rT4nZ9sW1yB6cF3hK5dGe",  # `openssl rand -base64 24`
+    ],
+)
+def test_random_secrets_are_accepted(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+    monkeypatch.setenv("AUTH_USE_AUTH", "true")
+    monkeypatch.setenv("AUTH_JWT_SECRET", secret)
+    assert Settings().auth.jwt_secret is not None
 
 
 def test_unknown_key_in_config_toml_is_an_error() -> None:

@@ -15,7 +15,7 @@ from rapport.settings import Settings
 from storage.db import Database
 from storage.tables import Base
 
-SECRET = "test-secret-" + "0123456789abcdef" * 3
+SECRET = "test-secret-5e0b9c2a7f14d83e6a91c4b07d2f58e3a6c19b4d70e2f85a"
 
 
 def make_settings(**sections: dict[str, Any]) -> Settings:
