@@ -118,11 +118,16 @@ async def gather_context(
     queries: str | Sequence[str],
     related: Sequence[str] = (),
     options: ContextOptions | None = None,
+    session_only: bool = False,
 ) -> Context:
     """The context for ``queries`` (for several: each one's facts and messages, merged; up to
     ``top_k`` of each per query), within ``options.max_tokens``. ``related`` queries (a rewrite's) widen
-    the search without raising those counts. Raises NotFoundError for an unknown user, or a session not
-    theirs."""
+    the search without raising those counts. ``session_only``: only what the session holds (its
+    messages and summaries, and the facts derived from its messages), for a caller whose key reaches
+    that session and no other. Raises NotFoundError for an unknown user, or a session not theirs."""
+    if session_only and session_id is None:
+        raise InvalidError("a context limited to a session needs the session", field=("session_id",))
+    within = session_id if session_only else None
     options = options or ContextOptions()
     asked = check_queries(queries)
     texts = list(dict.fromkeys([*asked, *related]))
@@ -137,8 +142,11 @@ async def gather_context(
     found = await retrieval.gather_all(
         known,
         vectors,
-        *(_facts(memory, app_id, user_id, known, vectors, i, t, options.top_k) for i, t in enumerate(texts)),
-        *(_messages(memory, app_id, user_id, vectors, i, t, wanted) for i, t in enumerate(texts)),
+        *(
+            _facts(memory, app_id, user_id, known, vectors, i, t, options.top_k, within)
+            for i, t in enumerate(texts)
+        ),
+        *(_messages(memory, app_id, user_id, vectors, i, t, wanted, within) for i, t in enumerate(texts)),
     )
     base, _, *searched = found  # _Known, the vectors, then each search
     found_facts, found_messages = searched[: len(texts)], searched[len(texts) :]
@@ -196,8 +204,10 @@ async def _facts(
     i: int,
     query: str,
     top_k: int,
+    within: str | None = None,
 ) -> list[tuple[Record, float]]:
-    """The user's facts that best answer query ``i``: nearest by embedding, re-scored on their words."""
+    """The user's facts that best answer query ``i``: nearest by embedding, re-scored on their words.
+    ``within``: only facts derived from a message of that session."""
     collection_id = (await known).honcho_id
     if collection_id is None:  # nothing derived for this user yet
         return []
@@ -209,6 +219,10 @@ async def _facts(
         found = await documents.fetch_many(
             db, [h.id for h in semantic], app_id=app_id, user_id=user_id, collection_id=collection_id
         )
+        if within is not None:
+            sources = {i: sources_of(fact) for i, fact in found.items()}
+            ours = await messages.of_session(db, within, [m for ids in sources.values() for m in ids])
+            found = {i: fact for i, fact in found.items() if sources[i] & ours}
     semantic = [h for h in semantic if h.id in found]  # the index may briefly hold deleted rows
     lexical = bm25(query, [found[h.id].content for h in semantic])
     matching = [Hit(h.id, score) for h, score in zip(semantic, lexical, strict=True) if score > 0]
@@ -225,6 +239,7 @@ async def _messages(
     i: int,
     query: str,
     top_k: int,
+    within: str | None = None,
 ) -> list[tuple[Record, float]]:
     async def vector() -> np.ndarray:
         return (await vectors)[i]
@@ -235,6 +250,7 @@ async def _messages(
         memory.embedder,
         app_id=app_id,
         user_id=user_id,
+        session_id=within,
         query=query,
         top_k=top_k,
         vector=vector(),

@@ -200,3 +200,11 @@ async def count_before(db: AsyncConnection, session_id: str, seq: int) -> int:
         select(func.count()).select_from(Message).where(Message.session_id == session_id, Message.seq < seq)
     )
     return int((await db.execute(query)).scalar_one())
+
+
+async def of_session(db: AsyncConnection, session_id: str, ids: Sequence[str]) -> set[str]:
+    """Which of these message ids belong to the session."""
+    if not ids:
+        return set()
+    query = select(Message.id).where(Message.session_id == session_id, Message.id.in_(list(set(ids))))
+    return {row.id for row in await db.execute(query)}

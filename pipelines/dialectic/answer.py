@@ -52,10 +52,17 @@ class Dialectic:
         self.options = options or DialecticOptions()
 
     async def prepare(
-        self, app_id: str, user_id: str, session_id: str | None, queries: str | Sequence[str]
+        self,
+        app_id: str,
+        user_id: str,
+        session_id: str | None,
+        queries: str | Sequence[str],
+        *,
+        session_only: bool = False,
     ) -> Prepared:
-        """The context for the questions and the answer prompt. Raises NotFoundError for an unknown
-        user or session and InvalidError for unusable queries, before any LLM call."""
+        """The context for the questions and the answer prompt (``session_only``: from what the session
+        holds, see ``gather_context``). Raises NotFoundError for an unknown user or session and
+        InvalidError for unusable queries, before any LLM call."""
         questions = check_queries(queries)
         related = await self._rewrite(app_id, user_id, questions) if self.options.query_rewrite else []
         context = await gather_context(
@@ -66,22 +73,35 @@ class Dialectic:
             queries=questions,
             related=related[:MAX_RELATED],
             options=self.options.context,
+            session_only=session_only,
         )
         return Prepared(context, answer_prompt(context, questions))
 
     async def answer(
-        self, app_id: str, user_id: str, session_id: str | None, queries: str | Sequence[str]
+        self,
+        app_id: str,
+        user_id: str,
+        session_id: str | None,
+        queries: str | Sequence[str],
+        *,
+        session_only: bool = False,
     ) -> str:
-        prepared = await self.prepare(app_id, user_id, session_id, queries)
+        prepared = await self.prepare(app_id, user_id, session_id, queries, session_only=session_only)
         completion = await self.llm.complete(prepared.prompt)
         return completion.text.strip()
 
     async def stream(
-        self, app_id: str, user_id: str, session_id: str | None, queries: str | Sequence[str]
+        self,
+        app_id: str,
+        user_id: str,
+        session_id: str | None,
+        queries: str | Sequence[str],
+        *,
+        session_only: bool = False,
     ) -> AsyncGenerator[str, None]:
         """The answer as the model writes it. Everything that can fail before the model's first piece
         (unknown ids, bad queries, an LLM that is down or misconfigured) fails on the first ``anext``."""
-        prepared = await self.prepare(app_id, user_id, session_id, queries)
+        prepared = await self.prepare(app_id, user_id, session_id, queries, session_only=session_only)
         async for piece in self.llm.stream(prepared.prompt):
             yield piece
 

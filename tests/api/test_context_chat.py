@@ -18,6 +18,7 @@ from models.llm import ChatMessage, LLMClient
 from models.llm.client import TransientError
 from models.llm.scripted import ScriptedLLM
 from pipelines.memory import Memory
+from storage import sessions
 from storage.db import Database
 from storage.scopes import Scope
 from tests.api.conftest import SECRET, make_settings
@@ -284,3 +285,73 @@ async def test_the_honcho_client_chats_with_strings_lists_and_streams(memory: Me
     ) as response:
         assert "".join([text async for text in response.iter_text()]) == ANSWER
     await transport.aclose()
+
+
+# --- a session key sees its session only ------------------------------------------------------------
+
+
+@pytest.fixture
+async def siblings(memory: Memory, database: Database, known: Tree) -> Tree:
+    """A second session of ana's (with a message, a fact from it and a summary of it), beside ``known``."""
+    async with database.transaction() as db:
+        other = await sessions.create_session(db, known.app_id, known.user_id)
+    sibling = Tree(known.app_id, known.user_id, other.id)
+    turns = await say(memory, sibling, "I keep bees on my roof in Evora", "Bees!")
+    await add_fact(memory, sibling, "ana keeps bees in Evora", sources=[turns[0]])
+    await add_summary(memory, sibling, "SHORT", "ana talked about her beehives in Evora.", after=turns[1])
+    return sibling
+
+
+async def test_a_session_keys_chat_sees_only_its_session(build: Build, known: Tree, siblings: Tree) -> None:
+    llm = ScriptedLLM(lambda _: ANSWER)
+    session_key = mint_key(SECRET, Scope(known.app_id, known.user_id, known.session_id))
+    user_key = mint_key(SECRET, Scope(known.app_id, known.user_id))
+    async with build(llm, auth={"use_auth": True, "jwt_secret": SECRET}) as client:
+        for key in (session_key, user_key):
+            for stream in (False, True):
+                response = await client.post(
+                    chat_path(known),
+                    json={
+                        "queries": "Where does ana live and does she keep bees in Evora?",
+                        "stream": stream,
+                    },
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                assert response.status_code == 200, response.text
+    own, own_streamed, whole, whole_streamed = (prompt[1].content for prompt in llm.prompts)
+    for prompt in (own, own_streamed):
+        assert "ana lives in Porto" in prompt, "the session's own facts and messages are there"
+        assert "moving between cities" in prompt
+        assert "Evora" not in prompt.replace("does she keep bees in Evora?", ""), "nothing of the sibling"
+    for prompt in (whole, whole_streamed):
+        assert "ana keeps bees in Evora" in prompt, "a user key's chat sees every session"
+
+
+async def test_a_session_key_reaches_no_sibling_session(
+    build: Build, memory: Memory, known: Tree, siblings: Tree
+) -> None:
+    key = mint_key(SECRET, Scope(known.app_id, known.user_id, known.session_id))
+    headers = {"Authorization": f"Bearer {key}"}
+    base = path(known, "")
+    sibling = f"{base}/sessions/{siblings.session_id}"
+    status = f"/v1/apps/{known.app_id}/deriver/status"
+    async with build(ScriptedLLM(lambda _: ANSWER), auth={"use_auth": True, "jwt_secret": SECRET}) as client:
+        denied = {
+            "chat": await client.post(f"{sibling}/chat", json={"queries": "x"}, headers=headers),
+            "search": await client.post(f"{sibling}/search", json={"query": "bees"}, headers=headers),
+            "user search": await client.post(f"{base}/search", json={"query": "bees"}, headers=headers),
+            "clone": await client.get(f"{sibling}/clone", headers=headers),
+            "messages": await client.post(f"{sibling}/messages/list", json={}, headers=headers),
+            "status": await client.get(
+                status, params={"user_id": known.user_id, "session_id": siblings.session_id}, headers=headers
+            ),
+        }
+        own_search = await client.post(
+            f"{base}/sessions/{known.session_id}/search", json={"query": "bees Evora"}, headers=headers
+        )
+        own_status = await client.get(status, headers=headers)
+    for name, response in denied.items():
+        assert response.status_code == 401, (name, response.status_code, response.text)
+    assert own_search.status_code == 200
+    assert all(hit["message"]["session_id"] == known.session_id for hit in own_search.json())
+    assert own_status.status_code == 200, own_status.text

@@ -123,17 +123,23 @@ async def chat(
     user_id: UserId,
     session_id: SessionId,
     options: Annotated[schemas.DialecticOptions, Body(description="Dialectic Endpoint Parameters")],
+    key: Annotated[Key, Depends(current_key)],
 ) -> Any:
     """Chat with the Dialectic API
 
     Answers from what Rapport knows about the user (facts, summaries, relevant and recent messages).
     With ``stream``, the answer's text arrives as it is written, as raw chunks (``text/event-stream``
     without ``data:`` framing, as Honcho v1.1.0 sent it). Errors found before the first chunk (unknown
-    ids, an LLM that is down or misconfigured) are answered with their status and a JSON detail."""
+    ids, an LLM that is down or misconfigured) are answered with their status and a JSON detail.
+    A key scoped to the session answers from that session alone (its messages, summaries and the facts
+    derived from them), since the key reaches no other session of the user."""
+    session_only = key.session_id is not None and not key.admin
     if not options.stream:
-        content = await dialectic.answer(app_id, user_id, session_id, options.queries)
+        content = await dialectic.answer(
+            app_id, user_id, session_id, options.queries, session_only=session_only
+        )
         return schemas.DialecticResponse(content=content)
-    pieces = dialectic.stream(app_id, user_id, session_id, options.queries)
+    pieces = dialectic.stream(app_id, user_id, session_id, options.queries, session_only=session_only)
     try:
         first = await anext(pieces)
     except StopAsyncIteration:
