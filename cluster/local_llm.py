@@ -86,6 +86,7 @@ async def node_local_llm(llm: LLMSettings, home: Path) -> NodeModel:
         max_tokens=llm.max_tokens,
         retry=RetryPolicy(attempts=llm.max_retries + 1),
         prose_fields=PROSE_SAMPLING,  # as the in-process client asks
+        context_tokens=llm.context_window,
     )
     client.provider = "local"  # recorded beside what it derived as local/<model>, as in one process
     return NodeModel(client, node_id, path.stem, host)

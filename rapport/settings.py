@@ -142,6 +142,8 @@ Provider = Literal["local", "anthropic", "openai"]
 
 REMOTE_TIMEOUT_S = 60.0
 LOCAL_TIMEOUT_S = 600.0
+ANTHROPIC_CONTEXT_TOKENS = 200_000
+OPENAI_CONTEXT_TOKENS = 8192
 
 
 class LLMSettings(_Section):
@@ -162,6 +164,14 @@ class LLMSettings(_Section):
         default="qwen2.5-coder-1.5b",
         description="provider=local: qwen2.5-coder-1.5b | qwen2.5-coder-0.5b | smollm2-135m | a .gguf path.",
     )
+    context_tokens: int | None = Field(
+        default=None,
+        ge=512,
+        le=10_000_000,
+        description="Tokens one request may hold, prompt and answer (vLLM's max_model_len); prompts are "
+        "fitted to it. Unset: local_context_tokens / local_parallel for the local model, 200,000 for "
+        "anthropic, 8,192 for openai.",
+    )
     local_context_tokens: int = Field(default=8192, ge=512, le=131_072)
     local_threads: int | None = Field(default=None, ge=1, le=512, description="Unset: every core.")
     local_parallel: int = Field(
@@ -170,6 +180,16 @@ class LLMSettings(_Section):
         le=64,
         description="Requests the local model holds at once, each slot with its own prompt cache.",
     )
+
+    @property
+    def context_window(self) -> int:
+        """``context_tokens``, or the provider's: the local model gives each of its slots an equal share
+        of its context; an OpenAI-compatible server's is unknown, and 8,192 is the least common today."""
+        if self.context_tokens is not None:
+            return self.context_tokens
+        if self.provider == "local":
+            return self.local_context_tokens // self.local_parallel
+        return ANTHROPIC_CONTEXT_TOKENS if self.provider == "anthropic" else OPENAI_CONTEXT_TOKENS
 
     @property
     def call_timeout_s(self) -> float:

@@ -16,6 +16,7 @@ from models.llm.client import (
     LLMConfigError,
     LLMError,
     LLMOutputError,
+    LLMRequestError,
     LLMUnavailable,
     RetryPolicy,
     Usage,
@@ -29,6 +30,7 @@ __all__ = [
     "LLMConfigError",
     "LLMError",
     "LLMOutputError",
+    "LLMRequestError",
     "LLMUnavailable",
     "RetryPolicy",
     "Usage",
@@ -51,6 +53,7 @@ def build_llm(llm: LLMSettings, home: Path) -> LLMClient:
             timeout_s=llm.call_timeout_s,
             max_tokens=llm.max_tokens,
             retry=retry,
+            context_tokens=llm.context_window,
         )
     if llm.provider == "openai":
         from models.llm.openai_compatible import OpenAICompatibleLLM
@@ -66,6 +69,7 @@ def build_llm(llm: LLMSettings, home: Path) -> LLMClient:
             timeout_s=llm.call_timeout_s,
             max_tokens=llm.max_tokens,
             retry=retry,
+            context_tokens=llm.context_window,
         )
     from models.llm.local import LocalLLM, LocalModelOptions
     from models.llm.weights import resolve_local_model

@@ -18,6 +18,7 @@ from models.llm.client import (
     RetryPolicy,
     TransientError,
     Usage,
+    refused,
     retry_after,
 )
 
@@ -36,8 +37,9 @@ class AnthropicLLM(LLMClient):
         timeout_s: float = 60.0,
         max_tokens: int = 512,
         retry: RetryPolicy | None = None,
+        context_tokens: int | None = None,
     ) -> None:
-        super().__init__(model, max_tokens=max_tokens, retry=retry)
+        super().__init__(model, max_tokens=max_tokens, retry=retry, context_tokens=context_tokens)
         if not api_key:
             raise LLMConfigError(
                 "the anthropic provider needs an API key: set LLM_API_KEY (or llm.api_key in config.toml)"
@@ -119,4 +121,5 @@ def _translated(model: str) -> Iterator[None]:
             ) from exc
         if status == 404:
             raise LLMConfigError(f"Anthropic has no model {model!r} (HTTP 404); check LLM_MODEL") from exc
-        raise LLMConfigError(f"Anthropic rejected the request (HTTP {status}: {exc.message})") from exc
+        # 400 (a prompt too long for the model, an invalid request) and 413 are about this request.
+        raise refused(status, exc.message, "Anthropic") from exc

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -69,6 +70,32 @@ class LLMUnavailable(LLMError):
 class LLMConfigError(LLMError):
     """The provider refuses this configuration (a missing or wrong key, an unknown model, a missing
     weights file). Retrying will not help; an operator must change a setting."""
+
+
+class LLMRequestError(LLMError):
+    """The provider refused this one request (longer than the model's context, or otherwise not
+    acceptable to it) while the model itself is up and configured: the request must change, other
+    requests may well succeed. Work that made it counts a failed attempt; it is never an outage."""
+
+    def __init__(self, message: str, *, too_long: bool = False) -> None:
+        super().__init__(message)
+        self.too_long = too_long
+
+
+# How servers say a prompt is longer than the model's context: vLLM and OpenAI ("maximum context length
+# is 2048 tokens"), llama.cpp ("exceeds the available context size"), Anthropic ("prompt is too long"),
+# Ollama and others ("context window", "too many tokens").
+TOO_LONG = re.compile(
+    r"context[ _-]?(length|size|window)|too long|too many tokens|maximum .{0,40}tokens|exceeds", re.I
+)
+
+
+def refused(status: int, message: str, where: str) -> LLMRequestError:
+    """A 4xx (not 401, 403 or 404) for one request, as the interface's error."""
+    return LLMRequestError(
+        f"{where} refused the request (HTTP {status}: {message})",
+        too_long=status == 413 or bool(TOO_LONG.search(message)),
+    )
 
 
 class LLMOutputError(LLMError):
@@ -174,10 +201,19 @@ class LLMClient(ABC):
 
     provider: str = ""
 
-    def __init__(self, model: str, *, max_tokens: int = 512, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_tokens: int = 512,
+        retry: RetryPolicy | None = None,
+        context_tokens: int | None = None,
+    ) -> None:
         self.model = model
         self.max_tokens = max_tokens
         self.retry = retry or RetryPolicy()
+        # Tokens one request may hold, prompt and answer; None: not known (callers assume plenty).
+        self.context_tokens = context_tokens
 
     @property
     def name(self) -> str:
@@ -284,6 +320,9 @@ class LLMClient(ABC):
             raise
         except LLMConfigError:
             metrics.LLM_ERRORS.inc(kind="config", **labels)
+            raise
+        except LLMRequestError:
+            metrics.LLM_ERRORS.inc(kind="refused", **labels)
             raise
         finally:
             metrics.LLM_DURATION.observe(time.perf_counter() - start, **labels)

@@ -27,6 +27,7 @@ from models.llm.client import (
     RetryPolicy,
     Usage,
     log_timings,
+    refused,
     response_format,
 )
 
@@ -87,11 +88,18 @@ class LocalLLM(LLMClient):
         max_tokens: int = 512,
         retry: RetryPolicy | None = None,
     ) -> None:
-        super().__init__(model or path.stem, max_tokens=max_tokens, retry=retry)
+        options = options or LocalModelOptions()
+        # llama.cpp gives each slot an equal share of the context.
+        super().__init__(
+            model or path.stem,
+            max_tokens=max_tokens,
+            retry=retry,
+            context_tokens=options.context_tokens // options.parallel,
+        )
         if not path.is_file():
             raise LLMConfigError(f"no GGUF model file at {path}; set LLM_LOCAL_MODEL")
         self.path = path
-        self.options = options or LocalModelOptions()
+        self.options = options
 
     @property
     def server(self) -> Any:
@@ -121,8 +129,12 @@ class LocalLLM(LLMClient):
         try:
             result = await asyncio.to_thread(server.handle_chat_completions, request)
         except ValueError as exc:
-            raise LLMError(f"the local model refused the request: {exc}") from exc
+            raise refused(400, str(exc), "the local model") from exc
         if not isinstance(result, dict) or "error" in result:
+            if isinstance(result, dict) and isinstance(result.get("error"), dict):
+                code = result["error"].get("code")
+                if isinstance(code, int) and 400 <= code < 500:  # llama.cpp's own status for this request
+                    raise refused(code, _error(result), "the local model")
             raise LLMError(f"the local model failed: {_error(result)}")
         usage = result.get("usage") or {}
         log_timings(self.model, result, usage)

@@ -19,6 +19,7 @@ from models.llm.client import (
     TransientError,
     Usage,
     log_timings,
+    refused,
     response_format,
     retry_after,
 )
@@ -40,10 +41,11 @@ class OpenAICompatibleLLM(LLMClient):
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         prose_fields: Mapping[str, Any] | None = None,
+        context_tokens: int | None = None,
     ) -> None:
         """``prose_fields``: request fields added when no schema constrains the answer, for a server's own
         sampling options (a llama.cpp server's DRY sampler: ``models.llm.local.PROSE_SAMPLING``)."""
-        super().__init__(model, max_tokens=max_tokens, retry=retry)
+        super().__init__(model, max_tokens=max_tokens, retry=retry, context_tokens=context_tokens)
         self.prose_fields = dict(prose_fields or {})
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
@@ -155,7 +157,8 @@ class OpenAICompatibleLLM(LLMClient):
                 f"{self.base_url} has no model {self.model!r} or no /chat/completions route (HTTP 404: "
                 f"{message}); check LLM_BASE_URL (it usually ends in /v1) and LLM_MODEL"
             )
-        raise LLMConfigError(f"{self.base_url} rejected the request (HTTP {status}: {message})")
+        # Anything else (400 "context length exceeded", 413, 422) is about this request, not the setup.
+        raise refused(status, message, self.base_url)
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from models.llm.client import ChatMessage, Completion, LLMClient, RetryPolicy, Usage
+from models.llm.client import ChatMessage, Completion, LLMClient, RetryPolicy, Usage, refused
 
 Answer = str | BaseException
 Script = Sequence[Answer] | Callable[[Sequence[ChatMessage]], Answer]
@@ -26,8 +26,14 @@ class ScriptedLLM(LLMClient):
         model: str = "double",
         latency_s: float = 0.0,
         retry: RetryPolicy | None = None,
+        context_tokens: int | None = None,
+        refuses_past: int | None = None,
     ) -> None:
-        super().__init__(model, retry=retry or RetryPolicy(attempts=1))
+        """``context_tokens``: the model's context as callers are told it. A request longer than
+        ``refuses_past`` (default: that context) is refused as a model server refuses it, with
+        LLMRequestError (counting 4 characters a token, as English runs in real tokenizers)."""
+        super().__init__(model, retry=retry or RetryPolicy(attempts=1), context_tokens=context_tokens)
+        self.refuses_past = refuses_past or context_tokens
         self._script = script
         self._next = 0
         self.latency_s = latency_s
@@ -61,6 +67,14 @@ class ScriptedLLM(LLMClient):
         self.schemas.append(schema[0] if schema else None)
         self.schema_bodies.append(schema[1] if schema else None)
         self.max_tokens_asked.append(max_tokens)
+        requested = sum(len(m.content) for m in messages) // 4 + max_tokens
+        if self.refuses_past is not None and requested > self.refuses_past:
+            self.prompts.append(list(messages))
+            raise refused(
+                400,
+                f"request ({requested} tokens) exceeds the available context size ({self.refuses_past} tokens)",
+                "the scripted model",
+            )
         text = self._answer(messages)
         prompt_tokens = sum(len(m.content.split()) for m in messages)
         return Completion(text, Usage(prompt_tokens, len(text.split())), self.model)

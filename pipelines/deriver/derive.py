@@ -23,15 +23,18 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from models.llm import ChatMessage, LLMClient, Usage
+from models.llm import ChatMessage, LLMClient, LLMRequestError, Usage
 from pipelines.deriver.prompts import (
+    FACTS_SYSTEM,
     DerivedFact,
     Line,
+    Shown,
     SummaryType,
     answer_tokens,
     derivation_limited,
     facts_limit,
     facts_prompt,
+    fit_conversation,
     summary_beside_facts_prompt,
     summary_prompt,
     summary_tokens,
@@ -162,14 +165,22 @@ class Deriver:
             return Outcome()
         before, summary, covered, beside, history, known_collection = context
         outcome = Outcome()
-        facts = await self.extract(user.name, summary, history, batch, outcome)
+        # A batch retried after a failure holds its head message alone; its prompt gets less room.
+        attempts = held.items[0].attempts if held.items else 0
+        beside = beside and before - len(history) <= covered
+        shown = self.shown(user.name, summary, history, batch, attempts=attempts, beside=beside)
+        facts = await self.extract(user.name, summary, history, batch, outcome, shown=shown)
         summaries = []
-        if beside and before - len(history) <= covered:
-            summaries.append(
-                await self._summary_beside_facts(user.name, summary, history, batch, before, outcome)
-            )
+        if beside:
+            summaries.append(await self._summary_beside_facts(user.name, shown, batch, before, outcome))
         summaries += await self._summaries(
-            user.name, held, batch, before, outcome, skip={kind for kind, _, _ in summaries}
+            user.name,
+            held,
+            batch,
+            before,
+            outcome,
+            skip={kind for kind, _, _ in summaries},
+            attempts=attempts,
         )
         vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
         # The stored facts closest to these, found before the user's lock is taken: the search is the
@@ -255,6 +266,30 @@ class Deriver:
             "date": date_of(source),
         }
 
+    def shown(
+        self,
+        user_name: str,
+        summary: Record | None,
+        history: Sequence[Record],
+        batch: Sequence[Record],
+        *,
+        attempts: int = 0,
+        beside: bool = False,
+    ) -> Shown:
+        """What the extraction prompt shows (and, ``beside`` it, the short summary's, which shares it
+        word for word), fitted to the room the model leaves beside the longer of their answers."""
+        answer = answer_tokens(facts_limit(sum(m.is_user for m in batch)))
+        if beside:
+            answer = max(answer, summary_tokens("SHORT"))
+        return fit_conversation(
+            FACTS_SYSTEM,
+            summary.content if summary is not None else None,
+            [line(m, user_name) for m in history],
+            numbered(batch, user_name),
+            prompt_room(self.llm, max(self.llm.max_tokens, answer)),
+            attempts=attempts,
+        )
+
     async def extract(
         self,
         user_name: str,
@@ -262,19 +297,17 @@ class Deriver:
         history: Sequence[Record],
         batch: Sequence[Record],
         outcome: Outcome,
+        *,
+        shown: Shown | None = None,
     ) -> list[tuple[DerivedFact, list[str]]]:
-        """The model's facts with their source message ids (only the user's own messages count)."""
+        """The model's facts with their source message ids (only the user's own messages count).
+        ``shown``: the conversation as fitted for the prompt (default: ``shown`` of these)."""
         users_messages = {i: m.id for i, m in enumerate(batch, start=1) if m.is_user}
         if not users_messages:
             return []  # nothing the user said: context for later batches, no facts
         limit = facts_limit(len(users_messages))
-        prompt = facts_prompt(
-            user_name,
-            summary.content if summary is not None else None,
-            [line(m, user_name) for m in history],
-            numbered(batch, user_name),
-            limit,
-        )
+        shown = shown or self.shown(user_name, summary, history, batch)
+        prompt = facts_prompt(user_name, shown.summary, shown.history, shown.batch, limit)
         result, completion = await self.llm.structured(
             prompt,
             derivation_limited(limit),
@@ -362,23 +395,11 @@ class Deriver:
         return (before + size) // every > before // every and self.summary_llm is self.llm
 
     async def _summary_beside_facts(
-        self,
-        user_name: str,
-        summary: Record | None,
-        history: Sequence[Record],
-        batch: Sequence[Record],
-        before: int,
-        outcome: Outcome,
+        self, user_name: str, shown: Shown, batch: Sequence[Record], before: int, outcome: Outcome
     ) -> tuple[SummaryType, str, _Positioned]:
         """The short summary through the batch's last message, built on the summary shown with the
         extraction (the previous short one) and every message shown after it."""
-        prompt = summary_beside_facts_prompt(
-            "SHORT",
-            user_name,
-            summary.content if summary is not None else None,
-            [line(m, user_name) for m in history],
-            numbered(batch, user_name),
-        )
+        prompt = summary_beside_facts_prompt("SHORT", user_name, shown.summary, shown.history, shown.batch)
         return (
             "SHORT",
             await self._summary_text("SHORT", prompt, outcome),
@@ -402,6 +423,7 @@ class Deriver:
         before: int,
         outcome: Outcome,
         skip: AbstractCollection[SummaryType] = (),
+        attempts: int = 0,
     ) -> list[tuple[SummaryType, str, _Positioned]]:
         """A summary of each kind (but ``skip``) whose interval ends inside this batch, through the
         message that ends the interval, built on its previous one and the messages after it."""
@@ -422,14 +444,35 @@ class Deriver:
                 since = await messages.session_window(
                     db, held.session_id, through_seq=message.row.seq, skip=covered, limit=due - covered
                 )
-            prompt = summary_prompt(
-                kind,
-                user_name,
+            system = summary_prompt(kind, user_name, None, [])[0].content
+            # The messages since the last summary go where the earlier messages of an extraction go:
+            # cut to fit, and if not even a few words of each fit, the oldest are left out.
+            fitted = fit_conversation(
+                system,
                 previous.content if previous else None,
                 [line(m, user_name) for m in since],
+                [],
+                prompt_room(self.summary_llm, summary_tokens(kind)),
+                attempts=attempts,
             )
+            prompt = summary_prompt(kind, user_name, fitted.summary, fitted.history)
             written.append((kind, await self._summary_text(kind, prompt, outcome), message))
         return written
+
+
+def prompt_room(llm: LLMClient, answer: int) -> int | None:
+    """Tokens of prompt a call to ``llm`` may hold beside an answer of ``answer`` tokens (None: the
+    model's context is not known, so prompts are not fitted)."""
+    if llm.context_tokens is None:
+        return None
+    room = llm.context_tokens - answer
+    if room <= 0:
+        raise LLMRequestError(
+            f"{llm.name} has a context of {llm.context_tokens} tokens, no more than the {answer} its answer "
+            "needs: raise llm.local_context_tokens (or llm.context_tokens)",
+            too_long=True,
+        )
+    return room
 
 
 def _covers(summary: Record | None) -> int:

@@ -17,13 +17,14 @@ numbers (``[4, 5, 6, 7, 8, 9]``).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from models.llm import ChatMessage
+from models.llm import ChatMessage, LLMRequestError
 
 MAX_FACTS = 20
 SummaryType = Literal["SHORT", "LONG"]
@@ -267,3 +268,113 @@ def summary_prompt(
     parts.append("Write the updated summary of the whole conversation." if previous else "Write the summary.")
     system = SUMMARY_SYSTEM.format(user=user_name, words=SUMMARY_WORDS[kind])
     return [ChatMessage("system", system), ChatMessage("user", "\n\n".join(parts))]
+
+
+# --- fitting a prompt to the model's context -----------------------------------------------------------
+# A message may hold 50,000 characters while a CPU model's slot holds 4,096 tokens: every prompt is fitted
+# to the room the model has, so that no message can make a request the model refuses every time. The
+# messages to derive come first, then the summary so far, then the earlier messages; a message too long
+# for its share keeps its beginning and its end (two thirds, one third) with how much was left out.
+
+CUT_MARK = " [... {} characters not shown ...] "
+LINE_MIN_TOKENS = 24  # a message cut shorter than this would show little more than the mark
+# Tokens a chat template adds around the turns (role headers, separators), and the request's own words.
+FRAMING_TOKENS = 96
+
+
+def estimate_tokens(text: str) -> int:
+    """About how many tokens ``text`` takes, erring high: English runs about 4 characters a token in
+    common tokenizers (Qwen's, Llama's, GPT's) and other scripts as little as one character a token, so
+    it counts 3.5 characters a token plus two thirds of a token for each byte above ASCII."""
+    return math.ceil(len(text) / 3.5 + (len(text.encode()) - len(text)) / 1.5)
+
+
+def cut(text: str, tokens: int) -> str:
+    """``text`` within ``tokens``: its beginning and its end around a mark that says how many characters
+    were left out."""
+    if estimate_tokens(text) <= tokens:
+        return text
+
+    def kept(n: int) -> str:
+        head = (2 * n) // 3
+        return text[:head] + CUT_MARK.format(len(text) - n) + text[len(text) - (n - head) :]
+
+    low, high = 0, len(text)  # the most characters kept that still fit
+    while low < high:
+        middle = (low + high + 1) // 2
+        if estimate_tokens(kept(middle)) <= tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return kept(low)
+
+
+def lines_tokens(lines: Sequence[Line]) -> int:
+    return estimate_tokens(render(lines)) if lines else 0
+
+
+def fit_lines(lines: Sequence[Line], tokens: int) -> list[Line]:
+    """``lines`` within ``tokens``: the longest messages are cut first, each to the same length, so
+    that no message is cut while a longer one stays whole. Raises LLMRequestError when even a few
+    words of each do not fit."""
+    if not lines or lines_tokens(lines) <= tokens:
+        return list(lines)
+    framing = lines_tokens([replace(line, content="") for line in lines])
+    room = tokens - framing
+    if room < LINE_MIN_TOKENS * len(lines):
+        raise LLMRequestError(f"{len(lines)} messages do not fit in {tokens} tokens of prompt", too_long=True)
+    costs = [estimate_tokens(line.content) for line in lines]
+    # The largest length at which every message longer than it is cut and the total fits.
+    left, longer, cap = room, len(costs), room
+    for cost in sorted(costs):
+        if cost * longer > left:
+            cap = left // longer
+            break
+        left -= cost
+        longer -= 1
+    fitted = [
+        replace(line, content=cut(line.content, cap)) if c > cap else line
+        for line, c in zip(lines, costs, strict=True)
+    ]
+    # The estimate of the whole may round differently from the sum of its parts: trim once more if so.
+    excess = lines_tokens(fitted) - tokens
+    if excess > 0:
+        return fit_lines(lines, tokens - excess)
+    return fitted
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """What a derivation prompt shows of a session, fitted to the model's room."""
+
+    summary: str | None
+    history: list[Line]
+    batch: list[Line]
+
+
+def fit_conversation(
+    system: str,
+    summary: str | None,
+    history: Sequence[Line],
+    batch: Sequence[Line],
+    tokens: int | None,
+    *,
+    attempts: int = 0,
+) -> Shown:
+    """The batch, the summary so far and the earlier messages within ``tokens`` of prompt (None: as they
+    are). The batch comes first; the summary gets what is left, cut if need be; the earlier messages
+    get the rest, the oldest left out first when not even a few words of each fit. After ``attempts``
+    failed attempts the messages get half as much room for each (a server that refused the prompt may
+    count its tokens more strictly than the estimate here)."""
+    if tokens is None:
+        return Shown(summary, list(history), list(batch))
+    left = (tokens - estimate_tokens(system) - FRAMING_TOKENS) >> min(attempts, 16)
+    shown_batch = fit_lines(batch, left)
+    left -= lines_tokens(shown_batch)
+    if summary is not None:
+        summary = cut(summary, left) if left >= LINE_MIN_TOKENS else None
+        left -= estimate_tokens(summary) if summary else 0
+    kept = list(history)
+    while kept and left < LINE_MIN_TOKENS * len(kept) + lines_tokens([replace(h, content="") for h in kept]):
+        kept.pop(0)
+    return Shown(summary, fit_lines(kept, left) if kept else [], shown_batch)

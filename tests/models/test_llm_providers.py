@@ -15,6 +15,7 @@ from models.llm import (
     LLMClient,
     LLMConfigError,
     LLMOutputError,
+    LLMRequestError,
     LLMUnavailable,
     RetryPolicy,
     build_llm,
@@ -152,6 +153,36 @@ async def test_openai_bad_key_is_a_clear_error_not_retried(
     assert len(openai_server.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("status", "message", "too_long"),
+    [
+        (400, "This model's maximum context length is 2048 tokens. However, you requested 9755 tokens", True),
+        (400, "request (9755 tokens) exceeds the available context size (4096 tokens)", True),
+        (413, "Request Entity Too Large", True),
+        (422, "messages.0.content: unsupported input", False),
+    ],
+)
+async def test_openai_refusing_one_request_is_that_requests_error_not_a_misconfiguration(
+    openai_server: FakeServer, openai_llm: LLMClient, status: int, message: str, too_long: bool
+) -> None:
+    """Work that made the request fails (and is retried, then parked); the model is still up and
+    configured, so nothing else waits for it."""
+    openai_server.script(openai_error(status, message))
+    with pytest.raises(LLMRequestError, match=f"HTTP {status}") as refused:
+        await openai_llm.complete(PROMPT)
+    assert not isinstance(refused.value, LLMConfigError)
+    assert refused.value.too_long is too_long
+    assert len(openai_server.requests) == 1, "not retried as if transient"
+
+
+async def test_openai_unknown_model_is_a_misconfiguration(
+    openai_server: FakeServer, openai_llm: LLMClient
+) -> None:
+    openai_server.script(openai_error(404, "The model `served-model` does not exist."))
+    with pytest.raises(LLMConfigError, match="LLM_MODEL"):
+        await openai_llm.complete(PROMPT)
+
+
 async def test_an_unreachable_server_is_unavailable() -> None:
     from tests.served import free_port
 
@@ -227,6 +258,32 @@ async def test_anthropic_bad_key_is_a_clear_error(
     with pytest.raises(LLMConfigError, match="LLM_API_KEY"):
         await anthropic_llm.complete(PROMPT)
     assert len(anthropic_server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(400, "prompt is too long: 212000 tokens > 200000 maximum"), (413, "request_too_large")],
+)
+async def test_anthropic_refusing_one_request_is_that_requests_error(
+    anthropic_server: FakeServer, anthropic_llm: LLMClient, status: int, message: str
+) -> None:
+    anthropic_server.script(anthropic_error(status, message))
+    with pytest.raises(LLMRequestError, match=f"HTTP {status}") as refused:
+        await anthropic_llm.complete(PROMPT)
+    assert refused.value.too_long
+    assert len(anthropic_server.requests) == 1
+
+
+def test_each_provider_knows_its_context_window(tmp_path: Path) -> None:
+    assert LLMSettings().context_window == 8192 // 2, "the local model's slot: its share of the context"
+    assert LLMSettings(local_parallel=4, local_context_tokens=16384).context_window == 4096
+    assert LLMSettings(provider="openai").context_window == 8192
+    assert LLMSettings(provider="openai", context_tokens=32768).context_window == 32768
+    assert LLMSettings(provider="anthropic").context_window == 200_000
+    served = build_llm(
+        LLMSettings(provider="openai", base_url="http://x/v1", model="m", context_tokens=2048), tmp_path
+    )
+    assert served.context_tokens == 2048
 
 
 def test_anthropic_without_a_key_says_which_setting_is_missing() -> None:

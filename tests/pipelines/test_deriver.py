@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -15,7 +14,6 @@ from sqlalchemy import select, text
 
 from cluster.deriver import derivation_workers
 from cluster.worker import QueueWorker
-from models.embedding.hashing import HashingEmbedder
 from models.llm import ChatMessage, LLMUnavailable
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
@@ -28,13 +26,12 @@ from pipelines.deriver.prompts import (
     derivation_limited,
     render,
 )
-from pipelines.indexing import IndexSync
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
 from storage import derivation, messages, sessions
 from storage.db import Database
 from storage.derivation import Claim, LeaseLost
-from storage.index import DOCUMENTS, VectorIndex
+from storage.index import DOCUMENTS
 from storage.query import Record, record_columns
 from storage.tables import Collection, Document, Metamessage
 from tests.storage.factories import Tree, make_tree
@@ -43,13 +40,6 @@ from tests.storage.factories import Tree, make_tree
 SETTINGS = DeriverSettings(
     batch_wait_s=0, max_attempts=3, poll_interval_s=0.01, lease_s=60, dedup_threshold=0.85
 )
-
-
-@pytest.fixture
-async def memory_hashed(database: Database, tmp_path: Path) -> Memory:
-    embedder = HashingEmbedder()
-    index = await VectorIndex.open(str(tmp_path / "lancedb"), embedder.dimension)
-    return Memory(database, embedder, index, IndexSync(database, index, embedder))
 
 
 def facts(*items: tuple[str, list[int]] | tuple[str, list[int], str, float]) -> str:
