@@ -13,10 +13,12 @@ backoff, and parked after ``max_attempts`` with the reason and the model's raw o
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -24,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Interval, Text
 
 from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 
 class LeaseLost(StorageError):
@@ -86,7 +90,8 @@ _DUE = text(
     f"""
     WITH held AS ({_HELD} GROUP BY app_id),
     caps AS (SELECT key AS app_id, CAST(value AS int) AS cap FROM jsonb_each_text(CAST(:caps AS jsonb)))
-    SELECT q.session_id, min(q.app_id) AS app_id, min(q.user_id) AS user_id
+    SELECT q.session_id, min(q.app_id) AS app_id, min(q.user_id) AS user_id,
+           NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = q.session_id) AS gone
     FROM derivation_queue q
     LEFT JOIN held h ON h.app_id = q.app_id
     LEFT JOIN derivation_apps a ON a.app_id = q.app_id
@@ -109,7 +114,8 @@ _DUE = text(
 # with the claim it waits for.
 _APP_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended('rapport.derive:' || :app_id, 0))")
 _APP_HELD = text(f"{_HELD} AND app_id = :app_id GROUP BY app_id")
-# Take the lease unless another worker just did (the row is created by a session's first claim); if taken,
+# Take the lease unless another worker just did (the row is created by a session's first claim, if the
+# session still exists: an erasure may have deleted it since the candidates were read); if taken,
 # take the app's turn (clock time, not the transaction's: claims at the same instant are ordered) and read
 # the session's pending items in message order. One statement: no row if the lease was not taken, one row
 # of nulls if it was but nothing is pending any more.
@@ -117,7 +123,7 @@ _LEASE = text(
     """
     WITH lease AS (
         INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
-        VALUES (:session_id, :app_id, :user_id, :token, now() + :lease)
+        SELECT id, :app_id, :user_id, :token, now() + :lease FROM sessions WHERE id = :session_id
         ON CONFLICT (session_id) DO UPDATE
             SET lease_owner = excluded.lease_owner, leased_until = excluded.leased_until
             WHERE (d.leased_until IS NULL OR d.leased_until <= now()) AND (d.not_before IS NULL OR d.not_before <= now())
@@ -146,6 +152,8 @@ _RELEASE = text(
 ).bindparams(bindparam("delay", type_=Interval))
 
 _IDS = bindparam("ids", type_=ARRAY(Text))
+CANDIDATES = 8  # due sessions a claim reads at once
+CANDIDATE_ROUNDS = 4  # reads of candidates, when the previous one turned up only gone sessions
 
 
 async def claim(
@@ -160,34 +168,57 @@ async def claim(
 ) -> Claim | None:
     """Take a due session with its next batch (None if none is): of the app deriving least now, the
     one that has waited longest. Apps that have their cap of derivations in flight are skipped: their
-    own in ``caps`` (by app id), else ``per_app``; 0 is no cap."""
+    own in ``caps`` (by app id), else ``per_app``; 0 is no cap. Work whose session is gone is dropped
+    on the way, so it never stands in front of the rest."""
     caps = dict(caps or {})
     params = {
         "wait": timedelta(seconds=wait_s),
         "max_tokens": max_tokens,
-        "candidates": 8,
+        "candidates": CANDIDATES,
         "per_app": per_app,
         "caps": json.dumps(caps),
     }
-    due = await db.execute(_DUE, params)
     token = uuid.uuid4().hex
-    for row in due.all():
-        cap = caps.get(row.app_id, per_app)
-        if cap and not await _app_has_room(db, row.app_id, cap):
-            continue
-        params = {
-            "session_id": row.session_id,
-            "app_id": row.app_id,
-            "user_id": row.user_id,
-            "token": token,
-            "lease": timedelta(seconds=lease_s),
-        }
-        leased = (await db.execute(_LEASE, {**params, "limit": max_items})).all()
-        if not leased:
-            continue  # another worker took it a moment ago
-        items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in leased if p.message_id is not None]
-        return Claim(token, row.app_id, row.user_id, row.session_id, tuple(_batch(items, max_tokens)))
+    for _ in range(CANDIDATE_ROUNDS):
+        dropped = False
+        for row in (await db.execute(_DUE, params)).all():
+            if row.gone:
+                await _drop_orphans(db, row.session_id)
+                dropped = True
+                continue
+            held = await _lease(db, row, token, caps.get(row.app_id, per_app), lease_s, max_items, max_tokens)
+            if held is not None:
+                return held
+        if not dropped:
+            break  # every candidate was busy or capped: nothing else is due
     return None
+
+
+async def _drop_orphans(db: AsyncConnection, session_id: str) -> None:
+    """Drop the work of a session that is gone: no one can derive it, and left in place it would sort
+    first in every claim."""
+    result = await db.execute(text("DELETE FROM derivation_queue WHERE session_id = :s"), {"s": session_id})
+    log.warning("dropped %d queue item(s) of session %s, which no longer exists", result.rowcount, session_id)
+
+
+async def _lease(
+    db: AsyncConnection, row: Any, token: str, cap: int, lease_s: float, max_items: int, max_tokens: int
+) -> Claim | None:
+    """The candidate's session with its batch, if its lease could be taken (and its app has room)."""
+    if cap and not await _app_has_room(db, row.app_id, cap):
+        return None
+    params = {
+        "session_id": row.session_id,
+        "app_id": row.app_id,
+        "user_id": row.user_id,
+        "token": token,
+        "lease": timedelta(seconds=lease_s),
+    }
+    leased = (await db.execute(_LEASE, {**params, "limit": max_items})).all()
+    if not leased:
+        return None  # another worker took it a moment ago (or the session was just deleted)
+    items = [Item(p.message_id, p.seq, p.tokens, p.attempts) for p in leased if p.message_id is not None]
+    return Claim(token, row.app_id, row.user_id, row.session_id, tuple(_batch(items, max_tokens)))
 
 
 async def _app_has_room(db: AsyncConnection, app_id: str, per_app: int) -> bool:
@@ -241,7 +272,8 @@ async def _hold(db: AsyncConnection, held: Claim) -> None:
         raise LeaseLost.of(held)
 
 
-# Items done and the session released, if the lease is still the claim's (one statement; no row if not).
+# Items done (deleted, and counted on the session) and the session released, if the lease is still the
+# claim's (one statement; no row if not).
 _COMPLETE = text(
     """
     WITH held AS (
@@ -250,11 +282,13 @@ _COMPLETE = text(
         FOR UPDATE
     ),
     finished AS (
-        UPDATE derivation_queue SET status = 'done', done_at = now(), last_error = NULL, raw_output = NULL
+        DELETE FROM derivation_queue
         WHERE session_id IN (SELECT session_id FROM held) AND message_id = ANY(:ids) AND status = 'pending'
+        RETURNING 1
     ),
     released AS (
-        UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL, not_before = now()
+        UPDATE derivation_sessions SET lease_owner = NULL, leased_until = NULL, not_before = now(),
+            done = done + (SELECT count(*) FROM finished), last_done_at = now()
         WHERE session_id IN (SELECT session_id FROM held)
     )
     SELECT session_id FROM held
@@ -328,11 +362,12 @@ async def counts(
     user_id: str | None = None,
     session_id: str | None = None,
 ) -> Counts:
-    """How much derivation work is in each state, for an app, a user or a session (or everything)."""
+    """How much derivation work is in each state, for an app, a user or a session (or everything): what
+    waits is read from the queue, what was done from the sessions' counts."""
     where, params = ["true"], {}
     for column, value in (("app_id", app_id), ("user_id", user_id), ("session_id", session_id)):
         if value is not None:
-            where.append(f"q.{column} = :{column}")
+            where.append(f"{{t}}.{column} = :{column}")
             params[column] = value
     row = (
         await db.execute(
@@ -343,19 +378,25 @@ async def counts(
                     count(*) FILTER (WHERE q.status = 'pending' AND held) AS in_progress,
                     count(*) FILTER (WHERE q.status = 'pending' AND NOT held AND q.attempts > 0) AS retrying,
                     count(*) FILTER (WHERE q.status = 'parked') AS parked,
-                    count(*) FILTER (WHERE q.status = 'done') AS done,
+                    (SELECT coalesce(sum(d.done), 0) FROM derivation_sessions d
+                     WHERE {" AND ".join(where).format(t="d")}) AS done,
                     extract(epoch FROM now() - min(q.created_at) FILTER (WHERE q.status = 'pending')) AS oldest
                 FROM derivation_queue q
                 LEFT JOIN derivation_sessions d ON d.session_id = q.session_id
                 CROSS JOIN LATERAL (SELECT coalesce(d.leased_until > now(), false) AS held) s
-                WHERE {" AND ".join(where)}
+                WHERE {" AND ".join(where).format(t="q")}
                 """
             ),
             params,
         )
     ).one()
     return Counts(
-        row.pending, row.in_progress, row.retrying, row.parked, row.done, round(float(row.oldest or 0.0), 3)
+        row.pending,
+        row.in_progress,
+        row.retrying,
+        row.parked,
+        int(row.done),
+        round(float(row.oldest or 0.0), 3),
     )
 
 
@@ -472,8 +513,14 @@ async def complete_users(
         )
     await db.execute(
         text(
-            "UPDATE derivation_queue SET status = 'done', done_at = now(), last_error = NULL, raw_output = NULL "
-            "WHERE message_id = ANY(:ids) AND status IN ('pending', 'parked')"
+            """
+            WITH finished AS (
+                DELETE FROM derivation_queue WHERE message_id = ANY(:ids) RETURNING session_id
+            )
+            UPDATE derivation_sessions d SET done = d.done + f.n, last_done_at = now()
+            FROM (SELECT session_id, count(*) AS n FROM finished GROUP BY session_id) f
+            WHERE d.session_id = f.session_id
+            """
         ).bindparams(_IDS),
         {"ids": list(message_ids)},
     )

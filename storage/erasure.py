@@ -1,10 +1,11 @@
 """Erasing a user or an app: every row of theirs in PostgreSQL in one transaction, and their search index
 entries through the outbox in that same transaction.
 
-The transaction deletes the user (or app) row, which cascades to sessions, messages, metamessages,
-collections, documents and the sessions' derivation leases; it deletes what has no foreign key to them
-(derivation work, batch-job rows, index outbox entries naming their rows) and records two index
-deletions by scope (``user_id`` or ``app_id``), for messages and for documents. Either all of that
+The transaction locks the owner's rows first (see ``_STATEMENTS``), then deletes the user (or app) row,
+which cascades to sessions, messages, metamessages, collections, documents and the sessions' derivation
+leases; it deletes what has no foreign key to them (derivation work, batch-job rows, index outbox entries
+naming their rows) and records two index deletions by scope (``user_id`` or ``app_id``), for messages and
+for documents. Either all of that
 commits or none of it does; once it has, the index deletions are applied at once and, if the process
 dies first, by the index sync after a restart: a crash half-way never leaves half an erasure.
 """
@@ -26,45 +27,76 @@ class Erased:
     index_entries: list[int]  # the outbox entries that take them out of the index
 
 
-async def _count(db: AsyncConnection, column: str, value: str) -> tuple[int, int]:
-    row = (
-        await db.execute(
-            text(
-                f"SELECT (SELECT count(*) FROM messages WHERE {column} = :v) AS messages, "
-                f"(SELECT count(*) FROM documents WHERE {column} = :v) AS documents"
-            ),
-            {"v": value},
-        )
-    ).one()
-    return int(row.messages), int(row.documents)
+# What an erasure reads and deletes besides the owner's row, in order, for a user or an app. The owner's
+# rows are locked first, the user's sessions with them: a message insert takes a share lock on its
+# session row, so the erasure waits for one under way to commit, and one that starts later waits for the
+# erasure and then finds its session gone. Every message whose work is queued is then visible here, and
+# none can be queued after. Each statement finds the owner's rows through an index (messages by user,
+# documents by collection, queue items by app and user), whatever everyone else has stored.
+_USER_ROWS = "SELECT id FROM users WHERE app_id = :a AND id = :u"
+_APP_USERS = "SELECT id FROM users WHERE app_id = :a"
+_STATEMENTS = (
+    # locks
+    ("lock", "SELECT id FROM {owner} FOR UPDATE"),
+    ("lock", "SELECT s.id FROM sessions s WHERE s.user_id IN ({users}) FOR UPDATE OF s"),
+    # counts, for the answer
+    ("count", "SELECT count(*) FROM messages WHERE user_id IN ({users})"),
+    (
+        "count",
+        "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
+        "WHERE c.user_id IN ({users})",
+    ),
+    # what has no foreign key to the owner
+    (
+        "delete",
+        "DELETE FROM index_outbox WHERE target_id IN (SELECT id FROM messages WHERE user_id IN ({users}))",
+    ),
+    (
+        "delete",
+        "DELETE FROM index_outbox WHERE target_id IN (SELECT d.id FROM documents d "
+        "JOIN collections c ON c.id = d.collection_id WHERE c.user_id IN ({users}))",
+    ),
+    ("delete", "DELETE FROM derivation_queue WHERE app_id = :a AND {queue_user}"),
+    (
+        "delete",
+        "DELETE FROM derivation_job_users WHERE job_id IN (SELECT id FROM derivation_jobs WHERE app_id = :a) "
+        "AND user_id IN ({users})",
+    ),
+)
 
 
-async def _erase(db: AsyncConnection, column: str, value: str) -> Erased:
-    """Delete what has no foreign key to the owner, then queue the index deletions (the caller deletes
-    the owner's row, which cascades to the rest)."""
-    n_messages, n_documents = await _count(db, column, value)
-    # Outbox entries naming the owner's rows, before the rows (and so the names) are gone.
-    await db.execute(
-        text(
-            f"DELETE FROM index_outbox WHERE target_id IN (SELECT id FROM messages WHERE {column} = :v) "
-            f"OR target_id IN (SELECT id FROM documents WHERE {column} = :v)"
-        ),
-        {"v": value},
-    )
-    await db.execute(text(f"DELETE FROM derivation_queue WHERE {column} = :v"), {"v": value})
-    await db.execute(text(f"DELETE FROM derivation_sessions WHERE {column} = :v"), {"v": value})
+def statements(column: str, app_id: str, user_id: str | None) -> list[tuple[str, dict[str, str]]]:
+    """The erasure's statements for a user (``column`` "user_id") or an app ("app_id"), with their
+    parameters, in the order they run (the owner's row is deleted after them)."""
+    if column == "user_id":
+        users, owner, queue_user = _USER_ROWS, "users WHERE app_id = :a AND id = :u", "user_id = :u"
+        params = {"a": app_id, "u": str(user_id)}
+    else:
+        users, owner, queue_user = _APP_USERS, "apps WHERE id = :a", "true"
+        params = {"a": app_id}
+    return [(sql.format(users=users, owner=owner, queue_user=queue_user), params) for _, sql in _STATEMENTS]
+
+
+async def _erase(db: AsyncConnection, column: str, app_id: str, user_id: str | None = None) -> Erased:
+    """Lock the owner's rows, count them, delete what has no foreign key to the owner, and queue the
+    index deletions (the caller deletes the owner's row, which cascades to the rest)."""
+    counts = []
+    for (kind, _), (sql, params) in zip(_STATEMENTS, statements(column, app_id, user_id), strict=True):
+        result = await db.execute(text(sql), params)
+        if kind == "count":
+            counts.append(int(result.scalar_one()))
+    scope = {column: user_id if column == "user_id" else app_id}
     entries = [
-        await outbox.enqueue_delete(db, "message", scope={column: value}),
-        await outbox.enqueue_delete(db, "document", scope={column: value}),
+        await outbox.enqueue_delete(db, "message", scope=scope),
+        await outbox.enqueue_delete(db, "document", scope=scope),
     ]
-    return Erased(n_messages, n_documents, entries)
+    return Erased(counts[0], counts[1], entries)
 
 
 async def erase_user(db: AsyncConnection, app_id: str, user_id: str) -> Erased:
     """Everything of one user (404 if the app has no such user)."""
     await users.get_user(db, app_id, user_id)
-    erased = await _erase(db, "user_id", user_id)
-    await db.execute(text("DELETE FROM derivation_job_users WHERE user_id = :u"), {"u": user_id})
+    erased = await _erase(db, "user_id", app_id, user_id)
     await db.execute(text("DELETE FROM users WHERE id = :u"), {"u": user_id})
     return erased
 

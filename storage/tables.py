@@ -247,7 +247,8 @@ class IndexOutbox(Base):
 
 class DerivationItem(Base):
     """One message's derivation work, written by a trigger in the statement that stores the message
-    (migration 0004), so no message is stored without it. Kept once done, for the counts."""
+    (migration 0004), so no message is stored without it. Deleted by the statement that completes it
+    (its session's ``done`` counts it); parked items stay, with why."""
 
     __tablename__ = "derivation_queue"
     # No foreign keys: checking them would lock the message's and the session's rows on every insert,
@@ -265,10 +266,9 @@ class DerivationItem(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     raw_output: Mapped[str | None] = mapped_column(Text)  # what the model said, when that was the problem
     created_at: Mapped[datetime] = _created_at()
-    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'done', 'parked')", name="status"),
+        CheckConstraint("status IN ('pending', 'parked')", name="status"),
         Index(
             "ix_derivation_queue_pending", "session_id", "seq", postgresql_where=text("status = 'pending'")
         ),
@@ -291,6 +291,8 @@ class DerivationSession(Base):
     not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # backoff after a failure
     lease_owner: Mapped[str | None] = mapped_column(Text)
     leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    done: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))  # items derived
+    last_done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # The leases held now, per app: what a claim counts against limits.app_derivations (a small index:
     # a released lease has no owner).
@@ -321,6 +323,7 @@ class DerivationJob(Base):
     __table_args__ = (
         CheckConstraint("mode IN ('replace', 'append')", name="mode"),
         CheckConstraint("state IN ('running', 'stopped', 'cancelling', 'cancelled', 'done')", name="state"),
+        Index("ix_derivation_jobs_app_id", "app_id"),  # an app's erasure cascades to its jobs
     )
 
 
@@ -365,3 +368,19 @@ class RateBucket(Base):
     app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
     tokens: Mapped[float] = mapped_column(Double, nullable=False)
     refilled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class WorkerStatus(Base):
+    """What a derivation process says of itself, for /health: running, or paused and why (an LLM that
+    refuses its key), when it last finished a batch, and when it last said so (a row not refreshed for a
+    few minutes is a process that is gone)."""
+
+    __tablename__ = "worker_status"
+    worker: Mapped[str] = mapped_column(Text, primary_key=True)  # host/pid of the process
+    kind: Mapped[str] = mapped_column(Text, nullable=False)  # deriver
+    state: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text)
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (CheckConstraint("state IN ('running', 'paused')", name="state"),)

@@ -88,6 +88,8 @@ async def leftovers(database: Database, column: str, value: str, ids: Sequence[s
                 where.append(f"{column} = :v")
             if table.name == "index_outbox":
                 where.append("scope ->> :c = :v")
+            if not where:
+                continue  # a table that names no owner or row (worker_status)
             query = f"SELECT count(*) FROM {table.name} WHERE {' OR '.join(where)}"
             n = (await db.execute(text(query), {"v": value, "c": column, "ids": list(ids)})).scalar_one()
             if n:
