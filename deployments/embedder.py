@@ -52,6 +52,7 @@ class Embedder:
             config.embedding.device,
             config.embedding.precision,
             config.embedding.cpu_threads,
+            config.embedding.max_windows_per_text,
         )
         if background:
             self.model.embed_sync(["warm-up"])  # let torch start its threads, so they are reniced too

@@ -78,13 +78,16 @@ class Memory:
     async def update_message(
         self, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
     ) -> Record:
-        """New metadata can change what is indexed (speaker, date): the trigger re-indexes the message."""
+        """New metadata may change what is indexed (a speaker or date, see ``indexing.message_text``): the
+        update trigger (migration 0008) then re-indexes the message; other metadata leaves the index alone."""
         async with self.database.transaction() as db:
             return await messages.update_message(db, app_id, user_id, session_id, message_id, metadata)
 
     async def clone_session(
         self, app_id: str, user_id: str, session_id: str, *, message_id: str | None, deep_copy: bool
     ) -> Record:
+        """Copies up to ``sessions.CLONE_MAX`` messages in the database; the index sync embeds the copies
+        in the background, so they become searchable shortly after the call returns."""
         async with self.database.transaction() as db:
             return await sessions.clone_session(
                 db, app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy

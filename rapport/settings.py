@@ -135,6 +135,15 @@ class EmbeddingSettings(_Section):
         description="Most concurrent requests the Embedder deployment batches into one call.",
     )
     batch_wait_s: float = Field(default=0.005, ge=0, le=5, description="How long a batch waits to fill up.")
+    max_windows_per_text: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Model windows embedded per text, at most: a text longer than the model's window is "
+        "embedded in overlapping windows (about 1,800 tokens for 8 of MiniLM's). Text past the last is "
+        "stored but not embedded: message search still finds it by its words (fulltext, hybrid), a "
+        "document query does not.",
+    )
 
 
 Provider = Literal["local", "anthropic", "openai"]

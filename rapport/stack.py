@@ -69,7 +69,12 @@ async def open_stack(
         if embedder is None:
             model = settings.embedding
             embedder = await asyncio.to_thread(
-                load_embedder, model.model, model.device, model.precision, model.cpu_threads
+                load_embedder,
+                model.model,
+                model.device,
+                model.precision,
+                model.cpu_threads,
+                model.max_windows_per_text,
             )
         index = await open_index(settings, embedder.dimension, recreate=recreate_index)
         sync = IndexSync.configured(database, index, embedder, settings.vector_store)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from models.embedding.client import EmbeddingModelNotFound, TextEmbedder
-from models.embedding.sentence_transformer import SentenceTransformerEmbedder, locate_model
+from models.embedding.sentence_transformer import (
+    DEFAULT_MAX_WINDOWS,
+    SentenceTransformerEmbedder,
+    locate_model,
+)
 
 __all__ = [
+    "DEFAULT_MAX_WINDOWS",
     "EmbeddingModelNotFound",
     "SentenceTransformerEmbedder",
     "TextEmbedder",
@@ -15,7 +20,13 @@ __all__ = [
 
 
 def load_embedder(
-    source: str, device: str = "auto", precision: str = "auto", cpu_threads: int = 0
+    source: str,
+    device: str = "auto",
+    precision: str = "auto",
+    cpu_threads: int = 0,
+    max_windows: int = DEFAULT_MAX_WINDOWS,
 ) -> SentenceTransformerEmbedder:
     """The configured model, loaded in this process."""
-    return SentenceTransformerEmbedder(source, device=device, precision=precision, cpu_threads=cpu_threads)
+    return SentenceTransformerEmbedder(
+        source, device=device, precision=precision, cpu_threads=cpu_threads, max_windows=max_windows
+    )

@@ -163,7 +163,14 @@ async def _rest_of(first: str, pieces: AsyncGenerator[str, None]) -> AsyncGenera
         await pieces.aclose()
 
 
-@router.get("/{session_id}/clone", response_model=schemas.Session)
+@router.get(
+    "/{session_id}/clone",
+    response_model=schemas.Session,
+    description="Clone a session, optionally up to a specific message\n\n"
+    f"Copies at most {store.CLONE_MAX:,} messages (and, with `deep_copy`, {store.CLONE_MAX:,} metamessages): "
+    "past that the answer is 422, and `message_id` can cut the clone off earlier. The copies are "
+    "searchable once indexed (seconds; /health shows the lag).",
+)
 async def clone_session(
     memory: Mem,
     app_id: AppId,
