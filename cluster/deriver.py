@@ -4,9 +4,12 @@ run in the foreground (`rapport deriver run`, tests) or as Ray actors that `rapp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
@@ -14,7 +17,7 @@ from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
 from pipelines.deriver import Deriver
 from rapport import metrics
 from rapport.settings import DeriverSettings, LimitSettings, Settings
-from storage import derivation
+from storage import derivation, workers
 from storage.derivation import Claim
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,11 @@ class DerivationSource:
         self.per_app = limits.app_derivations
         self.caps = limits.derivation_caps
         self.database = deriver.memory.database
+        # What /health learns of this process (storage/workers.py): paused (and why) while a dependency
+        # is down or the LLM refuses its settings, and when a batch was last stored.
+        self.paused: str | None = None
+        self.progress_at: datetime | None = None
+        self.changed = asyncio.Event()
 
     async def claim(self) -> Claim | None:
         # A claim's writes are each one statement (the lease, with the app's turn), unless apps are
@@ -55,6 +63,11 @@ class DerivationSource:
 
     async def process(self, work: Claim) -> None:
         outcome = await self.deriver.derive(work)
+        self.progress_at = datetime.now(UTC)
+        if self.paused is not None:
+            log.info("the deriver works again")
+            self.paused = None
+            self.changed.set()
         log.info(
             "derived session %s (%d messages): %d new facts, %d reinforced%s",
             work.session_id,
@@ -95,7 +108,14 @@ class DerivationSource:
     def is_outage(self, error: BaseException) -> bool:
         if isinstance(error, LLMConfigError):
             log.error("the deriver's LLM is misconfigured: %s", error)
-        return isinstance(error, OUTAGES)
+        if not isinstance(error, OUTAGES):
+            return False
+        what = "the LLM refuses its settings" if isinstance(error, LLMConfigError) else "a dependency is down"
+        paused = f"{what}: {type(error).__name__}: {error}"
+        if paused != self.paused:
+            self.paused = paused
+            self.changed.set()
+        return True
 
 
 def derivation_workers(
@@ -116,7 +136,40 @@ def derivation_workers(
 
 
 async def run_workers(workers: list[QueueWorker[Claim]], stop: asyncio.Event) -> None:
-    await asyncio.gather(*(worker.run(stop) for worker in workers))
+    """Run the workers until ``stop``, with their process's state reported for /health."""
+    sources = {id(worker.source): worker.source for worker in workers}
+    await asyncio.gather(
+        *(worker.run(stop) for worker in workers),
+        *(report_state(source, stop) for source in sources.values() if isinstance(source, DerivationSource)),
+    )
+
+
+async def report_state(source: DerivationSource, stop: asyncio.Event) -> None:
+    """Keep this process's row of worker_status current: at once when it pauses or resumes, else every
+    ``workers.HEARTBEAT_S``; gone when it stops."""
+    name = f"{socket.gethostname()}/{os.getpid()}/{id(source):x}"
+    while not stop.is_set():
+        source.changed.clear()
+        state = "paused" if source.paused else "running"
+        try:
+            async with source.database.autocommit() as db:
+                await workers.report(db, name, "deriver", state, source.paused, source.progress_at)
+        except Exception as exc:  # the database may be what is down; /health says so itself
+            log.debug("could not report the deriver's state: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_first(source.changed.wait(), stop.wait()), timeout=workers.HEARTBEAT_S)
+    with contextlib.suppress(Exception):
+        async with source.database.autocommit() as db:
+            await workers.retire(db, name)
+
+
+async def _first(*waits: Any) -> None:
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def derive_until(

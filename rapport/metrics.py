@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from rapport.settings import Settings
     from storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,14 @@ QUEUE_WORK = Counter(
     ("queue", "result"),
 )
 
+HEALTH_DEGRADED = Gauge(
+    "rapport_health_degraded",
+    "1 while a part of Rapport is degraded, else 0, by part (embedder, index, llm, deriver): what /health "
+    "says, with its reason there and in the log.",
+    ("part",),
+)
+HEALTH_PARTS = ("embedder", "index", "llm", "deriver")
+
 # --- the search index ----------------------------------------------------------------------------------
 INDEX_LAG = Gauge("rapport_index_lag_entries", "Writes waiting to reach the search index.")
 INDEX_LAG_AGE = Gauge("rapport_index_lag_seconds", "Age of the oldest write waiting to reach the index.")
@@ -212,17 +221,8 @@ EMBED_BATCH = Histogram(
 )
 
 
-async def observe_backlogs(database: Database) -> None:
-    """Set the gauges read from the database: what waits for the deriver and for the index. Run by the
-    process that applies the index outbox (one per deployment), and by ``/metrics`` before it answers."""
-    from storage import derivation, outbox
+async def observe_backlogs(database: Database, settings: Settings | None = None) -> None:
+    """``pipelines.health.observe`` (kept here for the index sync's loop, which calls it by this name)."""
+    from pipelines.health import observe
 
-    async with database.transaction() as db:
-        work = await derivation.lag(db)
-        lag = await outbox.lag(db)
-    DERIVATION_PENDING.set(work.pending)
-    DERIVATION_OLDEST.set(work.oldest_s)
-    DERIVATION_PARKED.set(work.parked)
-    INDEX_LAG.set(lag.pending)
-    INDEX_LAG_AGE.set(lag.oldest_s)
-    INDEX_PARKED.set(lag.parked)
+    await observe(database, settings)

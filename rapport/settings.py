@@ -343,6 +343,24 @@ class LimitSettings(_Section):
         return {app: own.derivations for app, own in self.apps.items() if own.derivations is not None}
 
 
+class HealthSettings(_Section):
+    probe_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="How long /health reuses its last answer: its probes (an embedding, the LLM's model "
+        "list, the index) run at most this often per API replica, however often it is asked.",
+    )
+    index_stall_s: float = Field(
+        default=300.0, gt=0, description="A write waiting this long for the search index: degraded."
+    )
+    derivation_stall_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="Messages waiting this long with no batch derived meanwhile (or no worker heard from): degraded.",
+    )
+
+
 class ServeSettings(_Section):
     proxy: Literal["haproxy", "ray"] = Field(
         default="haproxy",
@@ -384,6 +402,7 @@ class Settings(BaseSettings):
     vector_store: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> Settings:

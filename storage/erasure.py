@@ -85,7 +85,7 @@ async def _erase(db: AsyncConnection, column: str, app_id: str, user_id: str | N
         result = await db.execute(text(sql), params)
         if kind == "count":
             counts.append(int(result.scalar_one()))
-    scope = {column: user_id if column == "user_id" else app_id}
+    scope = {column: str(user_id) if column == "user_id" else app_id}
     entries = [
         await outbox.enqueue_delete(db, "message", scope=scope),
         await outbox.enqueue_delete(db, "document", scope=scope),

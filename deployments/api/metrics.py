@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.api.auth import require_admin
+from pipelines import health
 from rapport import metrics
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ async def prometheus_metrics(request: Request) -> Response:
     memory = getattr(request.app.state, "memory", None)
     if memory is not None:
         try:
-            await metrics.observe_backlogs(memory.database)
+            await health.observe(memory.database, request.app.state.settings)
         except Exception as exc:  # the request counters still answer while the database is down
             log.warning("metrics: could not read the backlogs from the database: %s", exc)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,16 +1,28 @@
-"""GET /health: each dependency's state; 503 only when the database is gone (tests/api/test_outages.py)."""
+"""GET /health: each dependency's state, and whether derivation and indexing get on with their work; 503
+only when the database is gone (tests/api/test_outages.py); probes at most once an interval."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import numpy as np
+from sqlalchemy import text
 
+from cluster.deriver import derivation_workers, run_workers
 from deployments.api import create_api
+from models.llm import LLMConfigError
 from models.llm.openai_compatible import OpenAICompatibleLLM
+from models.llm.scripted import ScriptedLLM
+from pipelines.deriver import Deriver
 from pipelines.memory import Memory
+from rapport.settings import DeriverSettings
+from storage import messages, workers
+from storage.db import Database
 from tests.api.conftest import make_settings
+from tests.storage.factories import make_tree
 
 
 def client_of(memory: Memory, llm: object = None) -> httpx.AsyncClient:
@@ -61,3 +73,128 @@ async def test_a_failing_embedder_degrades_but_does_not_fail_the_check(memory: M
         health = await client.get("/health")
     assert health.status_code == 200
     assert health.json()["status"] == "degraded" and health.json()["embedder"] == "unavailable: RuntimeError"
+
+
+# --- derivation and indexing that do not progress ----------------------------------------------------
+
+
+def client_with(memory: Memory, **sections: dict[str, Any]) -> httpx.AsyncClient:
+    app = create_api(make_settings(**sections), memory=memory)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rapport.test")
+
+
+async def backdate(database: Database, table: str, seconds: float) -> None:
+    async with database.transaction() as db:
+        await db.execute(
+            text(f"UPDATE {table} SET created_at = now() - make_interval(secs => :s)"), {"s": seconds}
+        )
+
+
+async def test_a_deriver_paused_by_its_llm_makes_health_degraded_with_the_reason(
+    memory: Memory, database: Database
+) -> None:
+    """A wrong key pauses derivation for every app: /health says so (it said "ok" through 18 minutes of
+    it), and so does the metric; the worker's row goes when it stops."""
+    tree = await make_tree(database, user_name="ana")
+    async with database.transaction() as db:
+        await messages.create_message(
+            db, tree.app_id, tree.user_id, tree.session_id, content="hi", is_user=True
+        )
+    refused = ScriptedLLM(
+        lambda _: (_ for _ in ()).throw(LLMConfigError("the server refused the API key; set LLM_API_KEY"))
+    )
+    settings = DeriverSettings(batch_wait_s=0, poll_interval_s=0.01)
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        run_workers(derivation_workers(Deriver(memory, refused), settings, outage_pause_s=0.05), stop)
+    )
+    try:
+        for _ in range(200):
+            async with database.transaction() as db:
+                if [w for w in await workers.alive(db, "deriver") if w.state == "paused"]:
+                    break
+            await asyncio.sleep(0.05)
+        async with client_with(memory) as client:
+            body = (await client.get("/health")).json()
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+    assert body["status"] == "degraded"
+    assert body["deriver"]["status"].startswith("derivation is paused on 1 of 1 worker(s)")
+    assert "LLM_API_KEY" in body["deriver"]["status"] and body["problems"] == [body["deriver"]["status"]]
+    assert _gauge("rapport_health_degraded", part="deriver") == 1.0
+    async with database.transaction() as db:
+        assert await workers.alive(db, "deriver") == [], "a stopped process is not a stalled one"
+
+
+async def test_messages_waiting_with_no_worker_heard_from_are_degraded(
+    memory: Memory, database: Database
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    async with database.transaction() as db:
+        await messages.create_message(
+            db, tree.app_id, tree.user_id, tree.session_id, content="hi", is_user=True
+        )
+    async with client_with(memory) as client:
+        fresh = (await client.get("/health")).json()
+    assert fresh["status"] == "ok", "a message just stored is not a stall"
+    await backdate(database, "derivation_queue", 2 * 3600)
+    await backdate(database, "index_outbox", 2 * 3600)
+    async with client_with(memory) as client:
+        body = (await client.get("/health")).json()
+    assert body["status"] == "degraded"
+    assert body["deriver"]["status"].startswith(
+        "no derivation worker has been heard from while 1 messages wait"
+    )
+    assert any(p.startswith("the search index is behind: 1 writes wait") for p in body["problems"])
+    assert _gauge("rapport_health_degraded", part="index") == 1.0
+    async with client_with(memory, deriver={"enabled": False}) as client:
+        off = (await client.get("/health")).json()
+    assert off["deriver"]["status"] == "off" and off["problems"] == [
+        p for p in body["problems"] if "index" in p
+    ]
+
+
+async def test_a_worker_that_derives_nothing_for_long_is_not_progressing(
+    memory: Memory, database: Database
+) -> None:
+    tree = await make_tree(database, user_name="ana")
+    async with database.transaction() as db:
+        await messages.create_message(
+            db, tree.app_id, tree.user_id, tree.session_id, content="hi", is_user=True
+        )
+        await workers.report(db, "host/1/a", "deriver", "running", None, None)
+    await backdate(database, "derivation_queue", 2 * 3600)
+    async with client_with(memory) as client:
+        body = (await client.get("/health")).json()
+    assert body["deriver"]["status"].startswith("derivation is not progressing: 1 messages wait")
+    assert "no batch has been derived yet" in body["deriver"]["status"]
+
+
+async def test_probes_run_at_most_once_per_interval_however_often_health_is_asked(memory: Memory) -> None:
+    calls = []
+
+    class Counting:
+        dimension = memory.embedder.dimension
+
+        async def embed(self, texts: Sequence[str]) -> np.ndarray:
+            calls.append(list(texts))
+            return await memory.embedder.embed(texts)
+
+    counted = Memory(memory.database, Counting(), memory.index, memory.writer)
+    app = create_api(make_settings(health={"probe_interval_s": 60}), memory=counted)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://rapport.test"
+    ) as client:
+        answers = await asyncio.gather(*(client.get("/health") for _ in range(20)))
+        live = [await client.get("/health/live") for _ in range(5)]
+    assert {a.status_code for a in answers} == {200} and len({a.text for a in answers}) == 1
+    assert len(calls) == 1, "twenty callers, one embedding"
+    assert all(r.status_code == 200 and r.json() == {"status": "ok"} for r in live)
+    assert len(calls) == 1, "liveness probes nothing"
+
+
+def _gauge(name: str, **labels: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)

@@ -1,16 +1,21 @@
-"""Readiness: each dependency's state, and how far the index and the deriver are behind."""
+"""Liveness and readiness: each dependency's state, and whether the index and the deriver keep up."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from deployments.api.errors import RETRY_AFTER_S
 from deployments.api.params import Mem
+from pipelines import health as backlogs
+from pipelines.memory import Memory
+from rapport import metrics
 from storage.index import MESSAGES
 
 log = logging.getLogger(__name__)
@@ -20,18 +25,46 @@ router = APIRouter(tags=["health"])
 PROBE_TIMEOUT_S = 5.0
 
 
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """The process answers: nothing is probed (for a liveness check, called as often as you like)."""
+    return {"status": "ok"}
+
+
 @router.get("/health")
 async def health(memory: Mem, request: Request) -> JSONResponse:
     """Each dependency's state. 503 when the database does not answer (nothing works without it); else
     200, with ``status`` "degraded" when the embedder or the search index fails (writes are kept and
-    indexed later; searches fail until it is back) or the LLM does not answer (chat and derivation
-    wait). ``index`` also tells how many writes wait to reach the search index (``pending``), how old
-    the oldest is (``oldest_s``), and how many failed for good (``parked``); ``deriver`` the same for
-    messages waiting to be derived."""
+    indexed later; searches fail until it is back), the LLM does not answer (chat and derivation wait),
+    writes wait too long for the index, or derivation is paused or not progressing; ``problems`` says
+    why. ``index`` tells how many writes wait to reach the search index (``pending``), how old the
+    oldest is (``oldest_s``), and how many failed for good (``parked``); ``deriver`` the same for
+    messages waiting to be derived, with its ``status``. The answer is reused for
+    ``health.probe_interval_s``: however often it is asked, the probes run at most that often (a 503 is
+    not reused: the database is asked again next time, and no probe runs without it)."""
+    state = request.app.state
+    cache: _Cached = state.__dict__.setdefault("health_cache", _Cached())
+    async with cache.lock:  # callers arriving together share one round of probes
+        if cache.answer is None or time.monotonic() - cache.at > state.settings.health.probe_interval_s:
+            answer = await _check(memory, request)
+            if answer.status_code != 200:
+                return answer
+            cache.answer, cache.at = answer, time.monotonic()
+        return cache.answer
+
+
+class _Cached:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.at = 0.0
+        self.answer: JSONResponse | None = None
+
+
+async def _check(memory: Memory, request: Request) -> JSONResponse:
+    settings = request.app.state.settings
     try:
         await memory.database.ping()
-        lag = await memory.index_lag()
-        work = await memory.derivation_lag()
+        found = await backlogs.observe(memory.database, settings)
     except Exception:
         log.exception("health check: the database did not answer")
         return JSONResponse(
@@ -49,28 +82,30 @@ async def health(memory: Mem, request: Request) -> JSONResponse:
         _probe("index", memory.index.count(MESSAGES)),
         _probe("llm", llm.probe()),
     )
-    index_state = {
-        "status": index,
-        "pending": lag.pending,
-        "parked": lag.parked,
-        "oldest_s": round(lag.oldest_s, 3),
+    problems = [reason for _, reason in found.problems]
+    parts = {part for part, _ in found.problems}
+    for part, state in (("embedder", embedder), ("index", index)):
+        if state != "ok":
+            problems.append(f"the {part} is {state}")
+            parts.add(part)
+    if not (llm_state in ("ok", "configured") or llm_state.startswith("not loaded")):
+        problems.append(f"the LLM ({llm.name}) is {llm_state}")
+        parts.add("llm")
+    for part in metrics.HEALTH_PARTS:
+        metrics.HEALTH_DEGRADED.set(float(part in parts), part=part)
+    for problem in problems:
+        log.warning("health: %s", problem)
+    body: dict[str, Any] = {
+        "status": "degraded" if problems else "ok",
+        "database": "ok",
+        "embedder": embedder,
+        "index": {"status": index, **found.index},
+        "llm": {"model": llm.name, "status": llm_state},
+        "deriver": found.deriver,
     }
-    deriver = {"pending": work.pending, "parked": work.parked, "oldest_s": work.oldest_s}
-    healthy = (
-        embedder == "ok"
-        and index == "ok"
-        and (llm_state in ("ok", "configured") or llm_state.startswith("not loaded"))
-    )
-    return JSONResponse(
-        {
-            "status": "ok" if healthy else "degraded",
-            "database": "ok",
-            "embedder": embedder,
-            "index": index_state,
-            "llm": {"model": llm.name, "status": llm_state},
-            "deriver": deriver,
-        }
-    )
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body)
 
 
 async def _probe(what: str, call: Awaitable[object]) -> str:
