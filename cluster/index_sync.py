@@ -41,8 +41,9 @@ class OutboxSource:
     async def claim(self) -> list[outbox.Entry] | None:
         # Upkeep goes before each claim, busy or idle: writes made inline (the API's, the deriver's)
         # retire their own entries and can leave this worker nothing to claim for good, while each still
-        # adds a fragment.
+        # adds a fragment. Erasures are applied inline too (``Memory.erase_user``), so is their purge.
         await self._maintain_if_due()
+        await self._purge_if_due()
         async with self.database.transaction() as db:
             return await outbox.claim(db, self.sync.batch_size, lease_s=self.lease_s) or None
 
@@ -95,6 +96,14 @@ class OutboxSource:
             return
         if report is not None:
             log.info("index upkeep: %s", report)
+
+    async def _purge_if_due(self) -> None:
+        """Take erased rows out of the index files (``IndexSync.purge``) when a step of it is due."""
+        if not self.sync.purge_due():
+            return
+        report = await self.sync.purge()  # a table whose purge fails is logged, and retried later
+        if report is not None:
+            log.info("index purge of erased rows: %s", report)
 
 
 def index_sync_worker(

@@ -4,6 +4,8 @@ Every change that affects the index writes an outbox entry in its own transactio
 them: documents inline (the request that wrote one waits for its index write, so it is queryable when
 the call returns), messages in the background (embedded in batches; the lag shows in /health), and
 anything that failed, from a crash or an error, on the next round. `reindex` rebuilds from scratch.
+
+Erased rows are taken out of the index's files too, not only out of its results (`IndexSync.purge`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -151,6 +155,34 @@ async def _bounded(call: Awaitable[T]) -> T:
     return await asyncio.wait_for(call, timeout=CALL_TIMEOUT_S)
 
 
+@dataclass
+class ErasurePurge:
+    """Where one table stands with taking erased rows out of its files (``IndexSync.purge``)."""
+
+    erased_since: datetime | None = None  # the oldest erasure delete applied and not yet purged (UTC)
+    purged_at: datetime | None = None  # when this process last finished a purge: old files removed (UTC)
+    due_at: float | None = None  # monotonic time of erased_since
+    compacted_at: float | None = None  # rows compacted away at this monotonic time; old files remain
+    purged_version: int | None = None  # the versions before this one may still hold erased rows
+    started_at: float = -math.inf  # monotonic time of the last compaction
+    # The ANN index still covers a fragment erased whole (quantised vectors, no text): see purge_deleted.
+    ann_keeps_erased_vectors: bool = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether erased rows may still be in some file of the table."""
+        return self.due_at is not None or self.compacted_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeOptions:
+    """How erased rows are purged from the index files (vector_store.erasure_purge_s and _grace_s)."""
+
+    every_s: float = 300.0  # a table is compacted for erasures at most this often
+    grace_s: float = 10.0  # and the files it made obsolete removed this long after
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+
+
 class IndexSync:
     """The index's single writer: applies outbox entries, inline or in the background."""
 
@@ -162,12 +194,19 @@ class IndexSync:
         *,
         batch_size: int = 256,
         max_attempts: int = 10,
+        purge: PurgeOptions | None = None,
     ) -> None:
         self.database = database
         self.index = index
         self.embedder = embedder
         self.batch_size = batch_size
         self.max_attempts = max_attempts
+        self.purge_options = purge or PurgeOptions()
+        # A purge is due at start: a process that stopped between an erasure's delete and its purge left
+        # no other trace of it, and a purge with nothing to take out costs a manifest read.
+        self.purges = {table: ErasurePurge() for table in TABLE_OF_KIND.values()}
+        for table in self.purges:
+            self._erased(table)
         self._writes_since_upkeep: dict[Table, int] = dict.fromkeys(TABLE_OF_KIND.values(), 0)
         self._rows: dict[Table, int] = dict.fromkeys(TABLE_OF_KIND.values(), 0)  # at the last upkeep
         # Inline document writes that arrive while one is under way go together in the next: one index
@@ -180,8 +219,14 @@ class IndexSync:
     def configured(
         cls, database: Database, index: VectorIndex, embedder: TextEmbedder, settings: VectorStoreSettings
     ) -> IndexSync:
+        purge = PurgeOptions(every_s=settings.erasure_purge_s, grace_s=settings.erasure_purge_grace_s)
         return cls(
-            database, index, embedder, batch_size=settings.sync_batch, max_attempts=settings.max_attempts
+            database,
+            index,
+            embedder,
+            batch_size=settings.sync_batch,
+            max_attempts=settings.max_attempts,
+            purge=purge,
         )
 
     # --- inline writes (the API awaits these) ----------------------------------------------------------
@@ -266,6 +311,101 @@ class IndexSync:
             for table, n in self._writes_since_upkeep.items()
         )
 
+    # --- erasure: rows out of the files -----------------------------------------------------------------
+
+    def _erased(self, table: Table) -> None:
+        state = self.purges[table]
+        if state.due_at is None:
+            state.due_at = self.purge_options.clock()
+            state.erased_since = datetime.now(UTC)
+
+    def purge_due(self) -> bool:
+        """Whether ``purge`` has a step to take now."""
+        now = self.purge_options.clock()
+        return any(self._compaction_due(s, now) or self._removal_due(s, now) for s in self.purges.values())
+
+    def _compaction_due(self, state: ErasurePurge, now: float) -> bool:
+        return (
+            state.due_at is not None
+            and state.compacted_at is None
+            and now - state.started_at >= self.purge_options.every_s
+        )
+
+    def _removal_due(self, state: ErasurePurge, now: float) -> bool:
+        return state.compacted_at is not None and now - state.compacted_at >= self.purge_options.grace_s
+
+    def purge_status(self) -> dict[str, dict[str, Any]]:
+        """Each table's erasure purge, in plain values (for /health, across a Serve handle)."""
+        return {
+            table: {
+                "pending": state.pending,
+                "erased_since": state.erased_since.isoformat() if state.erased_since else None,
+                "purged_at": state.purged_at.isoformat() if state.purged_at else None,
+                "ann_keeps_erased_vectors": state.ann_keeps_erased_vectors,
+            }
+            for table, state in self.purges.items()
+        }
+
+    async def purge(self) -> dict[str, Any] | None:
+        """Take erased rows out of the index's files, for each table that had some deleted: compact
+        them away and remap or rebuild its indexes (``VectorIndex.purge_deleted``), then, once the grace
+        for reads of older versions has passed, remove those versions' files. A table is compacted at
+        most once per ``every_s``: the erasures applied meanwhile wait and go together in the next.
+
+        So an erasure's rows are out of every file within ``every_s`` + ``grace_s`` + the purge's own
+        time, at the first round after. Returns what was done (None if nothing was due)."""
+        report: dict[str, Any] = {}
+        for table, state in self.purges.items():
+            try:
+                steps = await self._purge_step(table, state)
+            except Exception as exc:
+                # The rows are out of every result already; the other tables go on, and this one is
+                # tried again after its interval.
+                log.exception("purging erased rows from the %s index failed", table)
+                steps = {"error": f"{type(exc).__name__}: {exc}"}
+            if steps:
+                report[table] = steps
+        return report or None
+
+    async def _purge_step(self, table: Table, state: ErasurePurge) -> dict[str, Any]:
+        options, steps = self.purge_options, {}
+        if self._compaction_due(state, options.clock()):
+            due_at, erased_since, last = state.due_at, state.erased_since, state.started_at
+            state.due_at, state.erased_since = None, None  # deletes from now on need another purge
+            state.started_at = options.clock()
+            try:
+                steps["compacted"] = done = await self.index.purge_deleted(table)
+            except BaseException:
+                state.due_at, state.erased_since = due_at, erased_since
+                raise
+            state.compacted_at, state.purged_version = options.clock(), done["version"]
+            state.ann_keeps_erased_vectors = done["ann_keeps_erased_vectors"]
+            if not (done["fragments_rewritten"] or done["indexes_rebuilt"]):
+                state.started_at = last  # nothing rewritten (e.g. at start): no cost to space out
+        if self._removal_due(state, options.clock()) and state.purged_version is not None:
+            steps["removed"] = removed = await self.index.remove_old_versions(
+                table, before=state.purged_version
+            )
+            if not removed["failed_deletes"]:
+                state.compacted_at = None
+                state.purged_at = datetime.now(UTC)
+        return steps
+
+    async def purge_now(self) -> dict[str, Any] | None:
+        """Purge every table with erased rows at once, waiting out the grace here: for a process that
+        applied an erasure without a background index sync to purge after it (e.g. the CLI)."""
+        for state in self.purges.values():
+            state.started_at = -math.inf
+        report = await self.purge() or {}
+        if any(s.compacted_at is not None for s in self.purges.values()):
+            await asyncio.sleep(self.purge_options.grace_s)
+            for table, steps in (await self.purge() or {}).items():
+                report.setdefault(table, {}).update(steps)
+        failed = {table: steps["error"] for table, steps in report.items() if "error" in steps}
+        if failed or any(s.pending for s in self.purges.values()):
+            raise UnavailableError("the search index", f"erased rows are still in its files: {failed}")
+        return report or None
+
     async def dependencies_answer(self) -> bool:
         """Whether the embedder and the index work at all (so a failure is the entries' own)."""
         try:
@@ -287,9 +427,15 @@ class IndexSync:
                 await self._embed_and_upsert(spec, rows)
         for e in entries:
             if e.action == "delete":
+                table = TABLE_OF_KIND[e.kind]
                 target = [e.target_id] if e.target_id else []
-                await _bounded(self.index.delete(TABLE_OF_KIND[e.kind], ids=target, scope=e.scope))
-                self._writes_since_upkeep[TABLE_OF_KIND[e.kind]] += 1
+                await _bounded(self.index.delete(table, ids=target, scope=e.scope))
+                self._writes_since_upkeep[table] += 1
+                # Messages leave PostgreSQL only by an erasure (a user's or an app's), and documents by
+                # scope only with a user, an app or a collection; one document deleted by id (a fact
+                # replaced by the deriver, say) is routine, holds no text and waits for compaction.
+                if table == MESSAGES or e.scope:
+                    self._erased(table)
 
     async def _embed_and_upsert(self, spec: _Indexed, rows: Sequence[Record]) -> None:
         if not rows:
@@ -321,6 +467,8 @@ class IndexSync:
         gone = [i for i in written if i not in now]
         if gone:
             await _bounded(self.index.delete(spec.table, ids=gone))
+            if spec.table == MESSAGES:  # a write that raced an erasure: its rows are erased ones
+                self._erased(spec.table)
 
     # --- rebuild ---------------------------------------------------------------------------------------
 

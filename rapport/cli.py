@@ -497,6 +497,7 @@ def _erase(settings: Settings, work: Callable[[AsyncConnection], Awaitable[Any]]
 
         async with open_stack(settings) as stack:
             await stack.sync.apply(erased.index_entries)
+            await stack.sync.purge_now()  # no index sync runs here to take the rows out of the files
         return erased, "removed"
 
     return _run(run())
@@ -595,7 +596,8 @@ def serve(
 ) -> None:
     """Start Rapport: the embedded Postgres (unless DB_CONNECTION_URI is set), migrations, Ray and the API.
 
-    Uses the Ray at RAY_ADDRESS when set, else starts a local one. Ctrl-C or SIGTERM stops everything.
+    Uses the Ray at RAY_ADDRESS when set, else starts a local one. Ctrl-C or SIGTERM stops everything it
+    started, at any point; it exits 0 when stopped while serving, 130 or 143 when stopped while starting.
     """
     from deployments.service import ServeOptions, run_service
 
@@ -609,11 +611,13 @@ def serve(
     if options.config is None:
         log.warning("no %s here: using the deployment options built into the code", config)
     try:
-        run_service(settings, options)
+        status = run_service(settings, options)
     except Exception as exc:
         log.exception("Rapport failed to start")
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if status:
+        raise typer.Exit(status)
 
 
 def main() -> None:

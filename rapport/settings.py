@@ -288,6 +288,21 @@ class VectorStoreSettings(_Section):
     max_attempts: int = Field(
         default=10, ge=1, le=100, description="Failed index work is parked after this many tries."
     )
+    erasure_purge_s: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="An erasure's rows leave the index files (compacted away, indexes remapped, old "
+        "versions removed) at the next round, or this long after the table's previous purge at most: "
+        "purges of many erasures coalesce to one per table per interval.",
+    )
+    erasure_purge_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="Files a purge made obsolete are removed this long after it, so that searches begun "
+        "on the version before finish first.",
+    )
 
 
 class AppLimits(_Section):

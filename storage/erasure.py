@@ -7,7 +7,9 @@ leases; it deletes what has no foreign key to them (derivation work, batch-job r
 naming their rows) and records two index deletions by scope (``user_id`` or ``app_id``), for messages and
 for documents. Either all of that
 commits or none of it does; once it has, the index deletions are applied at once and, if the process
-dies first, by the index sync after a restart: a crash half-way never leaves half an erasure.
+dies first, by the index sync after a restart: a crash half-way never leaves half an erasure. Once
+applied, the deletions leave the index's files too, not only its results: the index sync purges the
+tables (pipelines/indexing.py ``IndexSync.purge``) within ``vector_store.erasure_purge_s`` plus a grace.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Two tables, their Arrow schemas declared once below. Rows hold only what search 
 and join back, the indexed text, the vector); PostgreSQL remains the source of truth, and search
 results are read back from it. Writes arrive in batches from one writer (the index sync); `maintain`
 compacts small fragments and builds the ANN index once a table passes `vector_store.ann_min_rows`.
+
+LanceDB deletes are soft: a deleted row stays in its data file (a deletion file hides it), in the index
+files built over it, and in every older version until those are cleaned up. `purge_deleted` and
+`remove_old_versions` take erased rows out of the files for good (see `IndexSync.purge`).
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Literal
+from types import SimpleNamespace
+from typing import Any, Final, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +29,7 @@ from rapport.settings import Settings
 from storage.errors import InvalidError, UnavailableError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What LanceDB says when another process created the same table or index a moment earlier.
 RACE_SIGNS = ("commit conflict", "concurrent transaction", "not found", "already exists")
@@ -51,6 +57,19 @@ def schema(table: Table, dimension: int) -> pa.Schema:
 
 Scope = Mapping[str, str | None]
 """Equality filters on a table's scope columns; None leaves a column unconstrained."""
+
+
+def full_text_config() -> Any:
+    """The full-text index on messages' text, as created and as rebuilt by a purge."""
+    from lancedb.index import FTS
+
+    return FTS(with_position=False)
+
+
+def _vanished(exc: BaseException) -> bool:
+    """Whether a read failed because files of the version it began on were removed meanwhile (LanceDB
+    says ``lance error: Not found: <path>``); the latest version does not need them."""
+    return isinstance(exc, RuntimeError) and "Not found" in str(exc)
 
 
 class IndexDimensionMismatch(InvalidError):
@@ -139,8 +158,6 @@ class VectorIndex:
 
     @staticmethod
     async def _open_table(db: Any, uri: str, name: str, dimension: int) -> Any:
-        from lancedb.index import FTS
-
         if name in set((await db.list_tables()).tables):
             table = await db.open_table(name)
             found = (await table.schema()).field("vector").type.list_size
@@ -154,7 +171,7 @@ class VectorIndex:
         # Full-text search needs the index to exist; rows added later are searched unindexed until
         # `maintain` folds them in.
         if name == MESSAGES and not any(i.index_type == "FTS" for i in await table.list_indices()):
-            await table.create_index("text", config=FTS(with_position=False))
+            await table.create_index("text", config=full_text_config())
         return table
 
     async def truncate(self) -> None:
@@ -226,8 +243,7 @@ class VectorIndex:
             query = query.bypass_vector_index()
         else:
             query = query.ef(self.ann.ef).refine_factor(self.ann.refine_factor)
-        async with self._reading():
-            rows = await query.to_list()
+        rows = await self._read(query.to_list)
         hits: list[list[Hit]] = [[] for _ in vectors]
         for row in rows:  # a single vector's rows carry no query_index
             hits[row.get("query_index", 0)].append(Hit(row["id"], 1.0 - float(row["_distance"])))
@@ -238,14 +254,19 @@ class VectorIndex:
     async def matching(self, table: Table, text: str, *, scope: Scope, limit: int) -> list[Hit]:
         """Rows whose indexed text best matches ``text`` (BM25; stemmed, stop words dropped)."""
         self._check_scope(table, scope)
-        async with self._reading():
-            search = await self._tables[table].search(text, query_type="fts")
-            rows = await search.where(where(**scope)).select(["id", "_score"]).limit(limit).to_list()
+
+        async def search() -> list[dict[str, Any]]:
+            found = await self._tables[table].search(text, query_type="fts")
+            return await found.where(where(**scope)).select(["id", "_score"]).limit(limit).to_list()  # type: ignore[no-any-return]
+
+        rows = await self._read(search)
         return [Hit(row["id"], float(row["_score"])) for row in rows]
 
     async def count(self, table: Table, scope: Scope | None = None) -> int:
         filter = where(**(scope or {}))
-        return int(await self._tables[table].count_rows(None if filter == "true" else filter))
+        return int(
+            await self._read(lambda: self._tables[table].count_rows(None if filter == "true" else filter))
+        )
 
     # --- upkeep ----------------------------------------------------------------------------------------
 
@@ -275,6 +296,69 @@ class VectorIndex:
             report[name] = {"rows": rows, "seconds": round(time.monotonic() - started, 3)}
         return report
 
+    # --- erasure: rows out of the files ----------------------------------------------------------------
+
+    async def purge_deleted(self, table: Table) -> dict[str, Any]:
+        """Take deleted rows out of the table's current files: rewrite every fragment that holds any
+        (LanceDB's compaction leaves a fragment under 10% deleted as it is), which remaps the indexes
+        without them, and rebuild the full-text and scalar indexes still built over a fragment that a
+        delete dropped whole (no compaction sees those rows: their index entries stay otherwise). The
+        files of earlier versions keep the rows until ``remove_old_versions``.
+
+        Needs ``pylance`` (the Lance that LanceDB embeds): LanceDB's ``optimize`` takes no compaction
+        options. Holds the table's writes meanwhile: 0.2 s at 10,000 messages, 3.5-7.5 s at 100,000 with
+        every index (the HNSW remap is most of it), on a busy 2-core machine; about linear in the rows
+        of the fragments rewritten (below a million rows, compaction leaves one)."""
+        from lancedb.index import BTree
+
+        started = time.monotonic()
+        async with self._writing[table]:
+            uri, options = await self._tables[table].uri(), await self._tables[table].latest_storage_options()
+            rewritten, stale, vector_stale = await asyncio.to_thread(_materialize_deletions, uri, options)
+            for column in stale:
+                config = full_text_config() if column == "text" else BTree()
+                await self._tables[table].create_index(column, config=config, replace=True)
+            version = await asyncio.to_thread(lambda: _dataset(uri, options).version)
+        if vector_stale:
+            # Rebuilding HNSW takes about a minute per 100,000 rows here: the quantised vectors (no text)
+            # of a fragment erased whole stay in it until `rapport reindex` or its next rebuild.
+            log.warning("the ANN index of %s still covers rows erased in whole fragments", table)
+        return {
+            "version": version,  # the versions before it may hold the rows: see remove_old_versions
+            "fragments_rewritten": rewritten,
+            "indexes_rebuilt": stale,
+            "ann_keeps_erased_vectors": vector_stale,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+    async def remove_old_versions(self, table: Table, before: int) -> dict[str, Any]:
+        """Delete every version older than ``before`` and the files only they use (the latest version is
+        always kept): after ``purge_deleted``, the last files that held the purged rows. By number, not
+        age: a compaction commits twice, and the first still holds the old fragments."""
+        async with self._writing[table]:
+            uri, options = await self._tables[table].uri(), await self._tables[table].latest_storage_options()
+            stats = await asyncio.to_thread(_cleanup, uri, options, before)
+        return {
+            "versions_removed": stats.old_versions,
+            "bytes_removed": stats.bytes_removed,
+            "failed_deletes": stats.failed_deletes,  # files an object store refused to delete: try again
+        }
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    async def _read(self, run: Callable[[], Awaitable[T]]) -> T:
+        """Run a read; once more if a purge removed the files of the version it began on (a reader that
+        is slower than ``vector_store.erasure_purge_grace_s``), which the latest version does not need."""
+        try:
+            async with self._reading():
+                return await run()
+        except RuntimeError as exc:
+            if not _vanished(exc):
+                raise
+            log.info("a read lost its version's files to a purge; reading the latest: %s", exc)
+        async with self._reading():
+            return await run()
+
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[None]:
         """Reads that fail on I/O (a lost object store or network file system) mean the index is down
@@ -292,6 +376,41 @@ class VectorIndex:
         unknown = set(scope) - set(SCOPES[table])
         if unknown:
             raise ValueError(f"{table} rows cannot be scoped by {sorted(unknown)}")
+
+
+def _dataset(uri: str, storage_options: dict[str, str] | None) -> Any:
+    import lance
+
+    return lance.dataset(uri, storage_options=storage_options)
+
+
+def _materialize_deletions(uri: str, storage_options: dict[str, str] | None) -> tuple[int, list[str], bool]:
+    """(fragments rewritten, columns whose scalar or full-text index must be rebuilt, whether the ANN
+    index still covers a dropped fragment), for ``VectorIndex.purge_deleted``."""
+    dataset = _dataset(uri, storage_options)
+    rewritten = 0
+    if any(f.metadata.deletion_file is not None for f in dataset.get_fragments()):
+        # Threshold 0: a fragment with a single deleted row among a million is rewritten too.
+        rewritten = dataset.optimize.compact_files(materialize_deletions_threshold=0.0).fragments_removed
+        dataset = _dataset(uri, storage_options)
+    live = {f.fragment_id for f in dataset.get_fragments()}
+    stale, vector_stale = [], False
+    for index in dataset.describe_indices():
+        if all(set(segment.fragment_ids) <= live for segment in index.segments):
+            continue
+        if index.field_names == ["vector"]:
+            vector_stale = True
+        else:
+            stale.extend(index.field_names)
+    return rewritten, stale, vector_stale
+
+
+def _cleanup(uri: str, storage_options: dict[str, str] | None, before: int) -> Any:
+    dataset = _dataset(uri, storage_options)
+    old = [v["version"] for v in dataset.versions() if v["version"] < before]
+    if not old:
+        return SimpleNamespace(old_versions=0, bytes_removed=0, failed_deletes=0)
+    return dataset.cleanup_old_versions(versions=old)
 
 
 async def open_index(settings: Settings, dimension: int, *, recreate: bool = False) -> VectorIndex:

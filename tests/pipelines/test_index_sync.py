@@ -332,3 +332,38 @@ async def test_many_writes_bring_upkeep_before_its_interval(memory: Memory, data
     assert await memory.index.count(DOCUMENTS, {"collection_id": cid}) == COMPACT_AFTER_WRITES_MIN
     await source.claim()  # nothing written since: nothing to do
     assert await fragments() == 1
+
+
+async def test_the_sync_purges_erasures_between_rounds_and_retries_a_failed_purge_later(
+    memory: Memory, database: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Erasures are applied inline, like most writes, so the worker purges before each claim whether or
+    not there is anything to claim; a purge that fails leaves the erasure pending for the next interval
+    and the worker running."""
+    from cluster.index_sync import OutboxSource
+    from pipelines.indexing import PurgeOptions
+
+    now = [0.0]
+    sync: IndexSync = memory.writer  # type: ignore[assignment]
+    sync.purge_options = PurgeOptions(every_s=300, grace_s=0, clock=lambda: now[0])
+    source = OutboxSource(sync, maintain_every_s=3600.0)
+    t = await make_tree(database)
+    await memory.add_message(t.app_id, t.user_id, t.session_id, content="hi", is_user=True, metadata={})
+    await drain(sync)  # indexed; the purge due at start is done
+    assert not sync.purge_due() and not sync.purges[MESSAGES].pending
+
+    async def broken(table: str) -> dict:
+        raise OSError("object store unreachable")
+
+    real_purge = memory.index.purge_deleted
+    monkeypatch.setattr(memory.index, "purge_deleted", broken)
+    await memory.erase_user(t.app_id, t.user_id)
+    assert sync.purge_due()
+    assert await source.claim() is None, "nothing to claim: the erasure was applied inline"
+    assert "purging erased rows from the messages index failed" in caplog.text
+    assert sync.purges[MESSAGES].pending and not sync.purge_due(), "tried again after the interval"
+
+    monkeypatch.setattr(memory.index, "purge_deleted", real_purge)
+    now[0] += 300
+    await source.claim()
+    assert not sync.purges[MESSAGES].pending and sync.purges[MESSAGES].purged_at is not None
