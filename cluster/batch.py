@@ -201,9 +201,26 @@ class RederiveActor:
             facts = await rederiver.derive(app_id, user.user_id)
             await self._commits.submit(facts, entry)
             self.done += 1
-        except (UserLost, LeaseLost) as exc:
+        except UserLost as exc:
             log.warning("user %s: %s; leaving it to its new owner", user.user_id, exc)
             await self._release_sessions(user.user_id)
+        except LeaseLost as exc:
+            # A queue worker holds a session of the user (one started during the job): try again later,
+            # counting the attempt, so a user whose sessions are always busy fails instead of hanging.
+            await self._release_sessions(user.user_id)
+            async with self.database.transaction() as db:
+                state = await jobs.fail_user(
+                    db,
+                    self.job_id,
+                    user.n,
+                    self.owner,
+                    f"LeaseLost: {exc}",
+                    max_attempts=self.settings.deriver.max_attempts,
+                )
+            self.failed += state == "failed"
+            log.warning(
+                "user %s: %s; %s", user.user_id, exc, "failed" if state == "failed" else "will be retried"
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

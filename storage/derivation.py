@@ -459,7 +459,10 @@ async def lag(db: AsyncConnection) -> Lag:
 # --- a whole user at once (batch re-derivation, storage/jobs.py) ------------------------------------------
 # A job derives all of a user's messages in one go. It holds the derivation lease of every session of the
 # user meanwhile, with its own token, so the queue's workers leave those sessions alone; when the user's
-# facts are stored, the queue items of the messages it derived are done and the leases released.
+# facts are stored, the queue items of the messages it derived are done and the leases released. A
+# session started while the job ran is not held: its messages, if the job read them, are taken over when
+# the job stores (unless a worker holds the session right then), and if it did not read them they are
+# left to the queue's workers, whose facts the job keeps.
 
 
 async def lease_user(db: AsyncConnection, user_id: str, token: str, *, lease_s: float) -> bool:
@@ -496,6 +499,19 @@ async def complete_users(
     them again) and the users' sessions released. ``sessions_of`` maps each user to the sessions of
     those messages; ``LeaseLost`` if the lease on one of them was lost meanwhile (a worker may have
     derived it)."""
+    # Sessions of the derived messages that the job did not lease (started after it leased the user):
+    # taken now if no worker holds them, under the row locks the release below takes too.
+    await db.execute(
+        text(
+            """
+            INSERT INTO derivation_sessions AS d (session_id, app_id, user_id, lease_owner, leased_until)
+            SELECT id, app_id, user_id, :t, now() FROM sessions WHERE id = ANY(:ids)
+            ON CONFLICT (session_id) DO UPDATE SET lease_owner = excluded.lease_owner
+                WHERE d.lease_owner = excluded.lease_owner OR d.leased_until IS NULL OR d.leased_until <= now()
+            """
+        ).bindparams(_IDS),
+        {"ids": sorted({s for sessions in sessions_of.values() for s in sessions}), "t": token},
+    )
     released = {
         row.session_id
         for row in await db.execute(

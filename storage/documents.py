@@ -201,9 +201,27 @@ async def create_many(db: AsyncConnection, items: Sequence[NewDocument]) -> list
     return [by_id[value["id"]] for value in values]
 
 
-async def delete_all(db: AsyncConnection, collection_ids: Sequence[str]) -> list[str]:
-    """Remove every document of these collections (the deriver replacing users' facts); their ids."""
+async def delete_derived_from(
+    db: AsyncConnection, collection_ids: Sequence[str], message_ids: Sequence[str]
+) -> list[str]:
+    """Remove the documents of these collections that were derived from these messages alone (or that
+    name no source): what a re-derivation of those messages replaces. A fact derived (or reinforced)
+    from a message it did not read, one written since it began, stays. Their ids."""
     result = await db.execute(
-        delete(Document).where(Document.collection_id.in_(list(collection_ids))).returning(Document.id)
+        text(
+            """
+            DELETE FROM documents d
+            WHERE d.collection_id = ANY(:collections)
+              AND NOT EXISTS (
+                  SELECT 1 FROM jsonb_array_elements_text(
+                      CASE WHEN jsonb_typeof(d.metadata -> 'message_ids') = 'array'
+                           THEN d.metadata -> 'message_ids' ELSE '[]'::jsonb END
+                  ) AS source(id)
+                  WHERE source.id <> ALL(:derived)
+              )
+            RETURNING d.id
+            """
+        ).bindparams(bindparam("collections", type_=ARRAY(Text)), bindparam("derived", type_=ARRAY(Text))),
+        {"collections": list(collection_ids), "derived": list(message_ids)},
     )
     return [row[0] for row in result]

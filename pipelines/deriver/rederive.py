@@ -165,7 +165,11 @@ class Rederiver:
             # The continuous deriver locks the same rows before it writes a user's facts.
             honcho = await collections.lock_reserved(tx.db, [(r.app_id, r.user_id) for r, _ in done])
             if mode == "replace":
-                tx.removed = await documents.delete_all(tx.db, [honcho[r.user_id] for r, _ in done])
+                # What this job derived replaces what was derived before from the same messages; facts
+                # the continuous deriver took from messages written since the job read a user stay.
+                tx.removed = await documents.delete_derived_from(
+                    tx.db, [honcho[r.user_id] for r, _ in done], [m for r, _ in done for m in r.message_ids]
+                )
             new: list[documents.NewDocument] = []
             vectors: list[np.ndarray] = []
             counts = []

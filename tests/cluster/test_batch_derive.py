@@ -29,7 +29,7 @@ from pipelines.deriver import Deriver, DeriverOptions
 from pipelines.deriver.prompts import asks_for_facts
 from pipelines.memory import Memory
 from rapport.settings import Settings
-from storage import apps, jobs, messages, sessions, users
+from storage import apps, derivation, jobs, messages, sessions, users
 from storage.db import Database
 from storage.index import DOCUMENTS, VectorIndex
 
@@ -175,7 +175,9 @@ async def test_every_user_is_derived_exactly_once_though_an_actor_is_killed(
         leases = (
             await db.execute(text("SELECT count(*) FROM derivation_sessions WHERE lease_owner IS NOT NULL"))
         ).scalar_one()
-    assert queue == {"done": USERS * MESSAGES}, "the job's messages are not left for the continuous deriver"
+        state = await derivation.counts(db, app_id=app_id)
+    assert queue == {}, "the job's messages are not left for the continuous deriver"
+    assert state.done == USERS * MESSAGES
     assert leases == 0
 
     # The same users again, replacing: the old facts are gone from PostgreSQL and from the index.
@@ -283,6 +285,89 @@ async def test_the_api_serves_and_the_continuous_deriver_stays_away_during_a_job
     assert queue_llm.prompts, "the continuous deriver took part"
     assert (report.state, report.progress.done) == ("done", USERS)
     assert set((await facts_per_user(database)).values()) == {FACTS_PER_USER}, "derived twice"
+
+
+async def test_a_replace_job_loses_nothing_written_while_it_runs(
+    ray_session: None, database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """Sessions started during a replace job are derived by the continuous deriver (the job holds only
+    the sessions it found); the job's replace must not delete what that derived meanwhile."""
+    settings = job_settings(database_url, tmp_path)
+    app_id, user_ids = await populate(database)
+    async with database.transaction() as db:  # derived long ago: the job re-derives them
+        await db.execute(text("DELETE FROM derivation_queue WHERE app_id = :a"), {"a": app_id})
+    job_id = await new_job(database, settings, app_id, "replace")
+    options = RunOptions(actors=2, concurrency=4, poll_s=0.2, actor_cpus=0.25)
+    # Each user's model call takes half a second: time for a new session to be written and derived by
+    # the continuous deriver after the job read the user, before it stores the user's facts.
+    driving = asyncio.create_task(run(settings, job_id, options, latency_s=0.5))  # type: ignore[arg-type]
+
+    embedder = HashingEmbedder()
+    index = await VectorIndex.open(str(tmp_path / "queue-lancedb"), embedder.dimension)
+    from pipelines.indexing import IndexSync
+
+    memory = Memory(database, embedder, index, IndexSync(database, index, embedder))
+    deriver = Deriver(memory, ScriptedLLM(three_facts), options=DeriverOptions.of(settings.deriver))
+    stop_queue = asyncio.Event()
+    continuous = asyncio.gather(*(w.run(stop_queue) for w in derivation_workers(deriver, settings.deriver)))
+    api = create_api(settings, memory=memory)
+    written: dict[str, list[str]] = {}  # user -> the user's messages written during the job
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=api), base_url="http://rapport.test"
+        ) as client:
+            # A new session for each user the job is deriving right now.
+            while not driving.done():
+                async with database.transaction() as db:
+                    running = await db.execute(
+                        text(
+                            "SELECT user_id FROM derivation_job_users WHERE job_id = :j AND state = 'running'"
+                        ),
+                        {"j": job_id},
+                    )
+                    now = [row[0] for row in running if row[0] not in written]
+                for user_id in now:
+                    base = f"/v1/apps/{app_id}/users/{user_id}/sessions"
+                    session = (await client.post(base, json={})).json()["id"]
+                    said = await client.post(
+                        f"{base}/{session}/messages/batch",
+                        json={
+                            "messages": [
+                                {"content": f"fresh news for {user_id}", "is_user": True, "metadata": {}}
+                            ]
+                        },
+                    )
+                    assert said.status_code == 200, said.text
+                    written[user_id] = [m["id"] for m in said.json()]
+                await asyncio.sleep(0.05)
+        report = await driving
+        for _ in range(300):  # the continuous deriver finishes what is left
+            async with database.transaction() as db:
+                if (await derivation.counts(db, app_id=app_id)).pending == 0:
+                    break
+            await asyncio.sleep(0.1)
+    finally:
+        stop_queue.set()
+        await continuous
+        if not driving.done():
+            driving.cancel()
+    assert (report.state, report.progress.done) == ("done", USERS)
+    async with database.transaction() as db:
+        cited = {
+            row[0]
+            for row in await db.execute(
+                text(
+                    "SELECT jsonb_array_elements_text(metadata -> 'message_ids') FROM documents WHERE user_id = ANY(:u)"
+                ),
+                {"u": list(written)},
+            )
+        }
+        state = await derivation.counts(db, app_id=app_id)
+    assert (state.pending, state.parked) == (0, 0)
+    lost = [m for ids in written.values() for m in ids if m not in cited]
+    assert lost == [], (
+        f"{len(lost)} of {sum(map(len, written.values()))} messages written during the job lost their facts"
+    )
 
 
 async def test_a_users_file_must_name_users_of_the_app(
