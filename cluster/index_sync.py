@@ -13,9 +13,9 @@ import logging
 import time
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
+from pipelines import health
 from pipelines.indexing import IndexSync, IndexWriter
-from rapport import metrics
-from rapport.settings import VectorStoreSettings
+from rapport.settings import Settings, VectorStoreSettings
 from storage import outbox
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,13 @@ class IndexSyncLoop:
     backlog gauges (rapport/metrics.py) are read from the database every ``BACKLOG_GAUGES_S``: this loop
     runs once per deployment, so they are set in one place."""
 
-    def __init__(self, sync: IndexSync, settings: VectorStoreSettings) -> None:
+    def __init__(
+        self, sync: IndexSync, settings: VectorStoreSettings, *, service: Settings | None = None
+    ) -> None:
+        """``service``: the whole service's settings, for the health gauges of derivation too."""
         self.worker = index_sync_worker(sync, settings)
         self.database = sync.database
+        self.service = service
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._gauges: asyncio.Task[None] | None = None
@@ -148,7 +152,7 @@ class IndexSyncLoop:
     async def _observe_backlogs(self) -> None:
         while not self._stop.is_set():
             try:
-                await metrics.observe_backlogs(self.database)
+                await health.observe(self.database, self.service)
             except Exception as exc:  # the database is down: /health says so; the gauges keep their value
                 log.warning("could not read the backlogs for the metrics: %s", exc)
             with contextlib.suppress(TimeoutError):

@@ -16,11 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from rapport.settings import Settings
-    from storage.db import Database
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +215,3 @@ EMBED_BATCH = Histogram(
     ("model",),
     buckets=SIZE_BUCKETS,
 )
-
-
-async def observe_backlogs(database: Database, settings: Settings | None = None) -> None:
-    """``pipelines.health.observe`` (kept here for the index sync's loop, which calls it by this name)."""
-    from pipelines.health import observe
-
-    await observe(database, settings)

@@ -79,7 +79,7 @@ async def open_stack(
         index = await open_index(settings, embedder.dimension, recreate=recreate_index)
         sync = IndexSync.configured(database, index, embedder, settings.vector_store)
         if run_index_sync:
-            loop = IndexSyncLoop(sync, settings.vector_store).start()
+            loop = IndexSyncLoop(sync, settings.vector_store, service=settings).start()
         memory = Memory(database, embedder, index, writer or sync)
         yield Stack(settings, database, embedder, index, sync, memory, loop)
     finally:
