@@ -22,6 +22,8 @@ from models.llm import LLMClient, RetryPolicy
 from models.llm.local import PROSE_SAMPLING, LocalModelOptions, shared_server
 from models.llm.openai_compatible import OpenAICompatibleLLM
 from models.llm.weights import resolve_local_model
+from rapport import priority
+from rapport.priority import lower_priority
 from rapport.settings import LLMSettings
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ NAMESPACE = "rapport"
 @ray.remote(num_cpus=0)
 class LocalModelHost:
     def __init__(self, path: str, options: dict[str, Any]) -> None:
+        # Deriving yields the CPU to requests and to indexing (rapport/priority.py); llama.cpp's threads,
+        # started by the model's load below, inherit this.
+        lower_priority(priority.DERIVING)
         self._server = shared_server(Path(path), LocalModelOptions(**options))
 
     def address(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,29 +13,20 @@ from ray.exceptions import RayError
 from ray.serve.exceptions import RayServeException
 
 from models.embedding import load_embedder
-from rapport import metrics
+from rapport import metrics, priority
 from rapport.coalesce import Coalescer
 from rapport.logs import configure_logging
+from rapport.priority import lower_priority
 from rapport.settings import EmbeddingSettings, Settings
 from storage.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
 
-# Niceness of the embedder that indexes messages in the background. On a shared CPU it gets only a small
-# share while requests want the cores (without it, indexing 380 new messages/s halved the API's throughput
-# on a 2-core box) yet is never starved outright, so it still answers Serve's health checks; the index
-# lags instead, and /health shows by how much.
-BACKGROUND_NICENESS = 19
-
-
-def lower_priority(niceness: int = BACKGROUND_NICENESS) -> None:
-    """Renice every thread of this process (Linux nice values are per thread; new threads inherit)."""
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted: run at normal priority
-        log.warning("could not lower this embedder's priority (%s); it runs at normal priority", exc)
+# The embedder that indexes messages in the background (and embeds the deriver's facts) runs below the
+# API's requests: without it, indexing 380 new messages/s halved the API's throughput on a 2-core box. It
+# runs above the local model, so that new messages are searchable within seconds while the model derives
+# (rapport/priority.py); it is never starved outright, so it still answers Serve's health checks.
 
 
 @serve.deployment(name="Embedder", max_ongoing_requests=256, ray_actor_options={"num_cpus": 1})
@@ -56,7 +46,7 @@ class Embedder:
         )
         if background:
             self.model.embed_sync(["warm-up"])  # let torch start its threads, so they are reniced too
-            lower_priority()
+            lower_priority(priority.INDEXING)
         self.embed_batch.set_max_batch_size(config.embedding.batch_size)  # type: ignore[attr-defined]
         self.embed_batch.set_batch_wait_timeout_s(config.embedding.batch_wait_s)  # type: ignore[attr-defined]
 
