@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from cluster.index_sync import drain
@@ -29,7 +31,14 @@ async def test_document_query_ranks_by_similarity(client: httpx.AsyncClient) -> 
     assert [d["content"] for d in sport] == ["Mia climbs mountains"]
 
 
-async def test_message_search_returns_messages_with_scores(client: httpx.AsyncClient, memory: Memory) -> None:
+async def test_message_search_returns_messages_with_scores(
+    api_client: Callable[..., httpx.AsyncClient], memory: Memory
+) -> None:
+    async with api_client(health={"probe_interval_s": 0}) as client:  # /health asked twice, answered afresh
+        await _message_search(client, memory)
+
+
+async def _message_search(client: httpx.AsyncClient, memory: Memory) -> None:
     app = (await _post(client, "/v1/apps", {"name": "a"}))["id"]
     user = (await _post(client, f"/v1/apps/{app}/users", {"name": "u"}))["id"]
     session = (await _post(client, f"/v1/apps/{app}/users/{user}/sessions", {}))["id"]
