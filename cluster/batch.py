@@ -41,7 +41,6 @@ from models.llm import LLMConfigError
 from rapport import metrics
 from rapport.settings import Settings
 from storage import derivation, jobs
-from storage.derivation import LeaseLost
 from storage.jobs import Claimed, Mode, Progress, UserLost
 
 log = logging.getLogger(__name__)
@@ -204,26 +203,12 @@ class RederiveActor:
         except UserLost as exc:
             log.warning("user %s: %s; leaving it to its new owner", user.user_id, exc)
             await self._release_sessions(user.user_id)
-        except LeaseLost as exc:
-            # A queue worker holds a session of the user (one started during the job): try again later,
-            # counting the attempt, so a user whose sessions are always busy fails instead of hanging.
-            await self._release_sessions(user.user_id)
-            async with self.database.transaction() as db:
-                state = await jobs.fail_user(
-                    db,
-                    self.job_id,
-                    user.n,
-                    self.owner,
-                    f"LeaseLost: {exc}",
-                    max_attempts=self.settings.deriver.max_attempts,
-                )
-            self.failed += state == "failed"
-            log.warning(
-                "user %s: %s; %s", user.user_id, exc, "failed" if state == "failed" else "will be retried"
-            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            # Whatever else failed the user counts an attempt: a provider refusing its request, or
+            # LeaseLost (a queue worker holds a session started during the job), so that a user whose
+            # sessions are always busy fails in the end instead of hanging the job.
             await self._release_sessions(user.user_id)
             if isinstance(exc, LLMConfigError):
                 # A wrong key or model: no user can be derived until an operator fixes the setting, so

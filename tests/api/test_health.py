@@ -25,8 +25,8 @@ from tests.api.conftest import make_settings
 from tests.storage.factories import make_tree
 
 
-def client_of(memory: Memory, llm: object = None) -> httpx.AsyncClient:
-    app = create_api(make_settings(), memory=memory, dialectic_llm=llm)  # type: ignore[arg-type]
+def client_of(memory: Memory, llm: object = None, **sections: dict[str, Any]) -> httpx.AsyncClient:
+    app = create_api(make_settings(**sections), memory=memory, dialectic_llm=llm)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rapport.test")
 
 
@@ -78,9 +78,13 @@ async def test_a_failing_embedder_degrades_but_does_not_fail_the_check(memory: M
 # --- derivation and indexing that do not progress ----------------------------------------------------
 
 
-def client_with(memory: Memory, **sections: dict[str, Any]) -> httpx.AsyncClient:
-    app = create_api(make_settings(**sections), memory=memory)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rapport.test")
+async def one_message(database: Database) -> None:
+    """A user's message, waiting for the deriver and the index."""
+    tree = await make_tree(database, user_name="ana")
+    async with database.transaction() as db:
+        await messages.create_message(
+            db, tree.app_id, tree.user_id, tree.session_id, content="hi", is_user=True
+        )
 
 
 async def backdate(database: Database, table: str, seconds: float) -> None:
@@ -95,11 +99,7 @@ async def test_a_deriver_paused_by_its_llm_makes_health_degraded_with_the_reason
 ) -> None:
     """A wrong key pauses derivation for every app: /health says so (it said "ok" through 18 minutes of
     it), and so does the metric; the worker's row goes when it stops."""
-    tree = await make_tree(database, user_name="ana")
-    async with database.transaction() as db:
-        await messages.create_message(
-            db, tree.app_id, tree.user_id, tree.session_id, content="hi", is_user=True
-        )
+    await one_message(database)
     refused = ScriptedLLM(
         lambda _: (_ for _ in ()).throw(LLMConfigError("the server refused the API key; set LLM_API_KEY"))
     )
@@ -114,7 +114,7 @@ async def test_a_deriver_paused_by_its_llm_makes_health_degraded_with_the_reason
                 if [w for w in await workers.alive(db, "deriver") if w.state == "paused"]:
                     break
             await asyncio.sleep(0.05)
-        async with client_with(memory) as client:
+        async with client_of(memory) as client:
             body = (await client.get("/health")).json()
     finally:
         stop.set()
@@ -130,17 +130,13 @@ async def test_a_deriver_paused_by_its_llm_makes_health_degraded_with_the_reason
 async def test_messages_waiting_with_no_worker_heard_from_are_degraded(
     memory: Memory, database: Database
 ) -> None:
-    tree = await make_tree(database, user_name="ana")
-    async with database.transaction() as db:
-        await messages.create_message(
-            db, tree.app_id, tree.user_id, tree.session_id, content="hi", is_user=True
-        )
-    async with client_with(memory) as client:
+    await one_message(database)
+    async with client_of(memory) as client:
         fresh = (await client.get("/health")).json()
     assert fresh["status"] == "ok", "a message just stored is not a stall"
     await backdate(database, "derivation_queue", 2 * 3600)
     await backdate(database, "index_outbox", 2 * 3600)
-    async with client_with(memory) as client:
+    async with client_of(memory) as client:
         body = (await client.get("/health")).json()
     assert body["status"] == "degraded"
     assert body["deriver"]["status"].startswith(
@@ -148,7 +144,7 @@ async def test_messages_waiting_with_no_worker_heard_from_are_degraded(
     )
     assert any(p.startswith("the search index is behind: 1 writes wait") for p in body["problems"])
     assert _gauge("rapport_health_degraded", part="index") == 1.0
-    async with client_with(memory, deriver={"enabled": False}) as client:
+    async with client_of(memory, deriver={"enabled": False}) as client:
         off = (await client.get("/health")).json()
     assert off["deriver"]["status"] == "off" and off["problems"] == [
         p for p in body["problems"] if "index" in p
@@ -158,14 +154,11 @@ async def test_messages_waiting_with_no_worker_heard_from_are_degraded(
 async def test_a_worker_that_derives_nothing_for_long_is_not_progressing(
     memory: Memory, database: Database
 ) -> None:
-    tree = await make_tree(database, user_name="ana")
+    await one_message(database)
     async with database.transaction() as db:
-        await messages.create_message(
-            db, tree.app_id, tree.user_id, tree.session_id, content="hi", is_user=True
-        )
         await workers.report(db, "host/1/a", "deriver", "running", None, None)
     await backdate(database, "derivation_queue", 2 * 3600)
-    async with client_with(memory) as client:
+    async with client_of(memory) as client:
         body = (await client.get("/health")).json()
     assert body["deriver"]["status"].startswith("derivation is not progressing: 1 messages wait")
     assert "no batch has been derived yet" in body["deriver"]["status"]

@@ -13,6 +13,7 @@ import signal
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,6 +25,7 @@ from cluster.deriver import derivation_workers
 from deployments.api import create_api
 from models.embedding.hashing import HashingEmbedder
 from models.llm import ChatMessage
+from models.llm.client import refused
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver import Deriver, DeriverOptions
 from pipelines.deriver.prompts import asks_for_facts
@@ -107,6 +109,21 @@ async def fact_ids(database: Database, user_ids: Sequence[str]) -> dict[str, set
         for user_id, document_id in rows:
             out.setdefault(user_id, set()).add(document_id)
         return out
+
+
+async def continuous_deriver(
+    database: Database, settings: Settings, tmp_path: Path, llm: ScriptedLLM
+) -> tuple[Memory, asyncio.Event, asyncio.Future[Any]]:
+    """The queue's workers beside a job, over an index of their own: the memory, the event that stops
+    them, and their running gather."""
+    from pipelines.indexing import IndexSync
+
+    embedder = HashingEmbedder()
+    index = await VectorIndex.open(str(tmp_path / "queue-lancedb"), embedder.dimension)
+    memory = Memory(database, embedder, index, IndexSync(database, index, embedder))
+    deriver = Deriver(memory, llm, options=DeriverOptions.of(settings.deriver))
+    stop = asyncio.Event()
+    return memory, stop, asyncio.gather(*(w.run(stop) for w in derivation_workers(deriver, settings.deriver)))
 
 
 async def new_job(database: Database, settings: Settings, app_id: str, mode: str, **kwargs: object) -> str:
@@ -249,17 +266,8 @@ async def test_the_api_serves_and_the_continuous_deriver_stays_away_during_a_job
 
     # The continuous deriver runs beside the job on the same queue: it may derive a user before the
     # job reaches it (the job then replaces those facts), never the messages the job holds or stored.
-    embedder = HashingEmbedder()
-    index = await VectorIndex.open(str(tmp_path / "queue-lancedb"), embedder.dimension)
-    from pipelines.indexing import IndexSync
-
-    memory = Memory(database, embedder, index, IndexSync(database, index, embedder))
     queue_llm = ScriptedLLM(three_facts)
-    deriver = Deriver(memory, queue_llm, options=DeriverOptions.of(settings.deriver))
-    queue_workers = derivation_workers(deriver, settings.deriver)
-    stop_queue = asyncio.Event()
-    continuous = asyncio.gather(*(w.run(stop_queue) for w in queue_workers))
-
+    memory, stop_queue, continuous = await continuous_deriver(database, settings, tmp_path, queue_llm)
     api = create_api(settings, memory=memory)
     reads = 0
     try:
@@ -287,6 +295,43 @@ async def test_the_api_serves_and_the_continuous_deriver_stays_away_during_a_job
     assert set((await facts_per_user(database)).values()) == {FACTS_PER_USER}, "derived twice"
 
 
+async def test_a_user_the_provider_refuses_fails_alone_and_the_job_goes_on(
+    ray_session: None, database: Database, database_url: str, tmp_path: Path
+) -> None:
+    """A provider's 4xx on one user's request (too long, unsupported) is that user's failure: retried,
+    then failed with the reason, while every other user is derived. Before, it counted as a
+    misconfigured model: the job stopped, and every resume stopped again on the same user."""
+    settings = job_settings(database_url, tmp_path)
+    app_id, user_ids = await populate(database)
+    job_id = await new_job(database, settings, app_id, "append")
+
+    def answer(prompt: Sequence[ChatMessage]) -> str:
+        if "The user is user7." in prompt[-1].content:
+            raise refused(
+                400, "request (9755 tokens) exceeds the available context size (4096 tokens)", "llm"
+            )
+        return three_facts(prompt)
+
+    report = await drive(
+        settings,
+        job_id,
+        RunOptions(actors=1, concurrency=8, poll_s=0.2, actor_cpus=0.25),
+        llm=ScriptedLLM(answer),
+        embedder=HashingEmbedder(),
+    )
+    assert (report.state, report.progress.done, report.progress.failed) == ("done", USERS - 1, 1)
+    async with database.transaction() as db:
+        failed = (
+            await db.execute(
+                text(
+                    "SELECT user_id, error FROM derivation_job_users WHERE job_id = :j AND state = 'failed'"
+                ),
+                {"j": job_id},
+            )
+        ).one()
+    assert failed.user_id == user_ids[7] and "exceeds the available context size" in failed.error
+
+
 async def test_a_replace_job_loses_nothing_written_while_it_runs(
     ray_session: None, database: Database, database_url: str, tmp_path: Path
 ) -> None:
@@ -302,14 +347,9 @@ async def test_a_replace_job_loses_nothing_written_while_it_runs(
     # the continuous deriver after the job read the user, before it stores the user's facts.
     driving = asyncio.create_task(run(settings, job_id, options, latency_s=0.5))  # type: ignore[arg-type]
 
-    embedder = HashingEmbedder()
-    index = await VectorIndex.open(str(tmp_path / "queue-lancedb"), embedder.dimension)
-    from pipelines.indexing import IndexSync
-
-    memory = Memory(database, embedder, index, IndexSync(database, index, embedder))
-    deriver = Deriver(memory, ScriptedLLM(three_facts), options=DeriverOptions.of(settings.deriver))
-    stop_queue = asyncio.Event()
-    continuous = asyncio.gather(*(w.run(stop_queue) for w in derivation_workers(deriver, settings.deriver)))
+    memory, stop_queue, continuous = await continuous_deriver(
+        database, settings, tmp_path, ScriptedLLM(three_facts)
+    )
     api = create_api(settings, memory=memory)
     written: dict[str, list[str]] = {}  # user -> the user's messages written during the job
     try:

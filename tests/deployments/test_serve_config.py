@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from pydantic import ValidationError
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
@@ -64,6 +65,9 @@ def test_the_gpu_config_builds_rapport_with_gpu_embedders_and_a_served_llm(
     env = (app.runtime_env or {})["env_vars"]
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match="AUTH_JWT_SECRET is a placeholder"):
+        Settings()  # as shipped: the operator must replace its CHANGE_MEs first
+    monkeypatch.setenv("AUTH_JWT_SECRET", "3f9c1e7a0b2d4c6e8f1a3b5c7d9e0f2a4b6c8d0e1f3a5b7c9d2e4f6a8b0c1d3e")
     settings = Settings()
     assert (settings.embedding.device, settings.embedding.batch_size) == ("cuda", 256)
     assert (
