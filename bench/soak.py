@@ -340,6 +340,10 @@ def check(db: str, lancedb_dir: Path, soak: Soak) -> dict[str, int]:
             ).fetchone()[0],
             "facts": conn.execute("SELECT count(*) FROM documents").fetchone()[0],
         }
+        for reason, n in conn.execute(
+            "SELECT left(last_error, 110), count(*) FROM derivation_queue WHERE status = 'parked' GROUP BY 1 ORDER BY 2 DESC"
+        ):
+            print(f"  parked x{n}: {reason}")
     erased = set(soak.erased)
     kept = {m: digest for m, (user, digest) in soak.acknowledged.items() if user not in erased}
     lost = [m for m, digest in kept.items() if stored.get(m) != digest]
