@@ -44,6 +44,7 @@ class DerivationSource:
         # What /health learns of this process (storage/workers.py): paused (and why) while a dependency
         # is down or the LLM refuses its settings, and when a batch was last stored.
         self.paused: str | None = None
+        self.refused = False  # paused by an LLM refusing its settings (only a derived batch clears it)
         self.progress_at: datetime | None = None
         self.changed = asyncio.Event()
 
@@ -52,7 +53,7 @@ class DerivationSource:
         # capped: then an app's leases are counted under a lock held to the end of a transaction.
         capped = bool(self.per_app or self.caps)
         async with self.database.transaction() if capped else self.database.autocommit() as db:
-            return await derivation.claim(
+            claimed = await derivation.claim(
                 db,
                 lease_s=self.settings.lease_s,
                 wait_s=self.settings.batch_wait_s,
@@ -60,14 +61,15 @@ class DerivationSource:
                 per_app=self.per_app,
                 caps=self.caps,
             )
+        if self.paused is not None and not self.refused:
+            self._resume()  # the database answers again; an LLM that refused its settings waits for a batch
+        return claimed
 
     async def process(self, work: Claim) -> None:
         outcome = await self.deriver.derive(work)
         self.progress_at = datetime.now(UTC)
         if self.paused is not None:
-            log.info("the deriver works again")
-            self.paused = None
-            self.changed.set()
+            self._resume()
         log.info(
             "derived session %s (%d messages): %d new facts, %d reinforced%s",
             work.session_id,
@@ -76,6 +78,11 @@ class DerivationSource:
             len(outcome.reinforced),
             f", {', '.join(outcome.summaries)}" if outcome.summaries else "",
         )
+
+    def _resume(self) -> None:
+        log.info("the deriver works again")
+        self.paused, self.refused = None, False
+        self.changed.set()
 
     async def renew(self, work: Claim) -> bool:
         async with self.database.transaction() as db:
@@ -110,7 +117,8 @@ class DerivationSource:
             log.error("the deriver's LLM is misconfigured: %s", error)
         if not isinstance(error, OUTAGES):
             return False
-        what = "the LLM refuses its settings" if isinstance(error, LLMConfigError) else "a dependency is down"
+        self.refused = isinstance(error, LLMConfigError)
+        what = "the LLM refuses its settings" if self.refused else "a dependency is down"
         paused = f"{what}: {type(error).__name__}: {error}"
         if paused != self.paused:
             self.paused = paused

@@ -467,8 +467,8 @@ class IndexSync:
         gone = [i for i in written if i not in now]
         if gone:
             await _bounded(self.index.delete(spec.table, ids=gone))
-            if spec.table == MESSAGES:  # a write that raced an erasure: its rows are erased ones
-                self._erased(spec.table)
+            # A write that raced an erasure (a message, or a fact a deriver stored): its rows are erased ones.
+            self._erased(spec.table)
 
     # --- rebuild ---------------------------------------------------------------------------------------
 

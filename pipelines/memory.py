@@ -79,7 +79,7 @@ class Memory:
         self, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
     ) -> Record:
         """New metadata may change what is indexed (a speaker or date, see ``indexing.message_text``): the
-        update trigger (migration 0008) then re-indexes the message; other metadata leaves the index alone."""
+        update trigger (migration 0009) then re-indexes the message; other metadata leaves the index alone."""
         async with self.database.transaction() as db:
             return await messages.update_message(db, app_id, user_id, session_id, message_id, metadata)
 

@@ -175,8 +175,9 @@ QUEUE_WORK = Counter(
 
 HEALTH_DEGRADED = Gauge(
     "rapport_health_degraded",
-    "1 while a part of Rapport is degraded, else 0, by part (embedder, index, llm, deriver): what /health "
-    "says, with its reason there and in the log.",
+    "1 while a part of Rapport is degraded, else 0, by part: embedder, index, llm and deriver as /health "
+    "last said (its reasons there and in the log); index_backlog and deriver_backlog as the index sync "
+    "reads them every 10 s (writes waiting too long for the index; derivation paused or not progressing).",
     ("part",),
 )
 HEALTH_PARTS = ("embedder", "index", "llm", "deriver")

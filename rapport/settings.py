@@ -177,9 +177,9 @@ class LLMSettings(_Section):
         default=None,
         ge=512,
         le=10_000_000,
-        description="Tokens one request may hold, prompt and answer (vLLM's max_model_len); prompts are "
-        "fitted to it. Unset: local_context_tokens / local_parallel for the local model, 200,000 for "
-        "anthropic, 8,192 for openai.",
+        description="Tokens one request to an anthropic or openai model may hold, prompt and answer (vLLM's "
+        "max_model_len); prompts are fitted to it. Unset: 200,000 for anthropic, 8,192 for openai. The local "
+        "model's is always its slot's: local_context_tokens / local_parallel.",
     )
     local_context_tokens: int = Field(default=8192, ge=512, le=131_072)
     local_threads: int | None = Field(default=None, ge=1, le=512, description="Unset: every core.")
@@ -192,12 +192,13 @@ class LLMSettings(_Section):
 
     @property
     def context_window(self) -> int:
-        """``context_tokens``, or the provider's: the local model gives each of its slots an equal share
-        of its context; an OpenAI-compatible server's is unknown, and 8,192 is the least common today."""
+        """The room of one request: the local model gives each of its slots an equal share of its
+        context; else ``context_tokens``, or the provider's (an OpenAI-compatible server's is unknown,
+        and 8,192 is the least common today)."""
+        if self.provider == "local":  # what llama.cpp gives each slot, whatever context_tokens says
+            return self.local_context_tokens // self.local_parallel
         if self.context_tokens is not None:
             return self.context_tokens
-        if self.provider == "local":
-            return self.local_context_tokens // self.local_parallel
         return ANTHROPIC_CONTEXT_TOKENS if self.provider == "anthropic" else OPENAI_CONTEXT_TOKENS
 
     @property

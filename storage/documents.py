@@ -217,7 +217,7 @@ async def delete_derived_from(
                       CASE WHEN jsonb_typeof(d.metadata -> 'message_ids') = 'array'
                            THEN d.metadata -> 'message_ids' ELSE '[]'::jsonb END
                   ) AS source(id)
-                  WHERE source.id <> ALL(:derived)
+                  WHERE source.id NOT IN (SELECT unnest(:derived))
               )
             RETURNING d.id
             """

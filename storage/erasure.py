@@ -30,17 +30,23 @@ class Erased:
 
 
 # What an erasure reads and deletes besides the owner's row, in order, for a user or an app. The owner's
-# rows are locked first, the user's sessions with them: a message insert takes a share lock on its
-# session row, so the erasure waits for one under way to commit, and one that starts later waits for the
-# erasure and then finds its session gone. Every message whose work is queued is then visible here, and
-# none can be queued after. Each statement finds the owner's rows through an index (messages by user,
-# documents by collection, queue items by app and user), whatever everyone else has stored.
+# rows are locked first: an app's row (no new user), the users' facts collections, the users' rows (no new
+# session or collection), then their sessions. A message insert takes a share lock on its session row, so
+# the erasure waits for one under way to commit, and one that starts later waits for the erasure and then
+# finds its session gone: every message whose work is queued is visible here, and none can be queued
+# after. Collections come before users because the deriver stores a batch holding its user's collection
+# and then takes share locks on the user's and session's rows (its summary's foreign keys): the same
+# order, so the two wait for each other instead of deadlocking. Each statement finds the owner's rows
+# through an index (messages by user, documents by collection, queue items by app and user), whatever
+# everyone else has stored.
 _USER_ROWS = "SELECT id FROM users WHERE app_id = :a AND id = :u"
 _APP_USERS = "SELECT id FROM users WHERE app_id = :a"
 _STATEMENTS = (
     # locks
-    ("lock", "SELECT id FROM {owner} FOR UPDATE"),
-    ("lock", "SELECT s.id FROM sessions s WHERE s.user_id IN ({users}) FOR UPDATE OF s"),
+    ("lock", "SELECT id FROM apps WHERE id = :a {app_lock}"),
+    ("lock", "SELECT c.id FROM collections c WHERE c.user_id IN ({users}) ORDER BY c.id FOR UPDATE OF c"),
+    ("lock", "SELECT u.id FROM users u WHERE u.id IN ({users}) ORDER BY u.id FOR UPDATE OF u"),
+    ("lock", "SELECT s.id FROM sessions s WHERE s.user_id IN ({users}) ORDER BY s.id FOR UPDATE OF s"),
     # counts, for the answer
     ("count", "SELECT count(*) FROM messages WHERE user_id IN ({users})"),
     (
@@ -71,12 +77,14 @@ def statements(column: str, app_id: str, user_id: str | None) -> list[tuple[str,
     """The erasure's statements for a user (``column`` "user_id") or an app ("app_id"), with their
     parameters, in the order they run (the owner's row is deleted after them)."""
     if column == "user_id":
-        users, owner, queue_user = _USER_ROWS, "users WHERE app_id = :a AND id = :u", "user_id = :u"
+        users, app_lock, queue_user = _USER_ROWS, "", "user_id = :u"
         params = {"a": app_id, "u": str(user_id)}
     else:
-        users, owner, queue_user = _APP_USERS, "apps WHERE id = :a", "true"
+        users, app_lock, queue_user = _APP_USERS, "FOR UPDATE", "true"
         params = {"a": app_id}
-    return [(sql.format(users=users, owner=owner, queue_user=queue_user), params) for _, sql in _STATEMENTS]
+    return [
+        (sql.format(users=users, app_lock=app_lock, queue_user=queue_user), params) for _, sql in _STATEMENTS
+    ]
 
 
 async def _erase(db: AsyncConnection, column: str, app_id: str, user_id: str | None = None) -> Erased:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -90,12 +91,25 @@ TOO_LONG = re.compile(
 )
 
 
-def refused(status: int, message: str, where: str) -> LLMRequestError:
-    """A 4xx (not 401, 403 or 404) for one request, as the interface's error."""
-    return LLMRequestError(
-        f"{where} refused the request (HTTP {status}: {message})",
-        too_long=status == 413 or bool(TOO_LONG.search(message)),
-    )
+# How servers say that no request will do until an operator acts, though they answer 400 or 402: an
+# account out of credit or quota, a parameter or feature the model does not take (OpenAI's newer models
+# refuse max_tokens; a server without guided decoding refuses response_format).
+SETUP_WRONG = re.compile(
+    r"credit balance|quota|billing|insufficient[_ ]funds|payment|unsupported (parameter|value)|not supported"
+    r"|response_format|does not exist|unknown model",
+    re.I,
+)
+
+
+def refused(status: int, message: str, where: str) -> LLMError:
+    """A 4xx (not 401, 403 or 404) as the interface's error: LLMRequestError for this request alone
+    (too long, unacceptable input), LLMConfigError where the words say no request will do (402, no
+    credit, an unsupported parameter)."""
+    text = f"{where} refused the request (HTTP {status}: {message})"
+    too_long = status == 413 or bool(TOO_LONG.search(message))
+    if not too_long and (status == 402 or SETUP_WRONG.search(message)):
+        return LLMConfigError(f"{text}; an operator must fix the account or the settings (llm.*)")
+    return LLMRequestError(text, too_long=too_long)
 
 
 class LLMOutputError(LLMError):
@@ -148,6 +162,20 @@ def retry_after(value: str | None) -> float | None:
         return float(value) if value else None
     except ValueError:
         return None
+
+
+# --- tokens --------------------------------------------------------------------------------------------
+
+# Tokens a chat template adds around the turns (role headers, separators), and a request's own words.
+FRAMING_TOKENS = 96
+
+
+def estimate_tokens(text: str) -> int:
+    """About how many tokens ``text`` takes, erring high for prose: English runs about 4 characters a
+    token in common tokenizers (Qwen's, Llama's, GPT's) and other scripts as little as one character a
+    token, so it counts 3.5 characters a token plus two thirds of a token for each byte above ASCII.
+    (Runs of digits or base64 can take more; a server that refuses a prompt as too long says so.)"""
+    return math.ceil(len(text) / 3.5 + (len(text.encode()) - len(text)) / 1.5)
 
 
 # --- the interface -----------------------------------------------------------------------------------
@@ -282,15 +310,18 @@ class LLMClient(ABC):
         except (ValidationError, json.JSONDecodeError, ValueError) as exc:
             problem = _describe(exc)
         log.info("%s: invalid %s output (%s); asking once for a repair", self.name, output.__name__, problem)
-        repair = [
-            *messages,
-            ChatMessage("assistant", first.text),
-            ChatMessage(
-                "user",
-                f"That answer is not valid: {problem}. Reply again with only the JSON object, matching "
-                "the schema exactly.",
-            ),
-        ]
+        ask = (
+            f"That answer is not valid: {problem}. Reply again with only the JSON object, matching the "
+            "schema exactly."
+        )
+        repair = [*messages, ChatMessage("assistant", first.text), ChatMessage("user", ask)]
+        if self.context_tokens is not None:
+            room = self.context_tokens - (max_tokens or self.max_tokens)
+            if sum(estimate_tokens(m.content) for m in repair) + FRAMING_TOKENS > room:
+                # The prompt was fitted to the context with one answer's room: shown its invalid answer
+                # too, it would not fit. Asked again with only what was wrong.
+                again = f"(A first answer was not valid: {problem}. Reply with only the JSON object.)"
+                repair = [*messages[:-1], ChatMessage("user", f"{messages[-1].content}\n\n{again}")]
         second = await self.complete(repair, max_tokens=max_tokens, temperature=temperature, schema=schema)
         usage = first.usage + second.usage
         try:

@@ -23,7 +23,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from models.llm import ChatMessage, LLMClient, LLMRequestError, Usage
+from models.llm import ChatMessage, LLMClient, LLMConfigError, Usage
 from pipelines.deriver.prompts import (
     FACTS_SYSTEM,
     DerivedFact,
@@ -454,6 +454,7 @@ class Deriver:
                 [],
                 prompt_room(self.summary_llm, summary_tokens(kind)),
                 attempts=attempts,
+                summary_share=1 / 3,
             )
             prompt = summary_prompt(kind, user_name, fitted.summary, fitted.history)
             written.append((kind, await self._summary_text(kind, prompt, outcome), message))
@@ -467,10 +468,9 @@ def prompt_room(llm: LLMClient, answer: int) -> int | None:
         return None
     room = llm.context_tokens - answer
     if room <= 0:
-        raise LLMRequestError(
+        raise LLMConfigError(
             f"{llm.name} has a context of {llm.context_tokens} tokens, no more than the {answer} its answer "
             "needs: raise llm.local_context_tokens (or llm.context_tokens)",
-            too_long=True,
         )
     return room
 

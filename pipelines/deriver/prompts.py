@@ -17,7 +17,6 @@ numbers (``[4, 5, 6, 7, 8, 9]``).
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
@@ -25,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from models.llm import ChatMessage, LLMRequestError
+from models.llm.client import FRAMING_TOKENS, estimate_tokens
 
 MAX_FACTS = 20
 SummaryType = Literal["SHORT", "LONG"]
@@ -278,15 +278,6 @@ def summary_prompt(
 
 CUT_MARK = " [... {} characters not shown ...] "
 LINE_MIN_TOKENS = 24  # a message cut shorter than this would show little more than the mark
-# Tokens a chat template adds around the turns (role headers, separators), and the request's own words.
-FRAMING_TOKENS = 96
-
-
-def estimate_tokens(text: str) -> int:
-    """About how many tokens ``text`` takes, erring high: English runs about 4 characters a token in
-    common tokenizers (Qwen's, Llama's, GPT's) and other scripts as little as one character a token, so
-    it counts 3.5 characters a token plus two thirds of a token for each byte above ASCII."""
-    return math.ceil(len(text) / 3.5 + (len(text.encode()) - len(text)) / 1.5)
 
 
 def cut(text: str, tokens: int) -> str:
@@ -360,19 +351,22 @@ def fit_conversation(
     tokens: int | None,
     *,
     attempts: int = 0,
+    summary_share: float = 1.0,
 ) -> Shown:
     """The batch, the summary so far and the earlier messages within ``tokens`` of prompt (None: as they
     are). The batch comes first; the summary gets what is left, cut if need be; the earlier messages
     get the rest, the oldest left out first when not even a few words of each fit. After ``attempts``
     failed attempts the messages get half as much room for each (a server that refused the prompt may
-    count its tokens more strictly than the estimate here)."""
+    count its tokens more strictly than the estimate here). ``summary_share``: the most of what is left
+    after the batch that the summary may take (a new summary must see the messages it adds)."""
     if tokens is None:
         return Shown(summary, list(history), list(batch))
     left = (tokens - estimate_tokens(system) - FRAMING_TOKENS) >> min(attempts, 16)
     shown_batch = fit_lines(batch, left)
     left -= lines_tokens(shown_batch)
     if summary is not None:
-        summary = cut(summary, left) if left >= LINE_MIN_TOKENS else None
+        share = max(int(left * summary_share), left - lines_tokens(history))
+        summary = cut(summary, share) if share >= LINE_MIN_TOKENS else None
         left -= estimate_tokens(summary) if summary else 0
     kept = list(history)
     while kept and left < LINE_MIN_TOKENS * len(kept) + lines_tokens([replace(h, content="") for h in kept]):

@@ -123,6 +123,7 @@ async def test_a_deriver_paused_by_its_llm_makes_health_degraded_with_the_reason
     assert body["deriver"]["status"].startswith("derivation is paused on 1 of 1 worker(s)")
     assert "LLM_API_KEY" in body["deriver"]["status"] and body["problems"] == [body["deriver"]["status"]]
     assert _gauge("rapport_health_degraded", part="deriver") == 1.0
+    assert _gauge("rapport_health_degraded", part="deriver_backlog") == 1.0
     async with database.transaction() as db:
         assert await workers.alive(db, "deriver") == [], "a stopped process is not a stalled one"
 
@@ -144,6 +145,7 @@ async def test_messages_waiting_with_no_worker_heard_from_are_degraded(
     )
     assert any(p.startswith("the search index is behind: 1 writes wait") for p in body["problems"])
     assert _gauge("rapport_health_degraded", part="index") == 1.0
+    assert _gauge("rapport_health_degraded", part="index_backlog") == 1.0
     async with client_of(memory, deriver={"enabled": False}) as client:
         off = (await client.get("/health")).json()
     assert off["deriver"]["status"] == "off" and off["problems"] == [
@@ -191,3 +193,21 @@ def _gauge(name: str, **labels: str) -> float | None:
     from prometheus_client import REGISTRY
 
     return REGISTRY.get_sample_value(name, labels)
+
+
+async def test_a_pause_for_an_outage_ends_when_the_database_answers_a_pause_for_settings_when_a_batch_is_derived(
+    memory: Memory,
+) -> None:
+    """After a PostgreSQL restart an idle deriver is well again at its next claim; an LLM that refused
+    its key stays reported until a batch goes through."""
+    from cluster.deriver import DerivationSource
+    from storage.errors import UnavailableError
+
+    source = DerivationSource(Deriver(memory, ScriptedLLM([])), DeriverSettings())
+    assert source.is_outage(UnavailableError("database", "connection refused"))
+    assert source.paused is not None and "a dependency is down" in source.paused
+    assert await source.claim() is None and source.paused is None, "nothing to claim, but it answered"
+    assert source.is_outage(LLMConfigError("the server refused the API key"))
+    assert (
+        await source.claim() is None and source.paused is not None and "refuses its settings" in source.paused
+    )

@@ -392,6 +392,7 @@ async def test_a_replace_job_loses_nothing_written_while_it_runs(
         if not driving.done():
             driving.cancel()
     assert (report.state, report.progress.done) == ("done", USERS)
+    assert len(written) > 20, "sessions were written while the job derived their users"
     async with database.transaction() as db:
         cited = {
             row[0]

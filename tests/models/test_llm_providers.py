@@ -175,6 +175,29 @@ async def test_openai_refusing_one_request_is_that_requests_error_not_a_misconfi
     assert len(openai_server.requests) == 1, "not retried as if transient"
 
 
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (400, "Your credit balance is too low to access the API."),
+        (400, "Unsupported parameter: 'max_tokens' is not supported with this model."),
+        (402, "Payment required"),
+        (429, None),  # (a control: transient, retried)
+    ],
+)
+async def test_openai_4xx_that_no_request_can_pass_is_a_misconfiguration(
+    openai_server: FakeServer, openai_llm: LLMClient, status: int, message: str | None
+) -> None:
+    """Words that say the account or the settings are wrong pause the work (nothing is parked for them)."""
+    if message is None:
+        openai_server.script(*[openai_error(status, "slow down", retry_after="0")] * 3)
+        with pytest.raises(LLMUnavailable):
+            await openai_llm.complete(PROMPT)
+        return
+    openai_server.script(openai_error(status, message))
+    with pytest.raises(LLMConfigError, match="an operator must fix"):
+        await openai_llm.complete(PROMPT)
+
+
 async def test_openai_unknown_model_is_a_misconfiguration(
     openai_server: FakeServer, openai_llm: LLMClient
 ) -> None:
@@ -277,6 +300,7 @@ async def test_anthropic_refusing_one_request_is_that_requests_error(
 def test_each_provider_knows_its_context_window(tmp_path: Path) -> None:
     assert LLMSettings().context_window == 8192 // 2, "the local model's slot: its share of the context"
     assert LLMSettings(local_parallel=4, local_context_tokens=16384).context_window == 4096
+    assert LLMSettings(context_tokens=65536).context_window == 4096, "the local slot is what it is"
     assert LLMSettings(provider="openai").context_window == 8192
     assert LLMSettings(provider="openai", context_tokens=32768).context_window == 32768
     assert LLMSettings(provider="anthropic").context_window == 200_000

@@ -148,3 +148,20 @@ async def test_a_request_refused_every_time_is_parked_with_the_reason_and_others
             await db.execute(text("SELECT last_error FROM derivation_queue WHERE status = 'parked'"))
         ).scalar()
     assert "LLMRequestError" in reason and "HTTP 422: unsupported input" in reason
+
+
+async def test_a_repair_that_would_overflow_the_context_is_asked_without_the_broken_answer(
+    database: Database, memory_hashed: Memory
+) -> None:
+    """A prompt fitted to the context has room for one answer: the repair turn re-asks with what was
+    wrong instead of echoing a long broken answer the context cannot hold beside it."""
+    tree = await make_tree(database, user_name="ana")
+    await say(database, tree, LONG)
+    broken = '{"facts": [{"fact": "' + "ana " * 600  # cut off at the token limit: invalid JSON
+    llm = ScriptedLLM([broken, facts(("ana adopted a beagle named Bolt.", [1]))], context_tokens=4096)
+    assert await worker(memory_hashed, llm).run_once() == "done"
+    first, repair = llm.prompts
+    assert len(repair) == len(first) and broken not in repair[-1].content, "not echoed"
+    assert "A first answer was not valid" in repair[-1].content
+    assert requested(llm, 1) <= 4096
+    assert [f.content for f in await facts_of(database, tree)] == ["ana adopted a beagle named Bolt."]

@@ -8,7 +8,7 @@ import asyncio
 
 from sqlalchemy import text
 
-from storage import derivation, erasure, messages
+from storage import derivation, erasure, messages, sessions
 from storage.db import Database
 from tests.storage.factories import Tree, make_tree
 
@@ -49,6 +49,29 @@ async def test_an_erasure_racing_a_message_insert_leaves_no_work_for_a_gone_sess
 
     erasing = asyncio.create_task(erase())
     await asyncio.sleep(0.5)  # ...while the erasure runs as far as it can
+    await writing.commit()
+    await writer.close()
+    await asyncio.wait_for(erasing, timeout=30)
+
+    assert await queued(database) == [], "no queue item outlives its session"
+
+
+async def test_an_app_erasure_racing_a_new_session_and_its_messages_leaves_no_work(
+    database: Database,
+) -> None:
+    """The same race for a whole app, through a session the erasure could not see when it began."""
+    tree = await make_tree(database, user_name="ana")
+    writer = await database.engine.connect()
+    writing = await writer.begin()
+    late = await sessions.create_session(writer, tree.app_id, tree.user_id)
+    await messages.create_message(writer, tree.app_id, tree.user_id, late.id, content="late", is_user=True)
+
+    async def erase() -> None:
+        async with database.transaction() as db:
+            await erasure.erase_app(db, tree.app_id)
+
+    erasing = asyncio.create_task(erase())
+    await asyncio.sleep(0.5)
     await writing.commit()
     await writer.close()
     await asyncio.wait_for(erasing, timeout=30)
