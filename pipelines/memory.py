@@ -18,7 +18,7 @@ import numpy as np
 from models.embedding import TextEmbedder
 from pipelines import retrieval
 from pipelines.indexing import IndexWriter
-from storage import collections, derivation, documents, erasure, messages, outbox, sessions
+from storage import collections, documents, erasure, messages, outbox, sessions
 from storage.db import Database
 from storage.index import VectorIndex
 from storage.query import Record
@@ -190,10 +190,6 @@ class Memory:
     async def index_lag(self) -> outbox.Lag:
         async with self.database.transaction() as db:
             return await outbox.lag(db)
-
-    async def derivation_lag(self) -> derivation.Lag:
-        async with self.database.transaction() as db:
-            return await derivation.lag(db)
 
     async def _write_documents(self, rows: Sequence[Record], vectors: Any, entries: Sequence[int]) -> None:
         try:

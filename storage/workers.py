@@ -29,7 +29,11 @@ class WorkerState:
 async def report(
     db: AsyncConnection, worker: str, kind: str, state: str, detail: str | None, progress_at: datetime | None
 ) -> None:
-    """Record this process's state now."""
+    """Record this process's state now (and forget the processes long gone)."""
+    await db.execute(
+        text("DELETE FROM worker_status WHERE seen_at < now() - make_interval(secs => :s)"),
+        {"s": FORGET_AFTER_S},
+    )
     await db.execute(
         text(
             """
@@ -55,11 +59,7 @@ async def retire(db: AsyncConnection, worker: str) -> None:
 
 
 async def alive(db: AsyncConnection, kind: str) -> list[WorkerState]:
-    """The processes of this kind heard from lately, and forget the ones long gone."""
-    await db.execute(
-        text("DELETE FROM worker_status WHERE seen_at < now() - make_interval(secs => :s)"),
-        {"s": FORGET_AFTER_S},
-    )
+    """The processes of this kind heard from lately."""
     rows = await db.execute(
         text(
             "SELECT worker, kind, state, detail, progress_at, seen_at FROM worker_status "
