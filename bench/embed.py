@@ -166,7 +166,11 @@ def in_process(args: argparse.Namespace) -> None:
     corpus = texts()
     embedding = Settings.model_validate({"embedding": {"device": args.device}}).embedding
     model = load_embedder(
-        embedding.model, embedding.device, embedding.precision, embedding.cpu_threads, embedding.max_windows_per_text
+        embedding.model,
+        embedding.device,
+        embedding.precision,
+        embedding.cpu_threads,
+        embedding.max_windows_per_text,
     )
     print(f"# bench/embed.py --in-process  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  "
           f"callers={args.callers} texts/call={args.texts_per_call}  {model.precision} on {model.device}")  # fmt: skip

@@ -114,7 +114,9 @@ RANDOM_HEX = "9f3b1c07d2e84a6f5b0c9d1e7a2f4c8b3e6d0a5f1c9b7e2d4a8f6c0b3e5d7a19"
         "password-password-password-password",
     ],
 )
-def test_placeholder_and_low_entropy_secrets_are_refused(monkeypatch: pytest.MonkeyPatch, secret: str) -> None:
+def test_placeholder_and_low_entropy_secrets_are_refused(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
     monkeypatch.setenv("AUTH_USE_AUTH", "true")
     monkeypatch.setenv("AUTH_JWT_SECRET", secret)
     with pytest.raises(ValidationError, match="AUTH_JWT_SECRET .*openssl rand -hex 32"):

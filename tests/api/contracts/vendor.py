@@ -34,7 +34,11 @@ def _strip(node: Any, *, in_properties: bool = False) -> Any:
 
 def structure(doc: dict[str, Any], origin: str) -> dict[str, Any]:
     paths = {
-        path: {method: _strip(op) for method, op in item.items() if method in HTTP_METHODS or method == "parameters"}
+        path: {
+            method: _strip(op)
+            for method, op in item.items()
+            if method in HTTP_METHODS or method == "parameters"
+        }
         for path, item in doc["paths"].items()
     }
     components = doc.get("components", {})
@@ -43,7 +47,9 @@ def structure(doc: dict[str, Any], origin: str) -> dict[str, Any]:
         "info": {"title": doc["info"]["title"], "version": doc["info"]["version"], "x-origin": origin},
         "paths": paths,
         "components": {
-            key: _strip(components[key]) for key in ("schemas", "securitySchemes", "parameters") if key in components
+            key: _strip(components[key])
+            for key in ("schemas", "securitySchemes", "parameters")
+            if key in components
         },
     }
 
@@ -52,7 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
-    parser.add_argument("--origin", required=True, help="where the source came from (repository, tag, commit, path)")
+    parser.add_argument(
+        "--origin", required=True, help="where the source came from (repository, tag, commit, path)"
+    )
     args = parser.parse_args()
     copy = structure(json.loads(args.source.read_text()), args.origin)
     args.target.write_text(json.dumps(copy, indent=1, sort_keys=True) + "\n")
