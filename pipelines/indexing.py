@@ -425,6 +425,9 @@ class IndexSync:
                 async with self.database.transaction() as db:
                     rows = await fetch_by_ids(db, spec.model, ids)
                 await self._embed_and_upsert(spec, rows)
+                # Rows gone from PostgreSQL (erased) since the entry was written: an earlier attempt may
+                # have written them after the erasure's index delete and died before checking its write.
+                await self._remove_gone(spec.table, sorted(set(ids) - {row.id for row in rows}))
         for e in entries:
             if e.action == "delete":
                 table = TABLE_OF_KIND[e.kind]
@@ -464,11 +467,14 @@ class IndexSync:
                 await outbox.enqueue_upserts(db, spec.kind, changed)
             if retire:
                 await outbox.done(db, list(retire))
-        gone = [i for i in written if i not in now]
+        await self._remove_gone(spec.table, [i for i in written if i not in now])
+
+    async def _remove_gone(self, table: Table, gone: Sequence[str]) -> None:
+        """Take out of the index rows that PostgreSQL no longer has: a write that raced an erasure (a
+        message, or a fact a deriver stored), so they are erased ones, to be purged from the files."""
         if gone:
-            await _bounded(self.index.delete(spec.table, ids=gone))
-            # A write that raced an erasure (a message, or a fact a deriver stored): its rows are erased ones.
-            self._erased(spec.table)
+            await _bounded(self.index.delete(table, ids=gone))
+            self._erased(table)
 
     # --- rebuild ---------------------------------------------------------------------------------------
 

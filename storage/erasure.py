@@ -3,9 +3,8 @@ entries through the outbox in that same transaction.
 
 The transaction locks the owner's rows first (see ``_STATEMENTS``), then deletes the user (or app) row,
 which cascades to sessions, messages, metamessages, collections, documents and the sessions' derivation
-leases; it deletes what has no foreign key to them (derivation work, batch-job rows, index outbox entries
-naming their rows) and records two index deletions by scope (``user_id`` or ``app_id``), for messages and
-for documents. Either all of that
+leases; it deletes what has no foreign key to them (derivation work, batch-job rows) and records two
+index deletions by scope (``user_id`` or ``app_id``), for messages and for documents. Either all of that
 commits or none of it does; once it has, the index deletions are applied at once and, if the process
 dies first, by the index sync after a restart: a crash half-way never leaves half an erasure. Once
 applied, the deletions leave the index's files too, not only its results: the index sync purges the
@@ -54,16 +53,9 @@ _STATEMENTS = (
         "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
         "WHERE c.user_id IN ({users})",
     ),
-    # what has no foreign key to the owner
-    (
-        "delete",
-        "DELETE FROM index_outbox WHERE target_id IN (SELECT id FROM messages WHERE user_id IN ({users}))",
-    ),
-    (
-        "delete",
-        "DELETE FROM index_outbox WHERE target_id IN (SELECT d.id FROM documents d "
-        "JOIN collections c ON c.id = d.collection_id WHERE c.user_id IN ({users}))",
-    ),
+    # what has no foreign key to the owner. (Index outbox entries naming the owner's rows stay: one may
+    # belong to a round of the index sync under way, which wrote the rows after this erasure's index
+    # delete; applied again, an entry whose row is gone takes it out of the index.)
     ("delete", "DELETE FROM derivation_queue WHERE app_id = :a AND {queue_user}"),
     (
         "delete",

@@ -367,3 +367,44 @@ async def test_the_sync_purges_erasures_between_rounds_and_retries_a_failed_purg
     now[0] += 300
     await source.claim()
     assert not sync.purges[MESSAGES].pending and sync.purges[MESSAGES].purged_at is not None
+
+
+async def test_a_write_that_lands_after_an_erasure_and_cannot_be_checked_is_undone_later(
+    database: Database, memory: Memory
+) -> None:
+    """Found by the soak (bench/soak.py): a round reads a user's new messages, the user is erased while
+    it embeds them (the erasure's index delete finds nothing yet), the round writes them, and the
+    database goes away before the round can check its writes against it. The round's entries come back
+    after the outage, and then the rows must leave the index, though PostgreSQL has nothing left to
+    write for them."""
+    from storage.errors import UnavailableError
+
+    t = await make_tree(database)
+    await memory.add_messages(
+        t.app_id, t.user_id, t.session_id, [{"content": f"erase me {i}", "is_user": True} for i in range(3)]
+    )
+    sync = memory.writer
+    assert isinstance(sync, IndexSync)
+    embed, verify = sync.embedder.embed, sync._verify
+
+    async def embed_while_erased(texts: Sequence[str]) -> np.ndarray:
+        vectors = await embed(texts)
+        await memory.erase_user(t.app_id, t.user_id)  # commits, and deletes from the index: nothing yet
+        return vectors
+
+    async def database_gone(*args: object, **kwargs: object) -> None:
+        raise UnavailableError("database", "the server closed the connection")
+
+    sync.embedder.embed = embed_while_erased  # type: ignore[method-assign]
+    sync._verify = database_gone  # type: ignore[method-assign]
+    try:
+        await drain(sync)  # an outage: the entries are given back
+    finally:
+        sync.embedder.embed, sync._verify = embed, verify  # type: ignore[method-assign]
+    assert await memory.index.count(MESSAGES, {"user_id": t.user_id}) == 3, "written after the erasure"
+
+    await _make_due(database)
+    while await drain(sync):
+        pass
+    assert await memory.index.count(MESSAGES, {"user_id": t.user_id}) == 0
+    assert sync.purges[MESSAGES].pending, "and taken out of the files at the next purge"
