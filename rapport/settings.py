@@ -364,8 +364,9 @@ class HealthSettings(_Section):
         default=10.0,
         ge=0,
         le=3600,
-        description="How long /health reuses its last answer: its probes (an embedding, the LLM's model "
-        "list, the index) run at most this often per API replica, however often it is asked.",
+        description="How long /health reuses its last probes (an embedding, the LLM's model list, the "
+        "index): they run at most this often per API replica, however often it is asked; the backlogs it "
+        "reports are read from the database each time.",
     )
     index_stall_s: float = Field(
         default=300.0, gt=0, description="A write waiting this long for the search index: degraded."

@@ -31,6 +31,29 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
+class _Probed:
+    """The last round of probes (embedder, index, LLM) and when it ran."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.at = 0.0
+        self.states: tuple[str, str, str] | None = None
+
+
+async def _probes(memory: Memory, request: Request) -> tuple[str, str, str]:
+    state = request.app.state
+    probed: _Probed = state.__dict__.setdefault("health_probes", _Probed())
+    async with probed.lock:
+        if probed.states is None or time.monotonic() - probed.at > state.settings.health.probe_interval_s:
+            embedder, index, llm_state = await asyncio.gather(
+                _probe("embedder", memory.embedder.embed(["health"])),
+                _probe("index", memory.index.count(MESSAGES)),
+                _probe("llm", state.dialectic_llm.probe()),
+            )
+            probed.states, probed.at = (embedder, index, llm_state), time.monotonic()
+        return probed.states
+
+
 @router.get("/health")
 async def health(memory: Mem, request: Request) -> JSONResponse:
     """Each dependency's state. 503 when the database does not answer (nothing works without it); else
@@ -39,28 +62,9 @@ async def health(memory: Mem, request: Request) -> JSONResponse:
     writes wait too long for the index, or derivation is paused or not progressing; ``problems`` says
     why. ``index`` tells how many writes wait to reach the search index (``pending``), how old the
     oldest is (``oldest_s``), and how many failed for good (``parked``); ``deriver`` the same for
-    messages waiting to be derived, with its ``status``. The answer is reused for
-    ``health.probe_interval_s``: however often it is asked, the probes run at most that often (a 503 is
-    not reused: the database is asked again next time, and no probe runs without it)."""
-    state = request.app.state
-    cache: _Cached = state.__dict__.setdefault("health_cache", _Cached())
-    async with cache.lock:  # callers arriving together share one round of probes
-        if cache.answer is None or time.monotonic() - cache.at > state.settings.health.probe_interval_s:
-            answer = await _check(memory, request)
-            if answer.status_code != 200:
-                return answer
-            cache.answer, cache.at = answer, time.monotonic()
-        return cache.answer
-
-
-class _Cached:
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.at = 0.0
-        self.answer: JSONResponse | None = None
-
-
-async def _check(memory: Memory, request: Request) -> JSONResponse:
+    messages waiting to be derived, with its ``status``. The database is asked afresh each time (the
+    backlogs are what callers wait on); the probes of the embedder, the index and the LLM run at most
+    once per ``health.probe_interval_s`` per replica, and callers arriving together share one round."""
     settings = request.app.state.settings
     try:
         await memory.database.ping()
@@ -77,11 +81,7 @@ async def _check(memory: Memory, request: Request) -> JSONResponse:
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     llm = request.app.state.dialectic_llm
-    embedder, index, llm_state = await asyncio.gather(
-        _probe("embedder", memory.embedder.embed(["health"])),
-        _probe("index", memory.index.count(MESSAGES)),
-        _probe("llm", llm.probe()),
-    )
+    embedder, index, llm_state = await _probes(memory, request)
     problems = [reason for _, reason in found.problems]
     parts = {part for part, _ in found.problems}
     for part, state in (("embedder", embedder), ("index", index)):
