@@ -98,7 +98,7 @@ def test_bad_values_fail_with_the_key_named(monkeypatch: pytest.MonkeyPatch, env
         Settings()
 
 
-# `openssl rand -hex 32` output, as the README says to make a secret.
+# `openssl rand -hex 32` output, as docs/api.md (Auth) says to make a secret.
 RANDOM_HEX = "9f3b1c07d2e84a6f5b0c9d1e7a2f4c8b3e6d0a5f1c9b7e2d4a8f6c0b3e5d7a19"
 
 

@@ -55,13 +55,13 @@ class RequestMetrics:
 @router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_admin)])
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus' text format, in a process that records with prometheus_client. Under Ray, each node's
-    metrics agent exports them instead (see the README), and this answers 404 saying so. With auth on,
-    it takes an admin key (the series name apps and routes)."""
+    metrics agent exports them instead (see docs/operations.md), and this answers 404 saying so. With auth
+    on, it takes an admin key (the series name apps and routes)."""
     if metrics.exported_via_ray():
         return JSONResponse(
             {
                 "detail": "under Ray Serve, metrics are exported by each Ray node's metrics agent "
-                "(ray start --metrics-export-port), named ray_rapport_*; see the README's Metrics section"
+                "(ray start --metrics-export-port), named ray_rapport_*; see docs/operations.md, Metrics for Prometheus"
             },
             404,
         )
