@@ -37,12 +37,12 @@ sys.path.insert(0, str(REPO))
 
 from cluster.deriver import derivation_workers  # noqa: E402
 from cluster.index_sync import IndexSyncLoop, drain  # noqa: E402
+from cluster.stack import open_stack  # noqa: E402
 from models.llm import ChatMessage  # noqa: E402
 from models.llm.scripted import ScriptedLLM  # noqa: E402
 from pipelines.deriver import Deriver, DeriverOptions  # noqa: E402
 from pipelines.deriver.prompts import MAX_SOURCES, asks_for_facts, facts_limit  # noqa: E402
 from rapport.settings import Settings  # noqa: E402
-from rapport.stack import open_stack  # noqa: E402
 from storage import apps, derivation, messages, sessions, users  # noqa: E402
 from tests.db import scratch_database  # noqa: E402
 from tests.served import rapport_serve  # noqa: E402

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from cluster.deriver import OUTAGES
+from cluster.index_sync import RemoteIndexWriter
 from models.llm import LLMConfigError
 from rapport import metrics
 from rapport.settings import Settings
@@ -137,14 +138,13 @@ class RederiveActor:
     async def opened(self) -> AsyncIterator[tuple[Any, jobs.Job]]:
         """The models, stores and writers this actor derives with, the group committer and the lease
         renewal running: (the Rederiver, the job)."""
-        from deployments.indexer import ServeIndexWriter
+        from cluster.stack import build_deriver, open_stack
         from pipelines.deriver.rederive import Rederiver
         from rapport.logs import configure_logging
-        from rapport.stack import build_deriver, open_stack
 
         configure_logging(self.settings.app.log_level)
         metrics.export_via_ray()
-        writer = BufferedIndexWriter(ServeIndexWriter(self._writer)) if self._writer is not None else None
+        writer = BufferedIndexWriter(RemoteIndexWriter(self._writer)) if self._writer is not None else None
         async with AsyncExitStack() as resources:
             if writer is not None:
                 resources.push_async_callback(writer.close)
@@ -407,7 +407,7 @@ class JobIndexWriter:
     async def _sync(self) -> Any:
         async with self._opening:
             if self._stack is None:
-                from rapport.stack import open_stack
+                from cluster.stack import open_stack
 
                 self._stack = await self._resources.enter_async_context(
                     open_stack(self.settings, embedder=self._embedder, run_index_sync=True)
@@ -438,7 +438,7 @@ def serve_index_writer() -> Any | None:
     """A handle to `rapport serve`'s IndexWriter if it runs on this Ray cluster."""
     from ray import serve
 
-    from deployments.service import APP_NAME
+    from cluster import SERVE_APP as APP_NAME
 
     application = serve.status().applications.get(APP_NAME)
     if application is None or "IndexWriter" not in application.deployments:
@@ -468,7 +468,7 @@ async def create_job(
     """Record a job over the app's users (all of them, those active ``since``, or the ids in
     ``users_file``, one per line) and return its id and size. ``app`` is an app's id or name. Nothing is
     recorded if a listed id is not a user of the app (``BadSelection`` names some)."""
-    from rapport.stack import llm_name
+    from models.llm import llm_name
     from storage import apps
     from storage.errors import NotFoundError
 

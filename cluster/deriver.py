@@ -186,7 +186,7 @@ async def derive_until(
     """Open the stack the settings describe and derive with ``deriver.concurrency`` workers until ``stop``
     is set (`rapport deriver run`, ``DerivationActor``). ``embedder`` and ``llm`` replace the configured
     models (a Serve handle, a test double)."""
-    from rapport.stack import build_deriver, open_stack
+    from cluster.stack import build_deriver, open_stack
 
     async with open_stack(settings, embedder=embedder) as stack:
         deriver = build_deriver(stack, llm)

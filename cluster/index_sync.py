@@ -11,12 +11,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from pipelines import health
 from pipelines.indexing import IndexSync, IndexWriter
 from rapport.settings import Settings, VectorStoreSettings
 from storage import outbox
+from storage.query import Record
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +174,20 @@ class IndexSyncLoop:
             if task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, timeout=timeout_s)
+
+
+class RemoteIndexWriter:
+    """The IndexWriter interface over a Ray handle to a writer: the IndexWriter deployment
+    (deployments/indexer.py) or a batch job's own (cluster/batch.py, JobIndexWriter)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def write_documents(
+        self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
+    ) -> None:
+        plain = [dict(row._mapping) for row in rows]
+        await self._handle.write_documents.remote(plain, vectors, list(outbox_ids))
+
+    async def apply(self, outbox_ids: Sequence[int]) -> None:
+        await self._handle.apply.remote(list(outbox_ids))

@@ -14,14 +14,12 @@ from typing import Any
 from ray import serve
 
 from cluster.deriver import derivation_workers, run_workers
+from cluster.index_sync import RemoteIndexWriter
+from cluster.stack import LLMs, build_deriver, open_stack
 from deployments.embedder import ServeEmbedder
-from deployments.indexer import ServeIndexWriter
-from models.llm import LLMClient, build_llm
-from pipelines.deriver import Deriver, DeriverOptions
 from rapport import metrics
 from rapport.logs import configure_logging
-from rapport.settings import LLMSettings, Settings
-from rapport.stack import open_stack
+from rapport.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ class DeriverWorker:
         config = Settings.model_validate(settings)
         configure_logging(config.app.log_level)
         self._loop: asyncio.Task[None] | None = None
-        self._local: Any = None  # this node's shared local model, when the LLM is local
+        self._llms: LLMs | None = None
         if not config.deriver.deriving:
             # Bound only because a Serve config names it (deployments/app.py, build_app).
             log.info("the deriver is off (deriver.enabled, deriver.workers): this replica derives nothing")
@@ -43,29 +41,21 @@ class DeriverWorker:
         self._resources = AsyncExitStack()
         model = await ServeEmbedder.connect(embedder, config.embedding)
         stack = await self._resources.enter_async_context(
-            open_stack(config, embedder=model, writer=ServeIndexWriter(index_writer))
+            open_stack(config, embedder=model, writer=RemoteIndexWriter(index_writer))
         )
-        llm = await self._llm(config.llm_for("deriver"), config)
-        summary = config.llm_for("summary")
-        summary_llm = llm if summary == config.llm_for("deriver") else await self._llm(summary, config)
-        deriver = Deriver(stack.memory, llm, summary_llm, DeriverOptions.of(config.deriver))
+        # A local model is this node's shared one (cluster/local_llm.py), started now, not on the first batch.
+        self._llms = LLMs(config, on_node=True)
+        deriver = build_deriver(stack, self._llms)
+        await self._llms.ready()
         self._stop = asyncio.Event()
         workers = derivation_workers(deriver, config.deriver, limits=config.limits)
         self._loop = asyncio.create_task(run_workers(workers, self._stop))
-        log.info("derivation worker running with %s", llm.name)
-
-    async def _llm(self, llm: LLMSettings, config: Settings) -> LLMClient:
-        if llm.provider != "local":
-            return build_llm(llm, config.home)
-        from cluster.local_llm import node_local_llm
-
-        self._local = await node_local_llm(llm, config.home)
-        return self._local.llm  # type: ignore[no-any-return]
+        log.info("derivation worker running with %s", deriver.llm.name)
 
     async def check_health(self) -> None:
         if self._loop is not None and self._loop.done():
             raise RuntimeError("the derivation loop stopped; the replica will be restarted")
-        if self._local is not None and not self._local.alive():
+        if self._llms is not None and not self._llms.alive():
             raise RuntimeError("this node's local model host is gone; restarting to start a new one")
 
     async def __del__(self) -> None:
@@ -76,3 +66,5 @@ class DeriverWorker:
                 await asyncio.wait_for(loop, timeout=10)
         if hasattr(self, "_resources"):
             await self._resources.aclose()
+        if self._llms is not None:
+            await self._llms.close()

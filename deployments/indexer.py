@@ -4,20 +4,18 @@ background and serves the API's inline document writes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import numpy as np
 from ray import serve
 
+from cluster.stack import open_stack
 from deployments.embedder import ServeEmbedder
 from pipelines.indexing import StoredDocument
 from rapport import metrics
 from rapport.logs import configure_logging
 from rapport.settings import Settings
-from rapport.stack import open_stack
-from storage.query import Record
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +52,3 @@ class IndexWriter:
     async def __del__(self) -> None:
         if hasattr(self, "_resources"):  # absent when __init__ failed before it
             await self._resources.aclose()
-
-
-class ServeIndexWriter:
-    """The IndexWriter interface over a handle to the IndexWriter deployment."""
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    async def write_documents(
-        self, rows: Sequence[Record], vectors: np.ndarray, outbox_ids: Sequence[int]
-    ) -> None:
-        plain = [dict(row._mapping) for row in rows]
-        await self._handle.write_documents.remote(plain, vectors, list(outbox_ids))
-
-    async def apply(self, outbox_ids: Sequence[int]) -> None:
-        await self._handle.apply.remote(list(outbox_ids))

@@ -17,11 +17,12 @@ from typing import Any, NoReturn
 
 import psutil
 
+from cluster import SERVE_APP
 from rapport.settings import Settings, mask_url_password
 
 log = logging.getLogger(__name__)
 
-APP_NAME = "rapport"
+APP_NAME = SERVE_APP
 
 # Ray must never wait on the network: no usage-stats upload. Set before Ray is imported.
 OFFLINE_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}

@@ -493,7 +493,7 @@ def _erase(settings: Settings, work: Callable[[AsyncConnection], Awaitable[Any]]
             await asyncio.sleep(0.5)
             if await _in_transaction(settings, lambda db: waiting(db, erased.index_entries)) == 0:
                 return erased, "removed by the running service's index sync"
-        from rapport.stack import open_stack
+        from cluster.stack import open_stack
 
         async with open_stack(settings) as stack:
             await stack.sync.apply(erased.index_entries)
@@ -559,7 +559,7 @@ def reindex(
 
     from tqdm import tqdm
 
-    from rapport.stack import open_stack
+    from cluster.stack import open_stack
 
     settings = _settings()
     if app_id and recreate:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from cluster.stack import Stack, open_stack
 from models.embedding import SentenceTransformerEmbedder, TextEmbedder, load_embedder
 from models.embedding.hashing import HashingEmbedder
 from pipelines.memory import Memory
 from rapport.settings import DBSettings, Settings
-from rapport.stack import Stack, open_stack
 from storage import migrate
 from storage.db import Database
 from storage.index import VectorIndex

@@ -57,7 +57,7 @@ MemoryFactory = Callable[[Settings], AbstractAsyncContextManager[Memory]]
 @asynccontextmanager
 async def local_memory(settings: Settings) -> AsyncIterator[Memory]:
     """Everything in this process: the database, the embedding model, the index and its sync loop."""
-    from rapport.stack import open_stack
+    from cluster.stack import open_stack
 
     async with open_stack(settings, run_index_sync=True) as stack:
         yield stack.memory
@@ -73,7 +73,7 @@ def create_api(
 
     ``dialectic_llm``: the chat route's model (default: the settings', built on the first chat call, so
     that starting the API loads no model)."""
-    from rapport.stack import dialectic_llm as configured_llm
+    from cluster.stack import LLMs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,7 +96,7 @@ def create_api(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.dialectic_llm = dialectic_llm or configured_llm(settings)
+    app.state.dialectic_llm = dialectic_llm or LLMs(settings)("dialectic")
     app.state.rate_limiter = AppRateLimiter.configured(settings.limits)
     if memory is not None:
         app.state.memory = memory

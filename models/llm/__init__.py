@@ -35,7 +35,13 @@ __all__ = [
     "RetryPolicy",
     "Usage",
     "build_llm",
+    "llm_name",
 ]
+
+
+def llm_name(llm: LLMSettings) -> str:
+    """provider/model, as logs, /health and a job's ledger name the model."""
+    return f"{llm.provider}/{llm.model or (llm.local_model if llm.provider == 'local' else 'default')}"
 
 
 def build_llm(llm: LLMSettings, home: Path) -> LLMClient:

@@ -16,10 +16,10 @@ import pytest
 from lance.file import LanceFileReader
 
 from cluster.index_sync import index_sync_worker
+from cluster.stack import Stack, open_stack
 from models.embedding import TextEmbedder
 from pipelines.indexing import PurgeOptions, message_text
 from rapport.settings import Settings, VectorStoreSettings
-from rapport.stack import Stack, open_stack
 from storage import apps, collections, messages, sessions, users
 from storage.db import Database
 from storage.index import DOCUMENTS, MESSAGES, Table, VectorIndex

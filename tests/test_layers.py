@@ -1,0 +1,95 @@
+"""The code's layers, read from its imports (every import, those inside functions too): each layer
+imports only those below it, so a change to one never has to reason about the ones above.
+
+    rapport.{settings,logs,metrics,priority,coalesce}   the floor: imports nothing of ours
+    storage, models                                     the floor only (and neither the other)
+    pipelines                                           storage and models
+    cluster                                             pipelines (cluster/stack.py assembles a process)
+    deployments                                         cluster
+    rapport.cli                                         the roof: anything, and nothing imports it
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOOR = {
+    "rapport",
+    "rapport.settings",
+    "rapport.logs",
+    "rapport.metrics",
+    "rapport.priority",
+    "rapport.coalesce",
+}
+LAYERS = ["storage", "models", "pipelines", "cluster", "deployments"]
+# What each layer may import besides the floor and itself.
+ALLOWED = {
+    "storage": set(),
+    "models": set(),
+    "pipelines": {"storage", "models"},
+    "cluster": {"storage", "models", "pipelines"},
+    "deployments": {"storage", "models", "pipelines", "cluster"},
+}
+ROOF = "rapport.cli"
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _ours(name: str) -> str | None:
+    top = name.split(".")[0]
+    if top == "rapport":
+        return name if name in FLOOR or name == ROOF else "rapport"
+    return top if top in LAYERS else None
+
+
+def _submodule(package: str, name: str) -> str:
+    """package.name if that is a module of ours, else package (the name is something in it)."""
+    path = ROOT.joinpath(*package.split("."), name)
+    return f"{package}.{name}" if path.with_suffix(".py").exists() or path.is_dir() else package
+
+
+def imports() -> dict[str, set[str]]:
+    """Each module of ours -> the layers (or floor/roof modules) it imports."""
+    found: dict[str, set[str]] = {}
+    for top in [*LAYERS, "rapport"]:
+        for path in (ROOT / top).rglob("*.py"):
+            targets: set[str] = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                names: list[str] = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    # `from rapport import metrics` imports the module rapport.metrics
+                    names = [_submodule(node.module, alias.name) for alias in node.names]
+                for name in names:
+                    if (target := _ours(name)) is not None:
+                        targets.add(target)
+            found[_module(path)] = targets
+    return found
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    wrong = []
+    for module, targets in sorted(imports().items()):
+        top = module.split(".")[0]
+        if module == ROOF:
+            continue
+        allowed = FLOOR if top == "rapport" else FLOOR | ALLOWED[top] | {top}
+        if bad := targets - allowed:
+            wrong.append(f"{module} imports {sorted(bad)}")
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_floor_imports_nothing_of_ours_and_nothing_imports_the_cli() -> None:
+    found = imports()
+    assert set(found) >= FLOOR | {ROOF}, "a module of the floor or the roof moved: update this test"
+    for module in FLOOR:
+        assert not found[module], f"the floor's {module} imports {sorted(found[module])}"
+    importers = sorted(m for m, targets in found.items() if ROOF in targets and m != ROOF)
+    assert not importers, f"{importers} import the CLI"
+
