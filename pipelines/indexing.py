@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
-from sqlalchemy import func, select
 
 from models.embedding import TextEmbedder
 from rapport.coalesce import Coalescer, PerLoop
@@ -29,7 +28,7 @@ from storage import outbox
 from storage.db import Database
 from storage.errors import UnavailableError
 from storage.index import DOCUMENTS, MESSAGES, Table, VectorIndex
-from storage.query import Record, fetch_by_ids, record_columns
+from storage.query import Record, count_rows, fetch_by_ids, rows_after
 from storage.tables import Document, Message
 
 log = logging.getLogger(__name__)
@@ -499,21 +498,13 @@ class IndexSync:
         counts: dict[str, int] = {}
         for spec in INDEXED:
             model = spec.model
-            where = [model.app_id == app_id] if app_id else []
             async with self.database.transaction() as db:
-                total = (await db.execute(select(func.count()).select_from(model).where(*where))).scalar_one()
+                total = await count_rows(db, model, app_id=app_id)
             bar = progress(spec.table, total) if progress else None
             done, after = 0, -1
             while True:
                 async with self.database.transaction() as db:
-                    rows = (
-                        await db.execute(
-                            select(*record_columns(model))
-                            .where(*where, model.seq > after)
-                            .order_by(model.seq)
-                            .limit(self.batch_size)
-                        )
-                    ).all()
+                    rows = await rows_after(db, model, after, self.batch_size, app_id=app_id)
                 if not rows:
                     break
                 await self._embed_and_upsert(spec, rows)

@@ -181,18 +181,10 @@ async def _in_transaction(settings: Settings, work: Callable[[AsyncConnection], 
 @index_app.command("status")
 def index_status() -> None:
     """How far the index is behind PostgreSQL (as in /health), and why parked entries failed."""
-    from sqlalchemy import text
-
     from storage import outbox
 
-    async def status(db: AsyncConnection) -> tuple[outbox.Lag, list[Any]]:
-        lag = await outbox.lag(db)
-        reasons = await db.execute(
-            text(
-                "SELECT last_error, count(*) FROM index_outbox WHERE parked GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
-            )
-        )
-        return lag, list(reasons)
+    async def status(db: AsyncConnection) -> tuple[outbox.Lag, list[tuple[str, int]]]:
+        return await outbox.lag(db), await outbox.parked_reasons(db, limit=10)
 
     lag, reasons = _run(_in_transaction(_settings(), status))
     typer.echo(f"pending: {lag.pending} (oldest {lag.oldest_s:.1f}s)  parked: {lag.parked}")
@@ -481,11 +473,7 @@ def _erase(settings: Settings, work: Callable[[AsyncConnection], Awaitable[Any]]
     sync if one takes them within 10 s, else here (when nothing else writes the index)."""
     import asyncio
 
-    from sqlalchemy import text
-
-    async def waiting(db: AsyncConnection, ids: list[int]) -> int:
-        query = text("SELECT count(*) FROM index_outbox WHERE id = ANY(:ids)")
-        return int((await db.execute(query, {"ids": ids})).scalar_one())
+    from storage.outbox import waiting
 
     async def run() -> tuple[Any, str]:
         erased = await _in_transaction(settings, work)

@@ -68,6 +68,12 @@ async def get_document(
     return await fetch_one(db, Document, where, f"document {document_id!r}")
 
 
+async def lock_by_id(db: AsyncConnection, document_id: str) -> Record | None:
+    """The document, locked for update until the transaction ends; None if it is gone (erased)."""
+    query = select(*record_columns(Document)).where(Document.id == document_id).with_for_update()
+    return (await db.execute(query)).first()
+
+
 async def update_document(
     db: AsyncConnection,
     app_id: str,

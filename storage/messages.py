@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError
@@ -208,3 +208,19 @@ async def of_session(db: AsyncConnection, session_id: str, ids: Sequence[str]) -
         return set()
     query = select(Message.id).where(Message.session_id == session_id, Message.id.in_(list(set(ids))))
     return {row.id for row in await db.execute(query)}
+
+
+async def derivable_of_user(db: AsyncConnection, user_id: str) -> list[Record]:
+    """The user's messages in the sessions whose metadata does not turn the deriver off
+    (``deriver_disabled`` unset or false), by session, in order."""
+    derivable = text(
+        "messages.session_id IN (SELECT id FROM sessions WHERE user_id = :u AND "
+        "coalesce(metadata -> 'deriver_disabled', 'null'::jsonb) IN ('null'::jsonb, 'false'::jsonb))"
+    ).bindparams(u=user_id)
+    query = (
+        select(*record_columns(Message))
+        .where(Message.user_id == user_id)
+        .where(derivable)
+        .order_by(Message.session_id, Message.seq)
+    )
+    return list((await db.execute(query)).all())

@@ -171,3 +171,15 @@ async def latest_by_label(
         if row is not None:
             found.append(row)
     return found
+
+
+async def summaries_of_user(db: AsyncConnection, user_id: str, label: str) -> list[Record]:
+    """Every summary (``label``) of the user's sessions, oldest first: ``session_id``, ``content`` and
+    ``covers``, how many of the session's messages it covers."""
+    covers = Metamessage.metadata_["message_count"].as_integer().label("covers")
+    query = (
+        select(Metamessage.session_id, Metamessage.content, covers)
+        .where(Metamessage.user_id == user_id, Metamessage.label == label)
+        .order_by(Metamessage.seq)
+    )
+    return list((await db.execute(query)).all())

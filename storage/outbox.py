@@ -173,3 +173,21 @@ async def lag(db: AsyncConnection) -> Lag:
 async def clear(db: AsyncConnection) -> int:
     """Drop every entry, parked ones included: a full rebuild supersedes them all."""
     return (await db.execute(delete(IndexOutbox))).rowcount
+
+
+async def parked_reasons(db: AsyncConnection, *, limit: int = 10) -> list[tuple[str, int]]:
+    """Why entries were parked: each error with how many it parked, the commonest first."""
+    rows = await db.execute(
+        select(IndexOutbox.last_error, func.count())
+        .where(IndexOutbox.parked)
+        .group_by(IndexOutbox.last_error)
+        .order_by(func.count().desc())
+        .limit(limit)
+    )
+    return [(str(error), int(count)) for error, count in rows]
+
+
+async def waiting(db: AsyncConnection, ids: Sequence[int]) -> int:
+    """How many of these entries are not applied yet (an applied entry is deleted)."""
+    query = select(func.count()).select_from(IndexOutbox).where(IndexOutbox.id.in_(list(ids)))
+    return int((await db.execute(query)).scalar_one())

@@ -110,6 +110,23 @@ async def fetch_by_ids(db: AsyncConnection, model: type[Base], ids: Sequence[str
     )
 
 
+async def count_rows(db: AsyncConnection, model: type[Base], *, app_id: str | None = None) -> int:
+    """How many rows the table holds (of one app, given ``app_id``)."""
+    where = [_column(model, "app_id") == app_id] if app_id else []
+    return int((await db.execute(select(func.count()).select_from(model).where(*where))).scalar_one())
+
+
+async def rows_after(
+    db: AsyncConnection, model: type[Base], after: int, limit: int, *, app_id: str | None = None
+) -> list[Record]:
+    """The next ``limit`` rows in insertion order after ``seq`` ``after`` (of one app, given ``app_id``):
+    a whole table read page by page, each page by the seq index."""
+    seq = _column(model, "seq")
+    where = [seq > after] + ([_column(model, "app_id") == app_id] if app_id else [])
+    query = select(*record_columns(model)).where(*where).order_by(seq).limit(limit)
+    return list((await db.execute(query)).all())
+
+
 async def fetch_page(
     db: AsyncConnection,
     model: type[Base],

@@ -93,3 +93,31 @@ def test_the_floor_imports_nothing_of_ours_and_nothing_imports_the_cli() -> None
     importers = sorted(m for m, targets in found.items() if ROOF in targets and m != ROOF)
     assert not importers, f"{importers} import the CLI"
 
+
+# Outside storage/, SQLAlchemy is named only for a connection's type, its errors and a URL's parts: the
+# SQL itself (select, text, insert ...) is storage's.
+SQLALCHEMY_OUTSIDE_STORAGE = {"sqlalchemy.ext.asyncio", "sqlalchemy.exc", "sqlalchemy.engine"}
+
+
+def test_sql_is_written_only_in_storage() -> None:
+    wrong = []
+    for top in [*LAYERS, "rapport"]:
+        if top == "storage":
+            continue
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [_submodule_of_sqlalchemy(node.module, alias.name) for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    if name.split(".")[0] == "sqlalchemy" and name not in SQLALCHEMY_OUTSIDE_STORAGE:
+                        wrong.append(f"{_module(path)} imports {name}")
+    assert not wrong, "SQL outside storage/:\n" + "\n".join(sorted(wrong))
+
+
+def _submodule_of_sqlalchemy(module: str, name: str) -> str:
+    """`from sqlalchemy import exc` names sqlalchemy.exc; `from sqlalchemy import select`, sqlalchemy."""
+    return f"{module}.{name}" if f"{module}.{name}" in SQLALCHEMY_OUTSIDE_STORAGE else module

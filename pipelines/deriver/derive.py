@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.llm import ChatMessage, LLMClient, LLMConfigError, Usage
@@ -45,8 +44,8 @@ from storage import collections, derivation, documents, messages, metamessages, 
 from storage.derivation import Claim
 from storage.documents import normalized
 from storage.index import DOCUMENTS, Hit
-from storage.query import Record, fetch_by_ids, record_columns
-from storage.tables import Document, Message
+from storage.query import Record, fetch_by_ids
+from storage.tables import Message
 from storage.validation import METADATA_MAX_BYTES
 
 log = logging.getLogger(__name__)
@@ -496,11 +495,7 @@ async def _reinforce(
     db: AsyncConnection, held: Claim, collection_id: str, document_id: str, sources: list[str]
 ) -> None:
     """Count a stored fact derived once more and add the new sources to its provenance."""
-    row = (
-        await db.execute(
-            select(*record_columns(Document)).where(Document.id == document_id).with_for_update()
-        )
-    ).first()
+    row = await documents.lock_by_id(db, document_id)
     if row is None:  # deleted meanwhile (by an erasure): nothing to reinforce
         return
     metadata: dict[str, Any] = dict(row.metadata_ or {})

@@ -23,15 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select, text
 
 from models.llm import Usage
 from pipelines.deriver.derive import SUMMARY_LABELS, Deriver, Outcome
 from pipelines.deriver.prompts import DerivedFact
-from storage import collections, derivation, documents, jobs, users
+from storage import collections, derivation, documents, jobs, messages, metamessages, users
 from storage.jobs import Mode
-from storage.query import Record, record_columns
-from storage.tables import Message
+from storage.query import Record
 
 TOKENS_PER_CHAR = 0.25  # the queue's estimate (migration 0004): 4 characters a token, 8 per message
 
@@ -90,28 +88,8 @@ class Rederiver:
         result = UserFacts(app_id, user_id)
         async with self.memory.database.transaction() as db:
             user = await users.get_user(db, app_id, user_id)
-            rows = (
-                await db.execute(
-                    select(*record_columns(Message))
-                    .where(Message.user_id == user_id)
-                    .where(
-                        text(
-                            "messages.session_id IN (SELECT id FROM sessions WHERE user_id = :u AND "
-                            "coalesce(metadata -> 'deriver_disabled', 'null'::jsonb) IN ('null'::jsonb, 'false'::jsonb))"
-                        ).bindparams(u=user_id)
-                    )
-                    .order_by(Message.session_id, Message.seq)
-                )
-            ).all()
-            summaries = (
-                await db.execute(
-                    text(
-                        "SELECT session_id, content, (metadata ->> 'message_count')::int AS covers "
-                        "FROM metamessages WHERE user_id = :u AND label = :label ORDER BY seq"
-                    ),
-                    {"u": user_id, "label": SUMMARY_LABELS["SHORT"]},
-                )
-            ).all()
+            rows = await messages.derivable_of_user(db, user_id)
+            summaries = await metamessages.summaries_of_user(db, user_id, SUMMARY_LABELS["SHORT"])
         by_session: dict[str, list[Record]] = {}
         for row in rows:
             by_session.setdefault(row.session_id, []).append(row)

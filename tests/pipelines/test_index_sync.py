@@ -89,8 +89,13 @@ async def test_failing_entries_are_retried_then_parked_without_blocking_others(
     lag = await memory.index_lag()
     assert (lag.pending, lag.parked) == (0, 1), "after max_attempts it is parked, and reported"
     async with database.transaction() as db:
-        error = (await db.execute(text("SELECT last_error FROM index_outbox"))).scalar_one()
-    assert "cannot embed this" in error
+        (error, count), *others = await outbox.parked_reasons(db)  # what `rapport index status` prints
+    assert "cannot embed this" in error and count == 1 and not others
+    async with database.transaction() as db:
+        parked = (await db.execute(text("SELECT id FROM index_outbox"))).scalars().all()
+        assert await outbox.waiting(db, [*parked, 10**9]) == 1, (
+            "the parked entry waits; an applied one is gone"
+        )
 
 
 async def test_reindex_from_an_empty_index_gives_the_same_results(memory: Memory, database: Database) -> None:
