@@ -152,7 +152,7 @@ class RederiveActor:
                 open_stack(self.settings, embedder=self._embedder, writer=writer)
             )
             self.database = stack.database
-            deriver = build_deriver(stack, self._llm)
+            deriver = await build_deriver(stack, self._llm)
             rederiver = Rederiver(
                 deriver,
                 batch_max_tokens=self.settings.deriver.batch_max_tokens,

@@ -189,7 +189,7 @@ async def derive_until(
     from cluster.stack import build_deriver, open_stack
 
     async with open_stack(settings, embedder=embedder) as stack:
-        deriver = build_deriver(stack, llm)
+        deriver = await build_deriver(stack, llm)
         log.info("deriving with %s", deriver.llm.name)
         await run_workers(derivation_workers(deriver, settings.deriver, limits=settings.limits), stop)
     log.info("deriver stopped")

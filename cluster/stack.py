@@ -97,9 +97,10 @@ class LLMs:
     ``llms("deriver")``, ``llms("summary")``, ``llms("dialectic")`` (``Settings.llm_for``). Parts whose
     settings are the same share one client.
 
-    A remote provider's client (Anthropic, an OpenAI-compatible server) is built at once: it holds no
-    model. A local model is built on its first call, so a process that never asks (an API replica that
-    never chats) loads nothing; ``ready()`` builds it now. With ``on_node`` (Serve replicas), the local
+    Each client is built on its first call, so a process that never asks (an API replica that never
+    chats) loads no model and a wrong setting fails that call, naming the setting, not the start-up;
+    ``built(part)`` builds one now and returns the client itself, for the parts that should fail fast
+    and read its limits (the deriver fits its prompts to them). With ``on_node`` (Serve replicas), the local
     model is the node's shared one (cluster/local_llm.py): the first caller on a node starts its host,
     and a node holds one copy of the weights however many replicas use it. Without, it is this process's
     own (models/llm/local.py keeps one per file).
@@ -123,10 +124,8 @@ class LLMs:
         from models.llm.lazy import LazyLLM
 
         home = self.settings.home
-        if llm.provider != "local":
-            return build_llm(llm, home)
-        if not self.on_node:
-            # build_llm joins and hashes the weights on their first use: off the event loop.
+        if llm.provider != "local" or not self.on_node:
+            # build_llm joins and hashes a local model's weights on their first use: off the event loop.
             return LazyLLM(lambda: asyncio.to_thread(build_llm, llm, home), name=llm_name(llm))
         host: list[NodeModel] = []
 
@@ -142,13 +141,13 @@ class LLMs:
 
         return LazyLLM(connect, name=llm_name(llm), alive=lambda: not host or host[0].alive())
 
-    async def ready(self) -> None:
-        """Build every client asked for so far now (a local model loads, a node's host starts)."""
+    async def built(self, role: Role) -> LLMClient:
+        """The part's client, built now (a local model loads, a node's host starts): the provider's own
+        client, whose limits (``context_tokens``, ``max_tokens``) are the model's."""
         from models.llm.lazy import LazyLLM
 
-        for client in self._clients.values():
-            if isinstance(client, LazyLLM):
-                await client.client()
+        client = self(role)
+        return await client.client() if isinstance(client, LazyLLM) else client
 
     def alive(self) -> bool:
         """False once a node's shared model this process uses is gone (its owner died)."""
@@ -159,13 +158,14 @@ class LLMs:
             await client.close()
 
 
-def build_deriver(stack: Stack, llm: LLMClient | LLMs | None = None) -> Deriver:
+async def build_deriver(stack: Stack, llm: LLMClient | LLMs | None = None) -> Deriver:
     """The deriver over this stack, with the LLMs ``llm`` builds (default: ``LLMs(settings)``) for
-    derivation and summaries, or the one client ``llm`` for both (a test double)."""
+    derivation and summaries, built now (a missing model or key fails here, naming its setting, not at
+    the first batch), or the one client ``llm`` for both (a test double)."""
     from pipelines.deriver import Deriver, DeriverOptions
 
     options = DeriverOptions.of(stack.settings.deriver)
     if llm is not None and not isinstance(llm, LLMs):
         return Deriver(stack.memory, llm, options=options)
     llms = llm or LLMs(stack.settings)
-    return Deriver(stack.memory, llms("deriver"), llms("summary"), options)
+    return Deriver(stack.memory, await llms.built("deriver"), await llms.built("summary"), options)

@@ -45,8 +45,7 @@ class DeriverWorker:
         )
         # A local model is this node's shared one (cluster/local_llm.py), started now, not on the first batch.
         self._llms = LLMs(config, on_node=True)
-        deriver = build_deriver(stack, self._llms)
-        await self._llms.ready()
+        deriver = await build_deriver(stack, self._llms)
         self._stop = asyncio.Event()
         workers = derivation_workers(deriver, config.deriver, limits=config.limits)
         self._loop = asyncio.create_task(run_workers(workers, self._stop))
