@@ -1,4 +1,6 @@
-"""What the API does with messages and documents: store them and keep the index in step.
+"""The API's one door to what Rapport stores: ``Memory.run`` for plain reads and writes (a storage
+function in a transaction of its own), and a method for each write that the index or a model must
+follow (messages, documents, clones, erasures) and for searches.
 
 Each write commits its rows and its outbox entries in one transaction. Documents are then written to the
 index before the call returns (so they are queryable at once); if that write fails the document is still
@@ -8,12 +10,13 @@ stored and the index sync repairs the index from the outbox.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.embedding import TextEmbedder
 from pipelines import retrieval
@@ -24,6 +27,9 @@ from storage.index import VectorIndex
 from storage.query import Record
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,6 +55,21 @@ class Memory:
     embedder: TextEmbedder
     index: VectorIndex
     writer: IndexWriter
+
+    # --- the door ---------------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        op: Callable[Concatenate[AsyncConnection, P], Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """One storage operation, ``op(db, *args, **kwargs)`` (a function of storage/), in a transaction of
+        its own: how the API reads and writes what needs neither the index nor a model. What does (a
+        message, a document, a search, an erasure) has its own method below."""
+        async with self.database.transaction() as db:
+            return await op(db, *args, **kwargs)
 
     # --- messages (indexed in the background) ---------------------------------------------------------
     # A trigger (migration 0003) writes the outbox entry of every inserted or updated message, in the

@@ -400,6 +400,21 @@ async def counts(
     )
 
 
+async def counts_of(
+    db: AsyncConnection, app_id: str, user_id: str | None = None, session_id: str | None = None
+) -> Counts:
+    """``counts`` for an app, a user of it or a session of that user; NotFoundError if it does not exist."""
+    from storage import apps, sessions, users
+
+    if session_id is not None and user_id is not None:
+        await sessions.get_session(db, app_id, user_id, session_id)
+    elif user_id is not None:
+        await users.get_user(db, app_id, user_id)
+    else:
+        await apps.get_app(db, app_id)
+    return await counts(db, app_id=app_id, user_id=user_id, session_id=session_id)
+
+
 async def parked_reasons(
     db: AsyncConnection, *, app_id: str | None = None, limit: int = 10
 ) -> list[tuple[str, int]]:

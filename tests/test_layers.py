@@ -121,3 +121,16 @@ def test_sql_is_written_only_in_storage() -> None:
 def _submodule_of_sqlalchemy(module: str, name: str) -> str:
     """`from sqlalchemy import exc` names sqlalchemy.exc; `from sqlalchemy import select`, sqlalchemy."""
     return f"{module}.{name}" if f"{module}.{name}" in SQLALCHEMY_OUTSIDE_STORAGE else module
+
+
+def test_the_api_reaches_what_is_stored_through_one_door() -> None:
+    """deployments/api opens no transaction and holds no Database: its routes call ``Memory`` (``run``
+    for a storage function, a method for what the index or a model must follow)."""
+    wrong = []
+    for path in (ROOT / "deployments" / "api").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in {"transaction", "autocommit", "connect"}:
+                wrong.append(f"{_module(path)}:{node.lineno} calls .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module == "storage.db":
+                wrong.append(f"{_module(path)}:{node.lineno} imports storage.db")
+    assert not wrong, "the API around Memory:\n" + "\n".join(sorted(wrong))

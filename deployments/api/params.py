@@ -8,15 +8,10 @@ from fastapi import Depends, Path, Query, Request
 
 from pipelines.dialectic import Dialectic, DialecticOptions
 from pipelines.memory import Memory
-from storage.db import Database
 
 
 async def get_memory(request: Request) -> Memory:
     return request.app.state.memory  # type: ignore[no-any-return]
-
-
-async def get_database(request: Request) -> Database:
-    return request.app.state.memory.database  # type: ignore[no-any-return]
 
 
 async def get_dialectic(request: Request) -> Dialectic:
@@ -25,7 +20,6 @@ async def get_dialectic(request: Request) -> Dialectic:
     return Dialectic(state.memory, state.dialectic_llm, DialecticOptions.of(state.settings.dialectic))
 
 
-DB = Annotated[Database, Depends(get_database)]
 Mem = Annotated[Memory, Depends(get_memory)]
 Dial = Annotated[Dialectic, Depends(get_dialectic)]
 

@@ -14,10 +14,10 @@ from fastapi import Depends, Request
 
 from deployments.api.auth import Key, require_scope, route_ids
 from deployments.api.errors import APIError
+from pipelines.memory import Memory
 from rapport import metrics
 from rapport.settings import LimitSettings
 from storage import ratelimits
-from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class AppRateLimiter:
     def configured(cls, limits: LimitSettings) -> AppRateLimiter | None:
         return cls(limits) if limits.limits_requests else None
 
-    async def admit(self, database: Database, app_id: str) -> float | None:
+    async def admit(self, memory: Memory, app_id: str) -> float | None:
         """None if the request may go on; else how many seconds until the app has budget again."""
         rate, burst = self.limits.requests_for(app_id)
         if not rate:
@@ -63,10 +63,9 @@ class AppRateLimiter:
             unspent = held.tokens if held is not None else 0  # expired: they go back now
             chunk = max(1, min(burst, math.floor(rate * CHUNK_S)))
             try:
-                async with database.transaction() as db:
-                    grant = await ratelimits.take(
-                        db, app_id, rate=rate, burst=burst, want=chunk, returned=unspent
-                    )
+                grant = await memory.run(
+                    ratelimits.take, app_id, rate=rate, burst=burst, want=chunk, returned=unspent
+                )
             except Exception as exc:  # the request itself will meet the outage and answer 503
                 log.warning(
                     "rate limit: cannot read app %s's budget (%s); letting the request through", app_id, exc
@@ -108,7 +107,7 @@ async def admitted(request: Request, key: Key = Depends(require_scope)) -> Key:
     app_id = route_ids(request, key).get("app_id")
     if limiter is None or app_id is None:
         return key
-    wait = await limiter.admit(request.app.state.memory.database, app_id)
+    wait = await limiter.admit(request.app.state.memory, app_id)
     if wait is not None:
         metrics.RATE_LIMITED.inc(app_id=app_id)
         rate, _ = limiter.limits.requests_for(app_id)

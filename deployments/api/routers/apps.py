@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_admin
 from deployments.api.errors import CONFLICT
-from deployments.api.params import DB, Mem, PageNumber, PageSize, Reverse
+from deployments.api.params import Mem, PageNumber, PageSize, Reverse
 from deployments.api.ratelimit import admitted
 from storage import apps as store
 
@@ -19,7 +19,7 @@ admin = [Depends(require_admin)]
 
 @router.get("", response_model=schemas.App)
 async def get_app(
-    database: DB,
+    memory: Mem,
     key: Annotated[Key, Depends(current_key)],
     app_id: Annotated[
         str | None, Query(description="App ID to retrieve. If not provided, uses JWT token")
@@ -27,22 +27,20 @@ async def get_app(
 ) -> schemas.App:
     """Get an App by ID; without ``app_id``, the app of the request's key."""
     app_id = id_from_key(app_id, key, "app_id")
-    async with database.transaction() as db:
-        return schemas.App.from_row(await store.get_app(db, app_id))
+    return schemas.App.from_row(await memory.run(store.get_app, app_id))
 
 
 @router.post("", response_model=schemas.App, dependencies=admin, responses=CONFLICT)
 async def create_app(
-    database: DB, app: Annotated[schemas.AppCreate, Body(description="App creation parameters")]
+    memory: Mem, app: Annotated[schemas.AppCreate, Body(description="App creation parameters")]
 ) -> schemas.App:
     """Create a new App"""
-    async with database.transaction() as db:
-        return schemas.App.from_row(await store.create_app(db, app.name, app.metadata))
+    return schemas.App.from_row(await memory.run(store.create_app, app.name, app.metadata))
 
 
 @router.post("/list", response_model=schemas.Page[schemas.App], dependencies=admin)
 async def get_all_apps(
-    database: DB,
+    memory: Mem,
     options: Annotated[
         schemas.AppGet | None, Body(description="Filtering and pagination options for the apps list")
     ] = None,
@@ -52,38 +50,36 @@ async def get_all_apps(
 ) -> schemas.Page[schemas.App]:
     """Get all Apps"""
     filter = options.filter if options else None
-    async with database.transaction() as db:
-        result = await store.list_apps(db, filter=filter, reverse=bool(reverse), page=page, size=size)
+    result = await memory.run(store.list_apps, filter=filter, reverse=bool(reverse), page=page, size=size)
     return schemas.page_of(schemas.App, result)
 
 
 @router.get("/name/{name}", response_model=schemas.App, dependencies=admin)
 async def get_app_by_name(
-    database: DB, name: Annotated[str, Path(description="Name of the app to retrieve")]
+    memory: Mem, name: Annotated[str, Path(description="Name of the app to retrieve")]
 ) -> schemas.App:
     """Get an App by Name"""
-    async with database.transaction() as db:
-        return schemas.App.from_row(await store.get_app_by_name(db, name))
+    return schemas.App.from_row(await memory.run(store.get_app_by_name, name))
 
 
 @router.get("/get_or_create/{name}", response_model=schemas.App, dependencies=admin, responses=CONFLICT)
 async def get_or_create_app(
-    database: DB, name: Annotated[str, Path(description="Name of the app to get or create")]
+    memory: Mem, name: Annotated[str, Path(description="Name of the app to get or create")]
 ) -> schemas.App:
     """Get or Create an App"""
-    async with database.transaction() as db:
-        return schemas.App.from_row(await store.get_or_create_app(db, name))
+    return schemas.App.from_row(await memory.run(store.get_or_create_app, name))
 
 
 @router.put("/{app_id}", response_model=schemas.App, responses=CONFLICT)
 async def update_app(
-    database: DB,
+    memory: Mem,
     app_id: Annotated[str, Path(description="ID of the app to update")],
     app: Annotated[schemas.AppUpdate, Body(description="Updated app parameters")],
 ) -> schemas.App:
     """Update an App"""
-    async with database.transaction() as db:
-        return schemas.App.from_row(await store.update_app(db, app_id, name=app.name, metadata=app.metadata))
+    return schemas.App.from_row(
+        await memory.run(store.update_app, app_id, name=app.name, metadata=app.metadata)
+    )
 
 
 @router.delete("/{app_id}", response_model=schemas.Erasure, dependencies=admin)

@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from deployments.api.auth import Key, current_key
 from deployments.api.errors import invalid_input
-from deployments.api.params import DB, AppId
+from deployments.api.params import AppId, Mem
 from deployments.api.ratelimit import admitted
-from storage import apps, derivation, sessions, users
+from storage import derivation
 
 router = APIRouter(prefix="/v1/apps/{app_id}/deriver", tags=["deriver"], dependencies=[Depends(admitted)])
 
@@ -30,7 +30,7 @@ class DeriverStatus(BaseModel):
 
 @router.get("/status", response_model=DeriverStatus)
 async def get_deriver_status(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     key: Annotated[Key, Depends(current_key)],
     user_id: Annotated[str | None, Query(description="Only this user's messages")] = None,
@@ -41,12 +41,5 @@ async def get_deriver_status(
     session_id = session_id or key.session_id
     if session_id is not None and user_id is None:
         raise invalid_input(("query", "user_id"), "give user_id with session_id", "missing")
-    async with database.transaction() as db:
-        if session_id is not None and user_id is not None:
-            await sessions.get_session(db, app_id, user_id, session_id)
-        elif user_id is not None:
-            await users.get_user(db, app_id, user_id)
-        else:
-            await apps.get_app(db, app_id)
-        counts = await derivation.counts(db, app_id=app_id, user_id=user_id, session_id=session_id)
+    counts = await memory.run(derivation.counts_of, app_id, user_id, session_id)
     return DeriverStatus(**asdict(counts))

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path
 
 from deployments.api import schemas
-from deployments.api.params import DB, AppId, CollectionId, Mem, PageNumber, PageSize, Reverse, UserId
+from deployments.api.params import AppId, CollectionId, Mem, PageNumber, PageSize, Reverse, UserId
 from deployments.api.ratelimit import admitted
 from storage import documents as store
 
@@ -20,7 +20,7 @@ router = APIRouter(
 
 @router.post("/list", response_model=schemas.Page[schemas.Document])
 async def get_documents(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     collection_id: CollectionId,
@@ -33,24 +33,29 @@ async def get_documents(
 ) -> schemas.Page[schemas.Document]:
     """Get all of the Documents in a Collection"""
     filter = options.filter if options else None
-    async with database.transaction() as db:
-        result = await store.list_documents(
-            db, app_id, user_id, collection_id, filter=filter, reverse=bool(reverse), page=page, size=size
-        )
+    result = await memory.run(
+        store.list_documents,
+        app_id,
+        user_id,
+        collection_id,
+        filter=filter,
+        reverse=bool(reverse),
+        page=page,
+        size=size,
+    )
     return schemas.page_of(schemas.Document, result)
 
 
 @router.get("/{document_id}", response_model=schemas.Document)
 async def get_document(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     collection_id: CollectionId,
     document_id: Annotated[str, Path(description="ID of the document to retrieve")],
 ) -> schemas.Document:
     """Get a document by ID"""
-    async with database.transaction() as db:
-        document = await store.get_document(db, app_id, user_id, collection_id, document_id)
+    document = await memory.run(store.get_document, app_id, user_id, collection_id, document_id)
     return schemas.Document.from_row(document)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Path
 
 from deployments.api import schemas
-from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
+from deployments.api.params import AppId, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
 from deployments.api.ratelimit import admitted
 from storage import messages as store
 
@@ -55,7 +55,7 @@ async def create_batch_messages_for_session(
 
 @router.post("/list", response_model=schemas.Page[schemas.Message])
 async def get_messages(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session_id: SessionId,
@@ -68,20 +68,27 @@ async def get_messages(
 ) -> schemas.Page[schemas.Message]:
     """Get all messages for a session"""
     filter = options.filter if options else None
-    async with database.transaction() as db:
-        result = await store.list_messages(
-            db, app_id, user_id, session_id, filter=filter, reverse=bool(reverse), page=page, size=size
-        )
+    result = await memory.run(
+        store.list_messages,
+        app_id,
+        user_id,
+        session_id,
+        filter=filter,
+        reverse=bool(reverse),
+        page=page,
+        size=size,
+    )
     return schemas.page_of(schemas.Message, result)
 
 
 @router.get("/{message_id}", response_model=schemas.Message)
 async def get_message(
-    database: DB, app_id: AppId, user_id: UserId, session_id: SessionId, message_id: MessageId
+    memory: Mem, app_id: AppId, user_id: UserId, session_id: SessionId, message_id: MessageId
 ) -> schemas.Message:
     """Get a Message by ID"""
-    async with database.transaction() as db:
-        return schemas.Message.from_row(await store.get_message(db, app_id, user_id, session_id, message_id))
+    return schemas.Message.from_row(
+        await memory.run(store.get_message, app_id, user_id, session_id, message_id)
+    )
 
 
 @router.put("/{message_id}", response_model=schemas.Message)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key
-from deployments.api.params import DB, AppId, Dial, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
+from deployments.api.params import AppId, Dial, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
 from deployments.api.ratelimit import admitted
 from storage import sessions as store
 
@@ -26,7 +26,7 @@ router = APIRouter(
 
 @router.get("", response_model=schemas.Session)
 async def get_session(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     key: Annotated[Key, Depends(current_key)],
@@ -36,25 +36,23 @@ async def get_session(
 ) -> schemas.Session:
     """Get a session of the user, active or not; without ``session_id``, the session of the request's key."""
     session_id = id_from_key(session_id, key, "session_id")
-    async with database.transaction() as db:
-        return schemas.Session.from_row(await store.get_session(db, app_id, user_id, session_id))
+    return schemas.Session.from_row(await memory.run(store.get_session, app_id, user_id, session_id))
 
 
 @router.post("", response_model=schemas.Session)
 async def create_session(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session: Annotated[schemas.SessionCreate, Body(description="Session creation parameters")],
 ) -> schemas.Session:
     """Create a Session for a User"""
-    async with database.transaction() as db:
-        return schemas.Session.from_row(await store.create_session(db, app_id, user_id, session.metadata))
+    return schemas.Session.from_row(await memory.run(store.create_session, app_id, user_id, session.metadata))
 
 
 @router.post("/list", response_model=schemas.Page[schemas.Session])
 async def get_sessions(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     options: Annotated[
@@ -66,44 +64,41 @@ async def get_sessions(
 ) -> schemas.Page[schemas.Session]:
     """Get All Sessions for a User (``is_active: true`` keeps only active ones)"""
     options = options or schemas.SessionGet()
-    async with database.transaction() as db:
-        result = await store.list_sessions(
-            db,
-            app_id,
-            user_id,
-            is_active=options.is_active,
-            filter=options.filter,
-            reverse=bool(reverse),
-            page=page,
-            size=size,
-        )
+    result = await memory.run(
+        store.list_sessions,
+        app_id,
+        user_id,
+        is_active=options.is_active,
+        filter=options.filter,
+        reverse=bool(reverse),
+        page=page,
+        size=size,
+    )
     return schemas.page_of(schemas.Session, result)
 
 
 @router.put("/{session_id}", response_model=schemas.Session)
 async def update_session(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session_id: Annotated[str, Path(description="ID of the session to update")],
     session: Annotated[schemas.SessionUpdate, Body(description="Updated session parameters")],
 ) -> schemas.Session:
     """Update the metadata of a Session"""
-    async with database.transaction() as db:
-        updated = await store.update_session(db, app_id, user_id, session_id, session.metadata)
+    updated = await memory.run(store.update_session, app_id, user_id, session_id, session.metadata)
     return schemas.Session.from_row(updated)
 
 
 @router.delete("/{session_id}", response_model=None)
 async def delete_session(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: UserId,
     session_id: Annotated[str, Path(description="ID of the session to delete")],
 ) -> dict[str, Any]:
     """Delete a session by marking it as inactive"""
-    async with database.transaction() as db:
-        await store.delete_session(db, app_id, user_id, session_id)
+    await memory.run(store.delete_session, app_id, user_id, session_id)
     return {"message": "Session deleted successfully"}
 
 

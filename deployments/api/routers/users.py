@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key, require_app_key
 from deployments.api.errors import CONFLICT
-from deployments.api.params import DB, AppId, Mem, PageNumber, PageSize
+from deployments.api.params import AppId, Mem, PageNumber, PageSize
 from deployments.api.ratelimit import admitted
 from storage import users as store
 
@@ -18,18 +18,17 @@ router = APIRouter(prefix="/v1/apps/{app_id}/users", tags=["users"], dependencie
 
 @router.post("", response_model=schemas.User, responses=CONFLICT)
 async def create_user(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user: Annotated[schemas.UserCreate, Body(description="User creation parameters")],
 ) -> schemas.User:
     """Create a new User"""
-    async with database.transaction() as db:
-        return schemas.User.from_row(await store.create_user(db, app_id, user.name, user.metadata))
+    return schemas.User.from_row(await memory.run(store.create_user, app_id, user.name, user.metadata))
 
 
 @router.get("", response_model=schemas.User)
 async def get_user(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     key: Annotated[Key, Depends(current_key)],
     user_id: Annotated[
@@ -38,13 +37,12 @@ async def get_user(
 ) -> schemas.User:
     """Get a User by ID; without ``user_id``, the user of the request's key."""
     user_id = id_from_key(user_id, key, "user_id")
-    async with database.transaction() as db:
-        return schemas.User.from_row(await store.get_user(db, app_id, user_id))
+    return schemas.User.from_row(await memory.run(store.get_user, app_id, user_id))
 
 
 @router.post("/list", response_model=schemas.Page[schemas.User])
 async def get_users(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     options: Annotated[
         schemas.UserGet | None, Body(description="Filtering options for the users list")
@@ -55,39 +53,35 @@ async def get_users(
 ) -> schemas.Page[schemas.User]:
     """Get All Users for an App"""
     filter = options.filter if options else None
-    async with database.transaction() as db:
-        result = await store.list_users(db, app_id, filter=filter, reverse=reverse, page=page, size=size)
+    result = await memory.run(store.list_users, app_id, filter=filter, reverse=reverse, page=page, size=size)
     return schemas.page_of(schemas.User, result)
 
 
 @router.get("/name/{name}", response_model=schemas.User)
 async def get_user_by_name(
-    database: DB, app_id: AppId, name: Annotated[str, Path(description="Name of the user to retrieve")]
+    memory: Mem, app_id: AppId, name: Annotated[str, Path(description="Name of the user to retrieve")]
 ) -> schemas.User:
     """Get a User by name"""
-    async with database.transaction() as db:
-        return schemas.User.from_row(await store.get_user_by_name(db, app_id, name))
+    return schemas.User.from_row(await memory.run(store.get_user_by_name, app_id, name))
 
 
 @router.get("/get_or_create/{name}", response_model=schemas.User, responses=CONFLICT)
 async def get_or_create_user(
-    database: DB, app_id: AppId, name: Annotated[str, Path(description="Name of the user to get or create")]
+    memory: Mem, app_id: AppId, name: Annotated[str, Path(description="Name of the user to get or create")]
 ) -> schemas.User:
     """Get a User or create a new one by the input name"""
-    async with database.transaction() as db:
-        return schemas.User.from_row(await store.get_or_create_user(db, app_id, name))
+    return schemas.User.from_row(await memory.run(store.get_or_create_user, app_id, name))
 
 
 @router.put("/{user_id}", response_model=schemas.User, responses=CONFLICT)
 async def update_user(
-    database: DB,
+    memory: Mem,
     app_id: AppId,
     user_id: Annotated[str, Path(description="ID of the user to update")],
     user: Annotated[schemas.UserUpdate, Body(description="Updated user parameters")],
 ) -> schemas.User:
     """Update a User's name and/or metadata"""
-    async with database.transaction() as db:
-        updated = await store.update_user(db, app_id, user_id, name=user.name, metadata=user.metadata)
+    updated = await memory.run(store.update_user, app_id, user_id, name=user.name, metadata=user.metadata)
     return schemas.User.from_row(updated)
 
 
