@@ -110,7 +110,8 @@ class LLMs:
         self.settings = settings
         self.on_node = on_node
         self._clients: dict[str, LLMClient] = {}
-        self._hosts: list[NodeModel] = []  # held: a node's host lives while a client references it
+        # Each node-shared client's host, once connected (held: a host lives while a client references it).
+        self._hosts: list[list[NodeModel]] = []
 
     def __call__(self, role: Role) -> LLMClient:
         llm = self.settings.llm_for(role)
@@ -128,6 +129,7 @@ class LLMs:
             # build_llm joins and hashes a local model's weights on their first use: off the event loop.
             return LazyLLM(lambda: asyncio.to_thread(build_llm, llm, home), name=llm_name(llm))
         host: list[NodeModel] = []
+        self._hosts.append(host)
 
         async def connect() -> LLMClient:
             from cluster.local_llm import node_local_llm
@@ -135,8 +137,7 @@ class LLMs:
 
             # Joining and hashing the weights (once per node) must not stall this replica's requests.
             await asyncio.to_thread(resolve_local_model, llm.local_model, home)
-            host[:] = [await node_local_llm(llm, home)]
-            self._hosts = [h for h in self._hosts if h is not host[0]] + host
+            host[:] = [await node_local_llm(llm, home)]  # a host that died is replaced, not kept
             return host[0].llm
 
         return LazyLLM(connect, name=llm_name(llm), alive=lambda: not host or host[0].alive())
@@ -151,7 +152,7 @@ class LLMs:
 
     def alive(self) -> bool:
         """False once a node's shared model this process uses is gone (its owner died)."""
-        return all(host.alive() for host in self._hosts)
+        return all(host[0].alive() for host in self._hosts if host)
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -85,34 +85,36 @@ class Memory:
         is_user: bool,
         metadata: dict[str, Any],
     ) -> Record:
-        async with self.database.transaction() as db:
-            return await messages.create_message(
-                db, app_id, user_id, session_id, content=content, is_user=is_user, metadata=metadata
-            )
+        return await self.run(
+            messages.create_message,
+            app_id,
+            user_id,
+            session_id,
+            content=content,
+            is_user=is_user,
+            metadata=metadata,
+        )
 
     async def add_messages(
         self, app_id: str, user_id: str, session_id: str, items: list[dict[str, Any]]
     ) -> list[Record]:
-        async with self.database.transaction() as db:
-            return await messages.create_messages(db, app_id, user_id, session_id, items)
+        return await self.run(messages.create_messages, app_id, user_id, session_id, items)
 
     async def update_message(
         self, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
     ) -> Record:
         """New metadata may change what is indexed (a speaker or date, see ``indexing.message_text``): the
         update trigger (migration 0009) then re-indexes the message; other metadata leaves the index alone."""
-        async with self.database.transaction() as db:
-            return await messages.update_message(db, app_id, user_id, session_id, message_id, metadata)
+        return await self.run(messages.update_message, app_id, user_id, session_id, message_id, metadata)
 
     async def clone_session(
         self, app_id: str, user_id: str, session_id: str, *, message_id: str | None, deep_copy: bool
     ) -> Record:
         """Copies up to ``sessions.CLONE_MAX`` messages in the database; the index sync embeds the copies
         in the background, so they become searchable shortly after the call returns."""
-        async with self.database.transaction() as db:
-            return await sessions.clone_session(
-                db, app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy
-            )
+        return await self.run(
+            sessions.clone_session, app_id, user_id, session_id, message_id=message_id, deep_copy=deep_copy
+        )
 
     async def search_messages(self, **query: Any) -> list[tuple[Record, float]]:
         return await retrieval.search_messages(self.database, self.index, self.embedder, **query)
@@ -195,22 +197,19 @@ class Memory:
 
     async def erase_user(self, app_id: str, user_id: str) -> erasure.Erased:
         """Every row of the user in one transaction, then their index entries (storage/erasure.py)."""
-        async with self.database.transaction() as db:
-            erased = await erasure.erase_user(db, app_id, user_id)
+        erased = await self.run(erasure.erase_user, app_id, user_id)
         await self._apply(erased.index_entries)
         return erased
 
     async def erase_app(self, app_id: str) -> erasure.Erased:
-        async with self.database.transaction() as db:
-            erased = await erasure.erase_app(db, app_id)
+        erased = await self.run(erasure.erase_app, app_id)
         await self._apply(erased.index_entries)
         return erased
 
     # --- the index -------------------------------------------------------------------------------------
 
     async def index_lag(self) -> outbox.Lag:
-        async with self.database.transaction() as db:
-            return await outbox.lag(db)
+        return await self.run(outbox.lag)
 
     async def _write_documents(self, rows: Sequence[Record], vectors: Any, entries: Sequence[int]) -> None:
         try:
