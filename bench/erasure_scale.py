@@ -53,12 +53,13 @@ async def populate(database: Database, messages: int, users: int, facts: int) ->
     statements = [
         "INSERT INTO apps (id, name) VALUES ('app', 'scale')",
         "INSERT INTO users (id, app_id, name) SELECT 'u' || g, 'app', 'user ' || g FROM generate_series(1, :users) g",
-        "INSERT INTO sessions (id, app_id, user_id) SELECT 's' || g, 'app', 'u' || g FROM generate_series(1, :users) g",
+        "INSERT INTO sessions (id, name, app_id, user_id) "
+        "SELECT 's' || g, 's' || g, 'app', 'u' || g FROM generate_series(1, :users) g",
         "INSERT INTO collections (id, app_id, user_id, name) "
         "SELECT 'c' || g, 'app', 'u' || g, 'honcho' FROM generate_series(1, :users) g",
         # The triggers queue each message for the deriver and the index, as a request's insert does.
-        "INSERT INTO messages (id, app_id, user_id, session_id, is_user, content) "
-        "SELECT 'm' || g, 'app', 'u' || (g % :users + 1), 's' || (g % :users + 1), g % 2 = 0, "
+        "INSERT INTO messages (id, app_id, user_id, session_id, peer_id, is_user, content) "
+        "SELECT 'm' || g, 'app', 'u' || (g % :users + 1), 's' || (g % :users + 1), 'u' || (g % :users + 1), true, "
         "'message ' || g || ' about the garden, the trip and the week' FROM generate_series(1, :messages) g",
         "INSERT INTO documents (id, app_id, user_id, collection_id, content, metadata) "
         "SELECT 'd' || g, 'app', 'u' || (g % :users + 1), 'c' || (g % :users + 1), 'the user likes thing ' || g, "

@@ -80,7 +80,7 @@ async def open_stack(
         sync = IndexSync.configured(database, index, embedder, settings.vector_store)
         if run_index_sync:
             loop = IndexSyncLoop(sync, settings.vector_store, service=settings).start()
-        memory = Memory(database, embedder, index, writer or sync)
+        memory = Memory(database, embedder, index, writer or sync, settings.app.assistant_peer)
         yield Stack(settings, database, embedder, index, sync, memory, loop)
     finally:
         if loop is not None:

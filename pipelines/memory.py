@@ -25,6 +25,7 @@ from storage import collections, documents, erasure, messages, outbox, sessions
 from storage.db import Database
 from storage.index import VectorIndex
 from storage.query import Record
+from storage.workspaces import DEFAULT_ASSISTANT
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Memory:
     embedder: TextEmbedder
     index: VectorIndex
     writer: IndexWriter
+    assistant_peer: str = DEFAULT_ASSISTANT  # app.assistant_peer: who a v1 is_user=false message is from
 
     # --- the door ---------------------------------------------------------------------------------------
 
@@ -93,12 +95,34 @@ class Memory:
             content=content,
             is_user=is_user,
             metadata=metadata,
+            assistant=self.assistant_peer,
         )
 
     async def add_messages(
         self, app_id: str, user_id: str, session_id: str, items: list[dict[str, Any]]
     ) -> list[Record]:
-        return await self.run(messages.create_messages, app_id, user_id, session_id, items)
+        return await self.run(
+            messages.create_messages, app_id, user_id, session_id, items, assistant=self.assistant_peer
+        )
+
+    async def add_peer_messages(
+        self, workspace: str, session: str, items: list[dict[str, Any]]
+    ) -> list[Record]:
+        """v3: messages of peers in a named session (made, with its workspace and peers, if missing)."""
+        return await self.run(messages.create_peer_messages, workspace, session, items)
+
+    async def create_session(self, app_id: str, user_id: str, metadata: dict[str, Any]) -> Record:
+        """A v1 session: its members are the user and the app's assistant peer."""
+        return await self.run(
+            sessions.create_session, app_id, user_id, metadata, assistant=self.assistant_peer
+        )
+
+    async def delete_session(self, app_id: str, name: str) -> None:
+        """v3: the session and everything in it, in PostgreSQL and then in the index."""
+        async with self.database.transaction() as db:
+            row = await sessions.delete_named_session(db, app_id, name)
+            entry = await outbox.enqueue_delete(db, "message", scope={"session_id": row.id})
+        await self._apply([entry])
 
     async def update_message(
         self, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]

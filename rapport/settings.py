@@ -35,6 +35,15 @@ class _Section(BaseModel):
 class AppSettings(_Section):
     home: Path = Field(default=Path(".rapport"), description="Where embedded data lives; env RAPPORT_HOME.")
     log_level: LogLevel = "INFO"
+    assistant_peer: str = Field(
+        default="assistant",
+        min_length=1,
+        max_length=512,
+        pattern=r"^[a-zA-Z0-9_-]+$",
+        description="The v3 peer that a v1 session's is_user=false messages are from: one per workspace "
+        "(app), made on first use. Set it before the first `rapport db upgrade` to 0010 (existing v1 "
+        "messages are attributed then); env APP_ASSISTANT_PEER.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

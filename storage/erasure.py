@@ -2,8 +2,8 @@
 entries through the outbox in that same transaction.
 
 The transaction locks the owner's rows first (see ``_STATEMENTS``), then deletes the user (or app) row,
-which cascades to sessions, messages, metamessages, collections, documents and the sessions' derivation
-leases; it deletes what has no foreign key to them (derivation work, batch-job rows) and records two
+which cascades to sessions, messages (those of its sessions, and those it sent as a peer in others'),
+session memberships, metamessages, collections, documents and the sessions' derivation leases; it deletes what has no foreign key to them (derivation work, batch-job rows) and records two
 index deletions by scope (``user_id`` or ``app_id``), for messages and for documents. Either all of that
 commits or none of it does; once it has, the index deletions are applied at once and, if the process
 dies first, by the index sync after a restart: a crash half-way never leaves half an erasure. Once
@@ -47,7 +47,11 @@ _STATEMENTS = (
     ("lock", "SELECT u.id FROM users u WHERE u.id IN ({users}) ORDER BY u.id FOR UPDATE OF u"),
     ("lock", "SELECT s.id FROM sessions s WHERE s.user_id IN ({users}) ORDER BY s.id FOR UPDATE OF s"),
     # counts, for the answer
-    ("count", "SELECT count(*) FROM messages WHERE user_id IN ({users})"),
+    (
+        "count",
+        "SELECT (SELECT count(*) FROM messages WHERE user_id IN ({users})) + (SELECT count(*) FROM messages "
+        "WHERE peer_id IN ({users}) AND user_id NOT IN ({users}))",
+    ),
     (
         "count",
         "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
@@ -92,6 +96,13 @@ async def _erase(db: AsyncConnection, column: str, app_id: str, user_id: str | N
         await outbox.enqueue_delete(db, "message", scope=scope),
         await outbox.enqueue_delete(db, "document", scope=scope),
     ]
+    if column == "user_id":
+        # What the peer said in sessions of others (a v1 session's assistant, a member of someone's
+        # session): the user row's cascade deletes those messages; they leave the index by id.
+        sent = await db.execute(
+            text("SELECT id FROM messages WHERE peer_id = :u AND user_id <> :u"), {"u": str(user_id)}
+        )
+        entries += await outbox.enqueue_deletes(db, "message", [row.id for row in sent])
     return Erased(counts[0], counts[1], entries)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.errors import InvalidError
+from storage.errors import InvalidError, NotFoundError
 from storage.ids import new_id
 from storage.query import (
     Keys,
@@ -22,15 +23,30 @@ from storage.query import (
     row_keys,
     update_one,
 )
-from storage.sessions import get_session
+from storage.sessions import get_or_create_named_session, get_session
 from storage.tables import Message, Session
 from storage.validation import MESSAGE_CONTENT_MAX, check_filter, check_ids, check_metadata, check_text
+from storage.workspaces import (
+    DEFAULT_ASSISTANT,
+    assistant_peer_id,
+    check_v3_name,
+    get_or_create_workspace,
+    peers_by_name,
+)
 
 BATCH_MAX = 100
 
 
 def _row(
-    app_id: str, user_id: str, session_id: str, content: Any, is_user: Any, metadata: Any
+    app_id: str,
+    user_id: str,
+    session_id: str,
+    content: Any,
+    is_user: Any,
+    metadata: Any,
+    *,
+    peer_id: str | None = None,
+    max_length: int = MESSAGE_CONTENT_MAX,
 ) -> dict[str, Any]:
     if not isinstance(is_user, bool):
         raise InvalidError(f"is_user must be true or false, got {is_user!r}", field=("is_user",))
@@ -39,8 +55,9 @@ def _row(
         "app_id": app_id,
         "user_id": user_id,
         "session_id": session_id,
+        "peer_id": peer_id if peer_id is not None else user_id,
         "is_user": is_user,
-        "content": check_text(content, max_length=MESSAGE_CONTENT_MAX),
+        "content": check_text(content, max_length=max_length),
         "metadata_": check_metadata(metadata),
     }
 
@@ -58,12 +75,18 @@ async def create_message(
     content: str,
     is_user: bool,
     metadata: dict[str, Any] | None = None,
+    assistant: str = DEFAULT_ASSISTANT,
 ) -> Record:
+    """A v1 message: the user's (``is_user``), else the app's ``assistant`` peer's."""
     check_ids(app=app_id, user=user_id, session=session_id)
+    row = _row(app_id, user_id, session_id, content, is_user, metadata)
+    if not is_user:
+        await get_session(db, app_id, user_id, session_id)
+        row["peer_id"] = await assistant_peer_id(db, app_id, assistant)
     return await insert_under_parent(
         db,
         Message,
-        _row(app_id, user_id, session_id, content, is_user, metadata),
+        row,
         Session,
         {"id": session_id, "user_id": user_id, "app_id": app_id},
         f"session {session_id!r}",
@@ -71,7 +94,13 @@ async def create_message(
 
 
 async def create_messages(
-    db: AsyncConnection, app_id: str, user_id: str, session_id: str, messages: list[dict[str, Any]]
+    db: AsyncConnection,
+    app_id: str,
+    user_id: str,
+    session_id: str,
+    messages: list[dict[str, Any]],
+    *,
+    assistant: str = DEFAULT_ASSISTANT,
 ) -> list[Record]:
     """Up to 100 messages at once, stored and returned in the given order."""
     if not 1 <= len(messages) <= BATCH_MAX:
@@ -87,6 +116,11 @@ async def create_messages(
         except InvalidError as exc:
             raise exc.within("messages", i) from exc
     await get_session(db, app_id, user_id, session_id)
+    if not all(row["is_user"] for row in rows):
+        assistant_id = await assistant_peer_id(db, app_id, assistant)
+        for row in rows:
+            if not row["is_user"]:
+                row["peer_id"] = assistant_id
     return await insert_many(db, Message, rows)
 
 
@@ -224,3 +258,78 @@ async def derivable_of_user(db: AsyncConnection, user_id: str) -> list[Record]:
         .order_by(Message.session_id, Message.seq)
     )
     return list((await db.execute(query)).all())
+
+
+# --- v3: messages of peers in named sessions -----------------------------------------------------------
+
+V3_CONTENT_MAX = 25_000  # Honcho v3's MAX_MESSAGE_SIZE
+
+# Everything a batch of messages needs, in one read: the workspace, the session (its owner and whether it
+# is active) and, for each named sender, its id and whether it is a present member of the session.
+_RESOLVE = text(
+    """
+    SELECT a.id AS app_id, s.id AS session_id, s.user_id AS owner_id, s.is_active,
+           coalesce(
+               (SELECT jsonb_object_agg(u.name, jsonb_build_array(u.id, sp.left_at IS NULL AND sp.peer_id IS NOT NULL))
+                FROM users u LEFT JOIN session_peers sp ON sp.session_id = s.id AND sp.peer_id = u.id
+                WHERE u.app_id = a.id AND u.name = ANY(CAST(:names AS text[]))),
+               '{}'::jsonb) AS senders
+    FROM apps a LEFT JOIN sessions s ON s.app_id = a.id AND s.name = :session
+    WHERE a.name = :workspace
+    """
+)
+
+
+async def create_peer_messages(
+    db: AsyncConnection, workspace: str, session: str, items: Sequence[dict[str, Any]]
+) -> list[Record]:
+    """Up to 100 messages, each from its ``peer_id`` (a peer name), in the named session, stored and
+    returned in order. As in Honcho, the workspace, the session and the senders are
+    made if missing, and a sender that is not a member joins the session. In a v1 session (one with an
+    owner) the messages are the owner's memory, and ``is_user`` says whether the owner sent them."""
+    if not 1 <= len(items) <= BATCH_MAX:
+        raise InvalidError(f"a batch holds 1 to {BATCH_MAX} messages, got {len(items)}", field=("messages",))
+    names = []
+    for i, item in enumerate(items):
+        names.append(check_v3_name(item.get("peer_id"), field=("messages", i, "peer_id"), what="peer"))
+    found = (
+        await db.execute(_RESOLVE, {"workspace": workspace, "session": session, "names": list(set(names))})
+    ).first()
+    senders: dict[str, Any] = found.senders if found is not None and found.session_id else {}
+    if found is None or not found.session_id or not all(senders.get(n, (None, False))[1] for n in names):
+        # Something is missing: make it (the slow path, once per new session or sender).
+        app, _ = await get_or_create_workspace(db, workspace)
+        target, _ = await get_or_create_named_session(
+            db, app.id, session, peers={n: (None, None) for n in dict.fromkeys(names)}, field=("session_id",)
+        )
+        peers = await peers_by_name(db, app.id, names)
+        app_id, session_id, owner_id = app.id, target.id, target.user_id
+        ids = {name: peers[name].id for name in names}
+    else:
+        if not found.is_active:
+            raise NotFoundError(f"session {session!r} not found")
+        app_id, session_id, owner_id = found.app_id, found.session_id, found.owner_id
+        ids = {name: senders[name][0] for name in names}
+    rows: list[dict[str, Any]] = []
+    for i, (item, name) in enumerate(zip(items, names, strict=True)):
+        sender = ids[name]
+        try:
+            row = _row(
+                app_id,
+                owner_id or sender,
+                session_id,
+                item.get("content"),
+                owner_id is None or sender == owner_id,
+                item.get("metadata") or {},
+                peer_id=sender,
+                max_length=V3_CONTENT_MAX,
+            )
+        except InvalidError as exc:
+            raise exc.within("messages", i) from exc
+        rows.append(row)
+    if any(item.get("created_at") is not None for item in items):
+        # A batch is one statement: every row then carries its time, the given one or now.
+        now = datetime.now(UTC)
+        for row, item in zip(rows, items, strict=True):
+            row["created_at"] = item.get("created_at") or now
+    return await insert_many(db, Message, rows)

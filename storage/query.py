@@ -158,6 +158,39 @@ async def fetch_page(
     return Page(items=items, total=total, page=page, size=size)
 
 
+async def page_of(
+    db: AsyncConnection,
+    model: type[Base],
+    where: Sequence[Any],
+    *,
+    columns: Sequence[Any] = (),
+    reverse: bool = False,
+    page: int = 1,
+    size: int = 50,
+    select_from: Any = None,
+    order_by: Any = None,
+) -> Page[Record]:
+    """One page of the rows matching the ``where`` conditions, in insertion order (or ``order_by``'s;
+    reversed with ``reverse``), with ``columns`` read beside the model's own (joined through
+    ``select_from``)."""
+    page, size = check_page(page, size)
+    source = select_from if select_from is not None else model
+    total = (await db.execute(select(func.count()).select_from(source).where(*where))).scalar_one()
+    items: list[Record] = []
+    if total > (page - 1) * size:
+        seq = order_by if order_by is not None else model.seq  # type: ignore[attr-defined]
+        stmt = (
+            select(*record_columns(model), *columns)
+            .select_from(source)
+            .where(*where)
+            .order_by(seq.desc() if reverse else seq.asc())
+            .offset((page - 1) * size)
+            .limit(size)
+        )
+        items = list((await db.execute(stmt)).all())
+    return Page(items=items, total=total, page=page, size=size)
+
+
 async def insert_one(
     db: AsyncConnection,
     model: type[Base],
@@ -262,16 +295,34 @@ async def get_or_create(
     ``INSERT ... ON CONFLICT DO NOTHING`` then a read: concurrent callers all get the one row, never a
     duplicate or an error.
     """
+    return (await fetch_or_create(db, model, values, unique, what, read_first=False))[0]
+
+
+async def fetch_or_create(
+    db: AsyncConnection,
+    model: type[Base],
+    values: dict[str, Any],
+    unique: tuple[str, ...],
+    what: str,
+    *,
+    read_first: bool = True,
+) -> tuple[Record, bool]:
+    """``get_or_create``, saying whether the row was created. ``read_first``: look before inserting (one
+    statement when the row exists, as it usually does for v3's get-or-create calls)."""
     insert_stmt = _insert_if_absent(model, tuple(values), unique)
     insert_params = {f"v_{n}": v for n, v in values.items()}
     keys = {u: values[u] for u in unique}
+    if read_first:
+        existing = (await db.execute(_select_by(model, unique), _key_params(keys))).first()
+        if existing is not None:
+            return existing, False
     for _ in range(3):
         with translate_integrity_errors():
             created = (await db.execute(insert_stmt, insert_params)).first()
         if created is not None:
-            return created
+            return created, True
         # Another caller's row won the race; read it (each statement sees a fresh snapshot).
         existing = (await db.execute(_select_by(model, unique), _key_params(keys))).first()
         if existing is not None:
-            return existing
+            return existing, False
     raise ConflictError(f"{what} kept changing while being fetched; retry the request")

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     DateTime,
     Double,
     ForeignKey,
@@ -59,6 +60,15 @@ def _metadata() -> Mapped[dict[str, Any]]:
     return mapped_column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb"), default=dict)
 
 
+def _configuration() -> Mapped[dict[str, Any]]:
+    return mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"), default=dict)
+
+
+_CONFIGURATION_CHECK = "jsonb_typeof(configuration) = 'object'"
+
+NAME_MAX = 512  # v3 ids are names of up to 512 characters; the v1 API takes up to 100
+
+
 def _created_at() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
@@ -82,10 +92,12 @@ class App(Base):
     seq: Mapped[int] = _seq(unique=True)  # the apps list is ordered by it
     name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
     metadata_: Mapped[dict[str, Any]] = _metadata()
+    configuration: Mapped[dict[str, Any]] = _configuration()
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
-        CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
+        CheckConstraint(f"char_length(name) BETWEEN 1 AND {NAME_MAX}", name="name_length"),
+        CheckConstraint(_CONFIGURATION_CHECK, name="configuration_is_object"),
         *_metadata_checks("apps"),
     )
 
@@ -97,33 +109,75 @@ class User(Base):
     app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
     name: Mapped[str] = mapped_column(Text, nullable=False)
     metadata_: Mapped[dict[str, Any]] = _metadata()
+    configuration: Mapped[dict[str, Any]] = _configuration()
+    # The app's assistant peer, made by Rapport for its v1 sessions: v1 user lists leave it out.
+    assistant: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false"), default=False
+    )
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
         UniqueConstraint("app_id", "name"),
-        CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
+        CheckConstraint(f"char_length(name) BETWEEN 1 AND {NAME_MAX}", name="name_length"),
+        CheckConstraint(_CONFIGURATION_CHECK, name="configuration_is_object"),
         Index("ix_users_app_id_seq", "app_id", "seq"),
         *_metadata_checks("users"),
     )
 
 
 class Session(Base):
+    """A conversation. A v1 session has an owner (``user_id``) and its id for a name; a v3 session has a
+    client-chosen name and no owner: it belongs to its members (``SessionPeer``)."""
+
     __tablename__ = "sessions"
     id: Mapped[str] = _id()
     seq: Mapped[int] = _seq()
-    app_id: Mapped[str] = mapped_column(Text, nullable=False)
-    user_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    user_id: Mapped[str | None] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"))
     is_active: Mapped[bool] = mapped_column(
         Boolean, nullable=False, server_default=text("true"), default=True
     )
     metadata_: Mapped[dict[str, Any]] = _metadata()
+    configuration: Mapped[dict[str, Any]] = _configuration()
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
+        UniqueConstraint("app_id", "name"),
+        CheckConstraint(f"char_length(name) BETWEEN 1 AND {NAME_MAX}", name="name_length"),
+        CheckConstraint(_CONFIGURATION_CHECK, name="configuration_is_object"),
+        Index("ix_sessions_app_id_seq", "app_id", "seq"),
         Index("ix_sessions_user_id_seq", "user_id", "seq"),
         Index("ix_sessions_active_user_id_seq", "user_id", "seq", postgresql_where=text("is_active")),
         *_metadata_checks("sessions"),
     )
+
+
+class SessionPeer(Base):
+    """A peer's membership of a session, with its configuration there. Leaving sets ``left_at``;
+    joining again clears it."""
+
+    __tablename__ = "session_peers"
+    session_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    peer_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    seq: Mapped[int] = _seq()
+    observe_me: Mapped[bool | None] = mapped_column(Boolean)
+    observe_others: Mapped[bool | None] = mapped_column(Boolean)
+    joined_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    left_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_session_peers_peer_id_session_id", "peer_id", "session_id"),)
+
+
+# models.llm.client.estimate_tokens in SQL (a test keeps them equal): a message's token_count.
+TOKEN_ESTIMATE = (
+    "ceil(char_length(content) / 3.5 + (octet_length(content) - char_length(content)) / 1.5)::integer"
+)
 
 
 class Message(Base):
@@ -131,18 +185,25 @@ class Message(Base):
     id: Mapped[str] = _id()
     seq: Mapped[int] = _seq()
     app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    # Whose memory it is: a v1 session's owner; in a session without one (v3), the sender.
     user_id: Mapped[str] = mapped_column(Text, nullable=False)
     session_id: Mapped[str] = mapped_column(
         Text, ForeignKey("sessions.id", ondelete="CASCADE"), nullable=False
     )
+    # The sender: the user for a v1 message with is_user, else the app's assistant peer; the peer for v3.
+    peer_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
     is_user: Mapped[bool] = mapped_column(Boolean, nullable=False)
     content: Mapped[str] = mapped_column(Text, nullable=False)
+    token_count: Mapped[int] = mapped_column(
+        Integer, Computed(TOKEN_ESTIMATE, persisted=True), nullable=False
+    )
     metadata_: Mapped[dict[str, Any]] = _metadata()
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
         CheckConstraint("char_length(content) <= 50000", name="content_length"),
         Index("ix_messages_session_id_seq", "session_id", "seq"),
+        Index("ix_messages_peer_id_seq", "peer_id", "seq"),
         Index("ix_messages_user_id_seq", "user_id", "seq"),
         *_metadata_checks("messages"),
     )

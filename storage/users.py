@@ -77,7 +77,9 @@ async def list_users(
     page: int = 1,
     size: int = 50,
 ) -> Page[Record]:
+    """The app's users, without the assistant peer Rapport made for its v1 sessions (v1 apps never
+    created it; v3 lists it as a peer)."""
     await get_app(db, app_id)
     return await fetch_page(
-        db, User, {"app_id": app_id}, filter=filter, reverse=reverse, page=page, size=size
+        db, User, {"app_id": app_id, "assistant": False}, filter=filter, reverse=reverse, page=page, size=size
     )

@@ -102,8 +102,8 @@ async def test_a_clone_past_the_cap_is_refused_with_what_to_do_and_stores_nothin
         # Written in one statement: through the API this would take CLONE_MAX / 100 batches.
         await db.execute(
             text(
-                "INSERT INTO messages (id, app_id, user_id, session_id, is_user, content) "
-                "SELECT 'm' || lpad(n::text, 20, '0'), :app, :user, :session, true, 'turn ' || n "
+                "INSERT INTO messages (id, app_id, user_id, session_id, peer_id, is_user, content) "
+                "SELECT 'm' || lpad(n::text, 20, '0'), :app, :user, :session, :user, true, 'turn ' || n "
                 "FROM generate_series(1, :n) AS n ORDER BY n"
             ),
             {"app": app, "user": user, "session": session, "n": CLONE_MAX + 1},

@@ -47,7 +47,7 @@ async def create_session(
     session: Annotated[schemas.SessionCreate, Body(description="Session creation parameters")],
 ) -> schemas.Session:
     """Create a Session for a User"""
-    return schemas.Session.from_row(await memory.run(store.create_session, app_id, user_id, session.metadata))
+    return schemas.Session.from_row(await memory.create_session(app_id, user_id, session.metadata))
 
 
 @router.post("/list", response_model=schemas.Page[schemas.Session])
