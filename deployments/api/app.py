@@ -30,6 +30,11 @@ from deployments.api.routers import (
     sessions,
     users,
 )
+from deployments.api.v3 import keys as v3_keys
+from deployments.api.v3 import messages as v3_messages
+from deployments.api.v3 import peers as v3_peers
+from deployments.api.v3 import sessions as v3_sessions
+from deployments.api.v3 import workspaces as v3_workspaces
 from models.llm import LLMClient
 from pipelines.memory import Memory
 from rapport.settings import Settings
@@ -49,6 +54,14 @@ ROUTERS = (
     deriver,
     keys,
     health,
+)
+V3_ROUTERS = (
+    v3_workspaces.router,
+    v3_peers.router,
+    v3_sessions.router,
+    v3_sessions.session_router,
+    v3_messages.router,
+    v3_keys.router,
 )
 
 MemoryFactory = Callable[[Settings], AbstractAsyncContextManager[Memory]]
@@ -91,7 +104,7 @@ def create_api(
 
     app = FastAPI(
         title="Rapport",
-        summary="Memory and user models for LLM apps; Honcho v1.1.0 wire-compatible.",
+        summary="Memory and user models for LLM apps; Honcho v1.1.0 and v3 wire-compatible.",
         version=rapport.__version__,
         lifespan=lifespan,
     )
@@ -102,6 +115,8 @@ def create_api(
         app.state.memory = memory
     for module in ROUTERS:
         app.include_router(module.router)
+    for router in V3_ROUTERS:
+        app.include_router(router)
     app.include_router(metrics_router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.serve.max_body_bytes)
@@ -111,13 +126,13 @@ def create_api(
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document, with the bearer key marked optional as in Honcho's (auth can be off), and every
-    error status an operation can answer declared."""
+    """FastAPI's document, with the bearer key marked optional on /v1 as in Honcho v1.1.0's (auth can be
+    off; v3's document marks it required), and every error status an operation can answer declared."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-        for item in schema["paths"].values():
+        for path, item in schema["paths"].items():
             for operation in item.values():
-                if operation.get("security") == [{"HTTPBearer": []}]:
+                if operation.get("security") == [{"HTTPBearer": []}] and not path.startswith("/v3/"):
                     operation["security"].append({})
         declare_error_statuses(schema)
         app.openapi_schema = schema

@@ -1,4 +1,9 @@
-"""API keys: HS256 JWTs scoped like Honcho v1's (claims ``ad``, ``ap``, ``us``, ``se``, ``co``, ``exp``).
+"""API keys: HS256 JWTs scoped like Honcho v1's (claims ``ad``, ``ap``, ``us``, ``se``, ``co``, ``exp``) or
+like Honcho v3's (``w``, ``p``, ``s``: a workspace, peer and session by name), on the same secret.
+
+A key is of one kind: v1 claims open only ``/v1`` routes and v3 claims only ``/v3`` routes (an admin key,
+``ad``, opens both), so neither kind can reach what the other's scope would refuse. A key with claims of
+both kinds is refused.
 
 Off by default (``AUTH_USE_AUTH=false``). When on, every route checks the key's scope against the ids in
 its path *before* touching the database, so a request outside its scope gets the same 401 whether or
@@ -26,6 +31,7 @@ from storage.scopes import Scope
 ALGORITHM = "HS256"
 # Path (or query) parameter -> claim, from the widest scope to the narrowest.
 CLAIMS = {"app_id": "ap", "user_id": "us", "session_id": "se", "collection_id": "co"}
+V3_CLAIMS = {"workspace": "w", "peer": "p", "session": "s"}
 _LEAVES = ("session_id", "collection_id")
 
 bearer = HTTPBearer(auto_error=False)
@@ -40,6 +46,15 @@ class Key:
     user_id: str | None = None
     session_id: str | None = None
     collection_id: str | None = None
+    # v3 (names, not ids)
+    workspace: str | None = None
+    peer: str | None = None
+    session: str | None = None
+
+    @property
+    def v3(self) -> bool:
+        """A v3 key: scoped by workspace (and peer or session) names."""
+        return self.workspace is not None
 
     def claim(self, param: str) -> str | None:
         return getattr(self, param)  # type: ignore[no-any-return]
@@ -72,6 +87,30 @@ def mint_key(secret: str, scope: Scope | None = None, *, expires_at: datetime | 
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+def mint_v3_key(
+    secret: str,
+    *,
+    workspace: str | None = None,
+    peer: str | None = None,
+    session: str | None = None,
+    expires_at: datetime | None = None,
+) -> str:
+    """A v3 key: admin when nothing is named, else scoped to the workspace and the peer or session in it.
+    Times are ISO-8601 text, as Honcho v3 writes them."""
+    claims: dict[str, Any] = {"t": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if workspace is None:
+        claims["ad"] = True
+    for name, claim in V3_CLAIMS.items():
+        value = {"workspace": workspace, "peer": peer, "session": session}[name]
+        if value:
+            claims[claim] = value
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        claims["exp"] = expires_at.astimezone(UTC).isoformat()
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
 def decode_key(secret: str, token: str) -> Key:
     try:
         # ``exp`` is checked below: PyJWT accepts only the NumericDate form and Honcho's keys use ISO text.
@@ -82,10 +121,15 @@ def decode_key(secret: str, token: str) -> Key:
     if expires_at is not None and expires_at <= datetime.now(UTC):
         raise _unauthorized("the API key has expired; ask an admin for a new one")
     scope = {param: claims.get(claim) or None for param, claim in CLAIMS.items()}
-    if not all(value is None or isinstance(value, str) for value in scope.values()):
-        raise _unauthorized("the API key is not valid: its ap/us/se/co claims must be strings")
-    key = Key(admin=claims.get("ad") is True, **scope)
-    if not key.admin and not any(key.claim(p) for p in CLAIMS):
+    names = {param: claims.get(claim) or None for param, claim in V3_CLAIMS.items()}
+    if not all(value is None or isinstance(value, str) for value in [*scope.values(), *names.values()]):
+        raise _unauthorized("the API key is not valid: its ap/us/se/co/w/p/s claims must be strings")
+    if any(scope.values()) and any(names.values()):
+        raise _unauthorized("the API key is not valid: it mixes v1 claims (ap/us/se/co) with v3 ones (w/p/s)")
+    if (names["peer"] or names["session"]) and not names["workspace"]:
+        raise _unauthorized("the API key is not valid: a peer or session claim needs its workspace (w)")
+    key = Key(admin=claims.get("ad") is True, **scope, **names)
+    if not key.admin and not any(key.claim(p) for p in CLAIMS) and not key.v3:
         raise _unauthorized("the API key grants nothing: it names neither admin nor any resource")
     return key
 
@@ -143,6 +187,8 @@ async def require_scope(request: Request, key: Key = Depends(current_key)) -> Ke
     """Router dependency: the key must cover every id the route addresses."""
     if key.admin:
         return key
+    if key.v3:
+        raise _unauthorized("a v3 key (w/p/s claims) opens only /v3 routes; ask an admin for a v1 key")
     ids = route_ids(request, key)
     for param, value in ids.items():
         claimed = key.claim(param)

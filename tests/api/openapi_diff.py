@@ -50,8 +50,14 @@ def _body(doc: dict[str, Any], op: dict[str, Any]) -> Any:
     }
 
 
+def _success(op: dict[str, Any]) -> str:
+    """The status of an operation's success: 200, else its lowest 2xx (201 created, 202, 204)."""
+    codes = sorted(code for code in op["responses"] if str(code).startswith("2"))
+    return "200" if "200" in codes else codes[0]
+
+
 def _ok_response(doc: dict[str, Any], op: dict[str, Any]) -> Any:
-    content = op["responses"]["200"].get("content", {})
+    content = op["responses"][_success(op)].get("content", {})
     return {ctype: _resolve(doc, c.get("schema")) for ctype, c in content.items()}
 
 
@@ -71,8 +77,12 @@ def differences(contract: dict[str, Any], ours: dict[str, Any]) -> list[str]:
             found.append(f"{name}: parameters {_parameters(ours, mine)} != {_parameters(contract, op)}")
         if _body(ours, mine) != _body(contract, op):
             found.append(f"{name}: request body {_body(ours, mine)} != {_body(contract, op)}")
-        if _ok_response(ours, mine) != _ok_response(contract, op):
-            found.append(f"{name}: 200 response {_ok_response(ours, mine)} != {_ok_response(contract, op)}")
+        if _success(mine) != _success(op):
+            found.append(f"{name}: success status {_success(mine)} != {_success(op)}")
+        elif _ok_response(ours, mine) != _ok_response(contract, op):
+            found.append(
+                f"{name}: {_success(op)} response {_ok_response(ours, mine)} != {_ok_response(contract, op)}"
+            )
         if mine.get("security") != op.get("security"):
             found.append(f"{name}: security {mine.get('security')} != {op.get('security')}")
     return found

@@ -55,7 +55,7 @@ async def _probes(memory: Memory, request: Request) -> tuple[str, str, str]:
 
 
 @router.get("/health")
-async def health(memory: Mem, request: Request) -> JSONResponse:
+async def health_check(memory: Mem, request: Request) -> JSONResponse:
     """Each dependency's state. 503 when the database does not answer (nothing works without it); else
     200, with ``status`` "degraded" when the embedder or the search index fails (writes are kept and
     indexed later; searches fail until it is back), the LLM does not answer (chat and derivation wait),

@@ -1,0 +1,265 @@
+"""Honcho v3's request and response bodies, field for field as in its OpenAPI document (v3.0.12).
+
+A test compares the served document with the vendored contract (tests/api/contracts). v3 ids on the
+wire are names: a workspace is an app by name, a peer a user by name, a session by its name. Unknown
+body keys are ignored, as upstream does; JSON types are taken as declared (``"5"`` is not ``5``), but
+times are ISO-8601 text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.query import Page as StoragePage
+
+Metadata = dict[str, Any]
+Name = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[a-zA-Z0-9_-]+$")]
+Filters = Metadata | None
+Time = Annotated[datetime, Field(strict=False)]
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+# --- configuration ------------------------------------------------------------------------------------
+
+
+class ReasoningConfiguration(RequestBody):
+    enabled: bool | None = None
+    custom_instructions: str | None = None
+
+
+class PeerCardConfiguration(RequestBody):
+    use: bool | None = None
+    create: bool | None = None
+
+
+class SummaryConfiguration(RequestBody):
+    enabled: bool | None = None
+    messages_per_short_summary: int | None = Field(default=None, ge=10)
+    messages_per_long_summary: int | None = Field(default=None, ge=20)
+
+
+class DreamConfiguration(RequestBody):
+    enabled: bool | None = None
+
+
+class WorkspaceConfiguration(RequestBody):
+    model_config = ConfigDict(strict=True, extra="allow")
+    reasoning: ReasoningConfiguration | None = None
+    peer_card: PeerCardConfiguration | None = None
+    summary: SummaryConfiguration | None = None
+    dream: DreamConfiguration | None = None
+
+
+class SessionConfiguration(WorkspaceConfiguration):
+    pass
+
+
+class MessageConfiguration(RequestBody):
+    reasoning: ReasoningConfiguration | None = None
+
+
+def configuration(value: BaseModel | None) -> dict[str, Any] | None:
+    """A configuration as stored: what was said, without the unset keys."""
+    return None if value is None else value.model_dump(exclude_none=True)
+
+
+# --- workspaces ---------------------------------------------------------------------------------------
+
+
+class Workspace(BaseModel):
+    id: str
+    metadata: Metadata = Field(default_factory=dict)
+    configuration: Metadata = Field(default_factory=dict)
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> Workspace:
+        return cls.model_construct(
+            id=row.name, metadata=row.metadata_, configuration=row.configuration, created_at=row.created_at
+        )
+
+
+class WorkspaceCreate(RequestBody):
+    id: Name
+    metadata: Metadata = {}
+    configuration: WorkspaceConfiguration = Field(default_factory=WorkspaceConfiguration)
+
+
+class WorkspaceUpdate(RequestBody):
+    metadata: Metadata | None = None
+    configuration: WorkspaceConfiguration | None = None
+
+
+class WorkspaceGet(RequestBody):
+    filters: Filters = None
+
+
+# --- peers --------------------------------------------------------------------------------------------
+
+
+class Peer(BaseModel):
+    id: str
+    workspace_id: str
+    created_at: datetime
+    metadata: Metadata = Field(default_factory=dict)
+    configuration: Metadata = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, row: Any, workspace: str) -> Peer:
+        return cls.model_construct(
+            id=row.name,
+            workspace_id=workspace,
+            created_at=row.created_at,
+            metadata=row.metadata_,
+            configuration=row.configuration,
+        )
+
+
+class PeerCreate(RequestBody):
+    id: Name
+    metadata: Metadata | None = None
+    configuration: Metadata | None = None
+
+
+class PeerUpdate(RequestBody):
+    metadata: Metadata | None = None
+    configuration: Metadata | None = None
+
+
+class PeerGet(RequestBody):
+    filters: Filters = None
+
+
+# --- sessions -----------------------------------------------------------------------------------------
+
+
+class SessionPeerConfig(RequestBody):
+    observe_me: bool | None = None
+    observe_others: bool | None = None
+
+    def pair(self) -> tuple[bool | None, bool | None]:
+        return self.observe_me, self.observe_others
+
+
+class Session(BaseModel):
+    id: str
+    is_active: bool
+    workspace_id: str
+    metadata: Metadata = Field(default_factory=dict)
+    configuration: Metadata = Field(default_factory=dict)
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any, workspace: str) -> Session:
+        return cls.model_construct(
+            id=row.name,
+            is_active=row.is_active,
+            workspace_id=workspace,
+            metadata=row.metadata_,
+            configuration=row.configuration,
+            created_at=row.created_at,
+        )
+
+
+class SessionCreate(RequestBody):
+    id: Name
+    metadata: Metadata | None = None
+    peers: dict[str, SessionPeerConfig] | None = None
+    configuration: SessionConfiguration | None = None
+
+
+class SessionUpdate(RequestBody):
+    metadata: Metadata | None = None
+    configuration: SessionConfiguration | None = None
+
+
+class SessionGet(RequestBody):
+    filters: Filters = None
+
+
+# --- messages -----------------------------------------------------------------------------------------
+
+
+class Message(BaseModel):
+    id: str
+    content: str
+    peer_id: str
+    session_id: str
+    metadata: Metadata = Field(default_factory=dict)
+    created_at: datetime
+    workspace_id: str
+    token_count: int
+
+    @classmethod
+    def of(cls, row: Any, workspace: str, session: str, peer: str) -> Message:
+        return cls.model_construct(
+            id=row.id,
+            content=row.content,
+            peer_id=peer,
+            session_id=session,
+            metadata=row.metadata_,
+            created_at=row.created_at,
+            workspace_id=workspace,
+            token_count=row.token_count,
+        )
+
+
+class MessageCreate(RequestBody):
+    content: str = Field(min_length=0, max_length=25_000)
+    peer_id: str
+    metadata: Metadata | None = None
+    configuration: MessageConfiguration | None = None
+    created_at: Time | None = None
+
+
+class MessageBatchCreate(RequestBody):
+    messages: list[MessageCreate] = Field(min_length=1, max_length=100)
+
+
+class MessageUpdate(RequestBody):
+    metadata: Metadata | None = None
+
+
+class MessageGet(RequestBody):
+    filters: Filters = None
+
+
+class MessageSearchOptions(RequestBody):
+    query: str
+    filters: Filters = None
+    limit: int = Field(default=10, ge=1, le=100)
+
+
+# --- pages --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int = Field(ge=0)
+    page: int = Field(ge=1)
+    size: int = Field(ge=1)
+    pages: int = Field(ge=0)
+
+
+def page(items: list[T], source: StoragePage[Any]) -> Page[T]:
+    return Page[Any].model_construct(  # type: ignore[return-value]
+        items=items, total=source.total, page=source.page, size=source.size, pages=source.pages
+    )
+
+
+# --- the rest of the surface --------------------------------------------------------------------------
+
+
+class DreamType(RequestBody):
+    pass
+
+
+DreamTypeName = Literal["omni"]

@@ -1,0 +1,191 @@
+"""v3 sessions: get-or-create with peers and configuration, list, update, delete, clone, and members."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+
+from deployments.api.auth import Key
+from deployments.api.params import Mem
+from deployments.api.v3 import schemas
+from deployments.api.v3.access import check_creates, v3_creator, v3_key
+from deployments.api.v3.params import PageNumber, PageSize, PeerId, Reverse, SessionId, WorkspaceId
+from storage import v3
+
+router = APIRouter(prefix="/v3/workspaces/{workspace_id}/sessions", tags=["sessions"])
+session_router = APIRouter(
+    prefix="/v3/workspaces/{workspace_id}/sessions", tags=["sessions"], dependencies=[Depends(v3_key)]
+)
+
+PeerConfigs = Annotated[
+    dict[str, schemas.SessionPeerConfig], Body(description="List of peer IDs to add to the session")
+]
+
+
+def _pairs(peers: dict[str, schemas.SessionPeerConfig]) -> dict[str, Any]:
+    return {name: config.pair() for name, config in peers.items()}
+
+
+@router.post("", response_model=schemas.Session, responses={201: {"model": schemas.Session}})
+async def get_or_create_session(
+    memory: Mem,
+    response: Response,
+    workspace_id: WorkspaceId,
+    session: Annotated[schemas.SessionCreate, Body(description="Session creation parameters")],
+    key: Annotated[Key, Depends(v3_creator)],
+) -> schemas.Session:
+    """Get a Session by ID, or create it (201) if it does not exist
+
+    The workspace and the peers named are made if missing; the peers join the session. For an existing
+    session, given metadata replaces its own and configuration is merged into it key by key."""
+    check_creates(key, workspace=workspace_id, session=session.id)
+    row, created = await memory.run(
+        v3.get_or_create_session_in,
+        workspace_id,
+        session.id,
+        metadata=session.metadata,
+        configuration=schemas.configuration(session.configuration),
+        peers=_pairs(session.peers or {}),
+    )
+    response.status_code = 201 if created else 200
+    return schemas.Session.of(row, workspace_id)
+
+
+@session_router.post("/list", response_model=schemas.Page[schemas.Session])
+async def get_sessions(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    options: Annotated[
+        schemas.SessionGet | None, Body(description="Filtering and pagination options for the sessions list")
+    ] = None,
+    reverse: Reverse = False,
+    page: PageNumber = 1,
+    size: PageSize = 50,
+) -> schemas.Page[schemas.Session]:
+    """Get the active Sessions of a Workspace (v1 sessions included: their name is their id)"""
+    found = await memory.run(
+        v3.list_sessions_in,
+        workspace_id,
+        filters=options.filters if options else None,
+        reverse=reverse,
+        page=page,
+        size=size,
+    )
+    return schemas.page([schemas.Session.of(row, workspace_id) for row in found.items], found)
+
+
+@session_router.put("/{session_id}", response_model=schemas.Session)
+async def update_session(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    session: Annotated[schemas.SessionUpdate, Body(description="Updated session parameters")],
+) -> schemas.Session:
+    """Update a Session's metadata (replaced) and/or configuration (merged key by key)"""
+    row = await memory.run(
+        v3.update_session_in,
+        workspace_id,
+        session_id,
+        metadata=session.metadata,
+        configuration=schemas.configuration(session.configuration),
+    )
+    return schemas.Session.of(row, workspace_id)
+
+
+@session_router.delete("/{session_id}", status_code=202, response_model=None)
+async def delete_session(memory: Mem, workspace_id: WorkspaceId, session_id: SessionId) -> dict[str, Any]:
+    """Delete a Session and everything in it
+
+    Its messages, their derivation work and its members go from PostgreSQL at once, and from the
+    search index right after (through the outbox, so a crash between the two loses nothing)."""
+    app = await memory.run(v3.session_in, workspace_id, session_id)
+    await memory.delete_session(app.app_id, session_id)
+    return {"message": "Session deleted successfully"}
+
+
+@session_router.post("/{session_id}/clone", response_model=schemas.Session, status_code=201)
+async def clone_session(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    message_id: Annotated[str | None, Query(description="Message ID to cut off the clone at")] = None,
+) -> schemas.Session:
+    """Clone a Session, optionally up to a message (inclusive)
+
+    The copy gets a new id (its name), the original's metadata, configuration and present members, and
+    copies of up to 5,000 messages, searchable once indexed."""
+    row = await memory.run(v3.clone_session_in, workspace_id, session_id, message_id=message_id)
+    return schemas.Session.of(row, workspace_id)
+
+
+@session_router.post("/{session_id}/peers", response_model=schemas.Session)
+async def add_peers_to_session(
+    memory: Mem, workspace_id: WorkspaceId, session_id: SessionId, peers: PeerConfigs
+) -> schemas.Session:
+    """Add Peers to a Session (made, with the session, if missing); a peer that had left comes back"""
+    row = await memory.run(v3.add_members_in, workspace_id, session_id, _pairs(peers))
+    return schemas.Session.of(row, workspace_id)
+
+
+@session_router.put("/{session_id}/peers", response_model=schemas.Session)
+async def set_session_peers(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    peers: Annotated[
+        dict[str, schemas.SessionPeerConfig], Body(description="List of peer IDs to set for the session")
+    ],
+) -> schemas.Session:
+    """Set a Session's Peers: those named (re)join with this configuration, the others leave"""
+    row = await memory.run(v3.set_members_in, workspace_id, session_id, _pairs(peers))
+    return schemas.Session.of(row, workspace_id)
+
+
+@session_router.delete("/{session_id}/peers", response_model=schemas.Session)
+async def remove_peers_from_session(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    peers: Annotated[list[str], Body(description="List of peer IDs to remove from the session")],
+) -> schemas.Session:
+    """Remove Peers from a Session (they leave; what they said stays)"""
+    row = await memory.run(v3.remove_members_in, workspace_id, session_id, peers)
+    return schemas.Session.of(row, workspace_id)
+
+
+@session_router.get("/{session_id}/peers", response_model=schemas.Page[schemas.Peer])
+async def get_session_peers(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    page: PageNumber = 1,
+    size: PageSize = 50,
+) -> schemas.Page[schemas.Peer]:
+    """Get the present Peers of a Session, in the order they joined"""
+    found = await memory.run(v3.members_in, workspace_id, session_id, page=page, size=size)
+    return schemas.page([schemas.Peer.of(row, workspace_id) for row in found.items], found)
+
+
+@session_router.get("/{session_id}/peers/{peer_id}/config", response_model=schemas.SessionPeerConfig)
+async def get_peer_config(
+    memory: Mem, workspace_id: WorkspaceId, session_id: SessionId, peer_id: PeerId
+) -> schemas.SessionPeerConfig:
+    """Get a Peer's configuration in a Session (null: not set)"""
+    row = await memory.run(v3.member_config_in, workspace_id, session_id, peer_id)
+    return schemas.SessionPeerConfig.model_construct(
+        observe_me=row.observe_me, observe_others=row.observe_others
+    )
+
+
+@session_router.put("/{session_id}/peers/{peer_id}/config", status_code=204)
+async def set_peer_config(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    peer_id: PeerId,
+    config: Annotated[schemas.SessionPeerConfig, Body(description="Peer configuration")],
+) -> Response:
+    """Set a Peer's configuration in a Session (what is given changes; a non-member joins with it)"""
+    await memory.run(v3.set_member_config_in, workspace_id, session_id, peer_id, config.pair())
+    return Response(status_code=204)

@@ -1,0 +1,55 @@
+"""Our OpenAPI document against Honcho v3's (v3.0.12): every operation Rapport serves, with the same
+parameters, bodies, success statuses and schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from tests.api.openapi_diff import differences, operations
+
+# A structural copy of Honcho v3.0.12's docs/v3/openapi.json (origin in its info.x-origin), by vendor.py.
+CONTRACT = Path(__file__).parent / "contracts" / "honcho-v3.structure.json"
+
+# Operations of the contract not served yet, each named with the issue that brings it. The test fails
+# when one of them is served (so this list only shrinks) and when any other one is missing or differs.
+_W = "/v3/workspaces/{workspace_id}"
+NOT_YET: set[tuple[str, str]] = {
+    # search, context, summaries, queue status (issue 28, next)
+    ("POST", f"{_W}/search"),
+    ("POST", f"{_W}/peers/{{peer_id}}/search"),
+    ("POST", f"{_W}/sessions/{{session_id}}/search"),
+    ("GET", f"{_W}/sessions/{{session_id}}/context"),
+    ("GET", f"{_W}/sessions/{{session_id}}/summaries"),
+    ("GET", f"{_W}/queue/status"),
+    ("POST", f"{_W}/sessions/{{session_id}}/messages/upload"),
+    # conclusions, peer cards, representations (issue 28, next)
+    ("POST", f"{_W}/conclusions"),
+    ("POST", f"{_W}/conclusions/list"),
+    ("POST", f"{_W}/conclusions/query"),
+    ("DELETE", f"{_W}/conclusions/{{conclusion_id}}"),
+    ("GET", f"{_W}/peers/{{peer_id}}/card"),
+    ("PUT", f"{_W}/peers/{{peer_id}}/card"),
+    ("GET", f"{_W}/peers/{{peer_id}}/context"),
+    ("POST", f"{_W}/peers/{{peer_id}}/representation"),
+    # peer chat and dreams (issue 29, v3 memory)
+    ("POST", f"{_W}/peers/{{peer_id}}/chat"),
+    ("POST", f"{_W}/schedule_dream"),
+    # webhooks (issue 28, last)
+    ("GET", f"{_W}/webhooks"),
+    ("POST", f"{_W}/webhooks"),
+    ("GET", f"{_W}/webhooks/test"),
+    ("DELETE", f"{_W}/webhooks/{{endpoint_id}}"),
+}
+
+
+async def test_every_served_v3_operation_matches_the_contract(client: httpx.AsyncClient) -> None:
+    contract = json.loads(CONTRACT.read_text())
+    ours = (await client.get("/openapi.json")).json()
+    assert len(operations(contract)) == 46
+    served = {key for key in operations(contract) if key in operations(ours)}
+    assert not (served & NOT_YET), f"served now, take them off NOT_YET: {sorted(served & NOT_YET)}"
+    found = [d for d in differences(contract, ours) if not any(d.startswith(f"{m} {p}:") for m, p in NOT_YET)]
+    assert found == []

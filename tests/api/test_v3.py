@@ -1,0 +1,252 @@
+"""The v3 API over real PostgreSQL: workspaces, peers, sessions with members, messages, and what v1 wrote
+read back through v3 (and the other way)."""
+
+from __future__ import annotations
+
+import httpx
+
+from models.llm.client import estimate_tokens
+
+W = "/v3/workspaces"
+
+
+async def ok(response: httpx.Response, status: int = 200) -> dict:
+    assert response.status_code == status, response.text
+    return {} if status == 204 else response.json()  # type: ignore[no-any-return]
+
+
+async def test_workspaces_are_got_or_created_listed_updated_and_deleted(client: httpx.AsyncClient) -> None:
+    made = await ok(await client.post(W, json={"id": "acme", "metadata": {"tier": 1}}), 201)
+    assert made["id"] == "acme" and made["metadata"] == {"tier": 1} and made["configuration"] == {}
+    again = await ok(await client.post(W, json={"id": "acme", "metadata": {"tier": 2}}))
+    assert again["metadata"] == {"tier": 1}  # an existing workspace is returned as it is
+    await ok(await client.post(W, json={"id": "beta"}), 201)
+
+    page = await ok(await client.post(f"{W}/list", json={"filters": {"metadata": {"tier": 1}}}))
+    assert [w["id"] for w in page["items"]] == ["acme"] and page["pages"] == 1
+    page = await ok(await client.post(f"{W}/list?reverse=true"))
+    assert [w["id"] for w in page["items"]] == ["beta", "acme"]
+
+    configured = {"reasoning": {"enabled": False}, "summary": {"enabled": True}}
+    updated = await ok(await client.put(f"{W}/acme", json={"configuration": configured}))
+    assert updated["configuration"] == configured and updated["metadata"] == {"tier": 1}
+    updated = await ok(await client.put(f"{W}/acme", json={"configuration": {"summary": {"enabled": False}}}))
+    assert updated["configuration"] == {"reasoning": {"enabled": False}, "summary": {"enabled": False}}
+
+    await ok(await client.post(f"{W}/acme/sessions", json={"id": "s1"}), 201)
+    refused = await client.delete(f"{W}/acme")
+    assert refused.status_code == 409 and "active session" in refused.json()["detail"]
+    await ok(await client.delete(f"{W}/acme/sessions/s1"), 202)
+    await ok(await client.delete(f"{W}/acme"), 202)
+    page = await ok(await client.post(f"{W}/list"))
+    assert [w["id"] for w in page["items"]] == ["beta"]
+
+
+async def test_bad_ids_and_filters_are_422_with_their_location(client: httpx.AsyncClient) -> None:
+    bad = await client.post(W, json={"id": "no spaces"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "id"]
+    await ok(await client.post(W, json={"id": "w"}), 201)
+    bad = await client.post(f"{W}/w/peers/list", json={"filters": {"created_at": {"gte": "yesterday"}}})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "filters", "created_at", "gte"]
+    bad = await client.post(f"{W}/w/peers/list", json={"filters": {"colour": "red"}})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "filters", "colour"]
+    bad = await client.post(
+        f"{W}/w/sessions/s/messages",
+        json={"messages": [{"peer_id": "ok"}, {"peer_id": "a b", "content": ""}]},
+    )
+    assert bad.status_code == 422
+
+
+async def test_peers_are_got_or_created_with_their_metadata_and_listed(client: httpx.AsyncClient) -> None:
+    await ok(await client.post(W, json={"id": "w"}), 201)
+    alice = await ok(await client.post(f"{W}/w/peers", json={"id": "alice", "metadata": {"role": "u"}}), 201)
+    assert alice == {**alice, "id": "alice", "workspace_id": "w", "metadata": {"role": "u"}}
+    again = await ok(
+        await client.post(f"{W}/w/peers", json={"id": "alice", "configuration": {"observe_me": False}})
+    )
+    assert again["configuration"] == {"observe_me": False} and again["metadata"] == {"role": "u"}
+    await ok(await client.post(f"{W}/w/peers", json={"id": "bob", "metadata": {"role": "bot"}}), 201)
+    page = await ok(await client.post(f"{W}/w/peers/list", json={"filters": {"metadata": {"role": "bot"}}}))
+    assert [p["id"] for p in page["items"]] == ["bob"]
+    page = await ok(await client.post(f"{W}/w/peers/list?size=1&page=2", json={}))
+    assert [p["id"] for p in page["items"]] == ["bob"] and page["total"] == 2 and page["pages"] == 2
+    updated = await ok(await client.put(f"{W}/w/peers/bob", json={"metadata": {"role": "agent"}}))
+    assert updated["metadata"] == {"role": "agent"}
+    missing = await client.post(f"{W}/nowhere/peers/list")
+    assert missing.status_code == 404
+
+
+async def test_sessions_have_members_with_their_configuration(client: httpx.AsyncClient) -> None:
+    body = {
+        "id": "chat",
+        "metadata": {"topic": "trip"},
+        "peers": {"alice": {"observe_me": True}, "bob": {"observe_others": True}},
+        "configuration": {"summary": {"enabled": False}},
+    }
+    made = await ok(await client.post(f"{W}/w/sessions", json=body), 201)  # the workspace is made too
+    assert made["configuration"] == {"summary": {"enabled": False}} and made["is_active"]
+    members = await ok(await client.get(f"{W}/w/sessions/chat/peers"))
+    assert [p["id"] for p in members["items"]] == ["alice", "bob"]
+    assert await ok(await client.get(f"{W}/w/sessions/chat/peers/bob/config")) == {
+        "observe_me": None,
+        "observe_others": True,
+    }
+    await ok(await client.put(f"{W}/w/sessions/chat/peers/bob/config", json={"observe_me": False}), 204)
+    assert await ok(await client.get(f"{W}/w/sessions/chat/peers/bob/config")) == {
+        "observe_me": False,
+        "observe_others": True,
+    }
+
+    await ok(await client.post(f"{W}/w/sessions/chat/peers", json={"carol": {}}))
+    await ok(await client.request("DELETE", f"{W}/w/sessions/chat/peers", json=["alice", "nobody"]))
+    members = await ok(await client.get(f"{W}/w/sessions/chat/peers"))
+    assert [p["id"] for p in members["items"]] == ["bob", "carol"]
+    await ok(await client.put(f"{W}/w/sessions/chat/peers", json={"alice": {"observe_others": False}}))
+    members = await ok(await client.get(f"{W}/w/sessions/chat/peers"))
+    assert [p["id"] for p in members["items"]] == ["alice"]
+
+    sessions = await ok(await client.post(f"{W}/w/peers/bob/sessions", json={}))  # left, still listed
+    assert [s["id"] for s in sessions["items"]] == ["chat"]
+    too_many = {f"p{i}": {"observe_others": True} for i in range(11)}
+    refused = await client.post(f"{W}/w/sessions/chat/peers", json=too_many)
+    assert refused.status_code == 422 and "observe_others" in refused.text
+
+    updated = await ok(await client.put(f"{W}/w/sessions/chat", json={"metadata": {"topic": "food"}}))
+    assert updated["metadata"] == {"topic": "food"} and updated["configuration"] == {
+        "summary": {"enabled": False}
+    }
+    listed = await ok(
+        await client.post(f"{W}/w/sessions/list", json={"filters": {"metadata": {"topic": "food"}}})
+    )
+    assert [s["id"] for s in listed["items"]] == ["chat"]
+
+
+async def test_messages_in_bulk_keep_their_order_senders_and_token_counts(client: httpx.AsyncClient) -> None:
+    texts = [f"message number {i} ü" for i in range(100)]
+    batch = [{"peer_id": "alice" if i % 2 else "bob", "content": t} for i, t in enumerate(texts)]
+    batch[3]["metadata"] = {"mood": "happy"}
+    made = await ok(await client.post(f"{W}/w/sessions/s/messages", json={"messages": batch}), 201)
+    assert [m["content"] for m in made] == texts
+    assert made[1] == {
+        **made[1],
+        "peer_id": "alice",
+        "session_id": "s",
+        "workspace_id": "w",
+        "token_count": estimate_tokens(texts[1]),
+    }
+    members = await ok(await client.get(f"{W}/w/sessions/s/peers"))  # the senders joined the session
+    assert sorted(p["id"] for p in members["items"]) == ["alice", "bob"]
+
+    page = await ok(await client.post(f"{W}/w/sessions/s/messages/list?size=10", json={}))
+    assert [m["content"] for m in page["items"]] == texts[:10] and page["total"] == 100
+    alices = await ok(
+        await client.post(f"{W}/w/sessions/s/messages/list", json={"filters": {"peer_id": "alice"}})
+    )
+    assert alices["total"] == 50 and {m["peer_id"] for m in alices["items"]} == {"alice"}
+    happy = await ok(
+        await client.post(
+            f"{W}/w/sessions/s/messages/list", json={"filters": {"metadata": {"mood": "happy"}}}
+        )
+    )
+    assert [m["content"] for m in happy["items"]] == [texts[3]]
+    newest = await ok(await client.post(f"{W}/w/sessions/s/messages/list?reverse=true&size=1"))
+    assert newest["items"][0]["content"] == texts[-1]
+
+    one = await ok(await client.get(f"{W}/w/sessions/s/messages/{made[5]['id']}"))
+    assert one["content"] == texts[5] and one["peer_id"] == "alice"
+    changed = await ok(
+        await client.put(f"{W}/w/sessions/s/messages/{made[5]['id']}", json={"metadata": {"a": 1}})
+    )
+    assert changed["metadata"] == {"a": 1} and changed["peer_id"] == "alice"
+    assert (await client.get(f"{W}/w/sessions/other/messages/{made[5]['id']}")).status_code == 404
+
+    too_long = await client.post(
+        f"{W}/w/sessions/s/messages", json={"messages": [{"peer_id": "a", "content": "x" * 25_001}]}
+    )
+    assert too_long.status_code == 422
+    dated = await ok(
+        await client.post(
+            f"{W}/w/sessions/s/messages",
+            json={"messages": [{"peer_id": "alice", "content": "old", "created_at": "2020-01-02T03:04:05Z"}]},
+        ),
+        201,
+    )
+    assert dated[0]["created_at"].startswith("2020-01-02T03:04:05")
+
+
+async def test_a_clone_copies_messages_and_members_and_a_delete_takes_everything(
+    client: httpx.AsyncClient,
+) -> None:
+    batch = [{"peer_id": "alice", "content": f"m{i}"} for i in range(5)]
+    made = await ok(await client.post(f"{W}/w/sessions/s/messages", json={"messages": batch}), 201)
+    clone = await ok(await client.post(f"{W}/w/sessions/s/clone?message_id={made[2]['id']}"), 201)
+    copied = await ok(await client.post(f"{W}/w/sessions/{clone['id']}/messages/list"))
+    assert [m["content"] for m in copied["items"]] == ["m0", "m1", "m2"]
+    assert {m["peer_id"] for m in copied["items"]} == {"alice"}
+    members = await ok(await client.get(f"{W}/w/sessions/{clone['id']}/peers"))
+    assert [p["id"] for p in members["items"]] == ["alice"]
+
+    await ok(await client.delete(f"{W}/w/sessions/s"), 202)
+    assert (await client.delete(f"{W}/w/sessions/s")).status_code == 404
+    assert (await client.get(f"{W}/w/sessions/s/messages/{made[0]['id']}")).status_code == 404
+    listed = await ok(await client.post(f"{W}/w/sessions/list"))
+    assert [s["id"] for s in listed["items"]] == [clone["id"]]
+    again = await ok(await client.post(f"{W}/w/sessions", json={"id": "s"}), 201)  # the name is free again
+    assert again["id"] == "s"
+
+
+async def test_what_v1_wrote_reads_back_through_v3_and_back(client: httpx.AsyncClient) -> None:
+    app = await ok(await client.post("/v1/apps", json={"name": "shop"}))
+    user = await ok(await client.post(f"/v1/apps/{app['id']}/users", json={"name": "ana"}))
+    base = f"/v1/apps/{app['id']}/users/{user['id']}/sessions"
+    session = await ok(await client.post(base, json={"metadata": {"v": 1}}))
+    await ok(
+        await client.post(
+            f"{base}/{session['id']}/messages/batch",
+            json={
+                "messages": [{"content": "hi", "is_user": True}, {"content": "hello ana", "is_user": False}]
+            },
+        )
+    )
+
+    sessions = await ok(await client.post(f"{W}/shop/sessions/list"))
+    assert [(s["id"], s["metadata"]) for s in sessions["items"]] == [(session["id"], {"v": 1})]
+    members = await ok(await client.get(f"{W}/shop/sessions/{session['id']}/peers"))
+    assert [p["id"] for p in members["items"]] == ["ana", "assistant"]
+    messages = await ok(await client.post(f"{W}/shop/sessions/{session['id']}/messages/list"))
+    assert [(m["peer_id"], m["content"]) for m in messages["items"]] == [
+        ("ana", "hi"),
+        ("assistant", "hello ana"),
+    ]
+
+    # v3 writes into the v1 session: the user's message is is_user, the assistant's is not
+    v3_batch = [{"peer_id": "ana", "content": "bye"}, {"peer_id": "assistant", "content": "see you"}]
+    await ok(
+        await client.post(f"{W}/shop/sessions/{session['id']}/messages", json={"messages": v3_batch}), 201
+    )
+    v1 = await ok(await client.post(f"{base}/{session['id']}/messages/list", json={}))
+    assert [(m["content"], m["is_user"]) for m in v1["items"]] == [
+        ("hi", True),
+        ("hello ana", False),
+        ("bye", True),
+        ("see you", False),
+    ]
+
+    # a v3 session of several peers is not a v1 session of any of them
+    await ok(await client.post(f"{W}/shop/sessions/group/messages", json={"messages": v3_batch}), 201)
+    v1_sessions = await ok(await client.post(f"{base}/list", json={}))
+    assert [s["id"] for s in v1_sessions["items"]] == [session["id"]]
+
+
+async def test_erasing_a_user_takes_what_they_said_in_every_session(client: httpx.AsyncClient) -> None:
+    batch = [{"peer_id": "ana", "content": "mine"}, {"peer_id": "bo", "content": "theirs"}]
+    await ok(await client.post(f"{W}/w/sessions/group/messages", json={"messages": batch}), 201)
+    app = (await ok(await client.get("/v1/apps/get_or_create/w")))["id"]
+    ana = (await ok(await client.get(f"/v1/apps/{app}/users/get_or_create/ana")))["id"]
+    erased = await client.delete(f"/v1/apps/{app}/users/{ana}")
+    assert erased.status_code in (200, 202, 204), erased.text
+    left = await ok(await client.post(f"{W}/w/sessions/group/messages/list"))
+    assert [(m["peer_id"], m["content"]) for m in left["items"]] == [("bo", "theirs")]
+    members = await ok(await client.get(f"{W}/w/sessions/group/peers"))
+    assert [p["id"] for p in members["items"]] == ["bo"]
