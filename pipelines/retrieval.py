@@ -95,12 +95,13 @@ async def search_messages(
     embedder: TextEmbedder,
     *,
     app_id: str,
-    user_id: str,
+    user_id: str | None,
     session_id: str | None = None,
     query: str,
     top_k: int = 10,
     mode: Mode = "hybrid",
     filter: dict[str, Any] | None = None,
+    conditions: Sequence[Any] = (),
     vector: np.ndarray | Awaitable[np.ndarray] | None = None,
     scope_checked: bool = False,
 ) -> list[tuple[Record, float]]:
@@ -109,11 +110,16 @@ async def search_messages(
     The full-text search needs no embedding, so it runs while the query is embedded. ``vector``: the
     query's embedding, or a task that will have it, when the caller embeds its queries itself (context
     gathering embeds them once for facts and messages alike). ``scope_checked``: the caller has already
-    found the user (and session), so an unknown one needs no second look-up to become a 404."""
+    found the user (and session), so an unknown one needs no second look-up to become a 404.
+
+    v3 searches a whole app (``user_id`` None, ``scope_checked``) or a session of it, and narrows what the
+    index finds with ``conditions`` (SQL conditions on the messages: its filters, a sender)."""
     query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
     filter = check_filter(filter)
     recipe = RECIPES[mode]
-    if not scope_checked:
+    if user_id is None and not scope_checked:
+        raise ValueError("a search of a whole app checks its scope first (scope_checked=True)")
+    if not scope_checked and user_id is not None:
         async with database.transaction() as db:  # a clear 404 for an unknown user or session
             if session_id is None:
                 await users.get_user(db, app_id, user_id)
@@ -139,7 +145,13 @@ async def search_messages(
         scores = fuse(semantic, fulltext, recipe)
         async with database.transaction() as db:
             found = await messages.fetch_with_neighbours(
-                db, list(scores), app_id=app_id, user_id=user_id, session_id=session_id, filter=filter
+                db,
+                list(scores),
+                app_id=app_id,
+                user_id=user_id,
+                session_id=session_id,
+                filter=filter,
+                conditions=conditions,
             )
         scores = boost_neighbours(
             scores, {i: (p, n) for i, (_, p, n) in found.items()}, recipe.neighbour_boost

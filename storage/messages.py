@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.util import ClauseAdapter
 
 from storage.errors import InvalidError, NotFoundError
 from storage.ids import new_id
@@ -60,6 +61,11 @@ def _row(
         "content": check_text(content, max_length=max_length),
         "metadata_": check_metadata(metadata),
     }
+
+
+def adapt(condition: Any, alias: Any) -> Any:
+    """A condition written on the messages table, made to read ``alias`` of it instead."""
+    return ClauseAdapter(alias).traverse(condition)
 
 
 def _where(app_id: str, user_id: str, session_id: str, message_id: str) -> Keys:
@@ -165,15 +171,21 @@ async def fetch_with_neighbours(
     ids: Sequence[str],
     *,
     app_id: str,
-    user_id: str,
+    user_id: str | None,
     session_id: str | None = None,
     filter: dict[str, Any] | None = None,
+    conditions: Sequence[Any] = (),
 ) -> dict[str, tuple[Record, str | None, str | None]]:
-    """The messages among ``ids`` in this scope (and matching ``filter``), each with the ids of the
-    messages just before and after it in its session."""
+    """The messages among ``ids`` in this scope (of a user, or of the whole app with ``user_id`` None)
+    matching ``filter`` and ``conditions`` (on the messages table), each with the ids of the messages
+    just before and after it in its session."""
     if not ids:
         return {}
-    check_ids(app=app_id, user=user_id, **({"session": session_id} if session_id else {}))
+    check_ids(
+        app=app_id,
+        **({"user": user_id} if user_id else {}),
+        **({"session": session_id} if session_id else {}),
+    )
     m = Message.__table__.alias("m")
     before = Message.__table__.alias("before")
     after = Message.__table__.alias("after")
@@ -192,13 +204,17 @@ async def fetch_with_neighbours(
         .scalar_subquery()
     )
     columns = [m.c[column.key].label(name) for name, column in Message.__mapper__.columns.items()]
-    conditions = [m.c.id.in_(list(ids)), m.c.app_id == app_id, m.c.user_id == user_id]
+    where = [m.c.id.in_(list(ids)), m.c.app_id == app_id]
+    if user_id is not None:
+        where.append(m.c.user_id == user_id)
     if session_id is not None:
-        conditions.append(m.c.session_id == session_id)
+        where.append(m.c.session_id == session_id)
     metadata_filter = check_filter(filter)
     if metadata_filter is not None:
-        conditions.append(m.c.metadata.contains(metadata_filter))
-    stmt = select(*columns, previous_id.label("previous_id"), next_id.label("next_id")).where(*conditions)
+        where.append(m.c.metadata.contains(metadata_filter))
+    # The conditions name the messages table; here it is aliased "m".
+    where += [adapt(condition, m) for condition in conditions]
+    stmt = select(*columns, previous_id.label("previous_id"), next_id.label("next_id")).where(*where)
     found: dict[str, tuple[Record, str | None, str | None]] = {}
     for row in await db.execute(stmt):
         found[row.id] = (cast(Record, row), row.previous_id, row.next_id)

@@ -6,16 +6,18 @@ the v3 wire shows: ``peer_name`` (its sender) and ``session_name``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import literal, select, text
+from sqlalchemy import func, literal, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage import sessions
 from storage.errors import NotFoundError
 from storage.filters import compile_filters
 from storage.query import Page, Record, page_of, record_columns, update_one
-from storage.tables import App, Message, Session, User
+from storage.tables import TOKEN_ESTIMATE, App, Message, Metamessage, Session, User
 from storage.validation import check_metadata
 from storage.workspaces import (
     check_no_active_sessions,
@@ -25,6 +27,7 @@ from storage.workspaces import (
     update_peer,
     workspace,
 )
+from storage.workspaces import peer as peer_named
 
 _SENDER = User.name.label("peer_name")
 
@@ -209,3 +212,155 @@ async def update_message_in(
         await update_one(db, Message, {"id": row.id}, {"metadata_": check_metadata(metadata)}, "message")
         row = await message_in(db, ws, session, message_id)
     return row
+
+
+# --- search -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SearchScope:
+    """Where a v3 search looks: an app (and one of its sessions), narrowed by SQL conditions on messages."""
+
+    app_id: str
+    session_id: str | None
+    conditions: list[Any]
+
+
+def _sender() -> Any:
+    return select(User.name).where(User.id == Message.peer_id).scalar_subquery()
+
+
+def _search_fields(ws: str) -> dict[str, Any]:
+    return {
+        "workspace_id": literal(ws),
+        "session_id": select(Session.name).where(Session.id == Message.session_id).scalar_subquery(),
+        "peer_id": _sender(),
+        "token_count": Message.token_count,
+        "created_at": Message.created_at,
+    }
+
+
+async def search_scope(
+    db: AsyncConnection, ws: str, *, peer: str | None = None, session: str | None = None, filters: Any = None
+) -> SearchScope:
+    """The scope of a search of the workspace, of what one peer said in it, or of one session; the
+    search's filters apply on top."""
+    app = await workspace(db, ws)
+    conditions: list[Any] = []
+    session_id = None
+    if session is not None:
+        session_id = (await sessions.named_session(db, app.id, session, active=False)).id
+    if peer is not None:
+        sender = await peer_named(db, app.id, peer)
+        conditions.append(Message.peer_id == sender.id)
+    condition = compile_filters(filters, _search_fields(ws), metadata=Message.metadata_)
+    if condition is not None:
+        conditions.append(condition)
+    return SearchScope(app.id, session_id, conditions)
+
+
+async def names_of(db: AsyncConnection, rows: Sequence[Record]) -> tuple[dict[str, str], dict[str, str]]:
+    """The names of these messages' senders and sessions, by id."""
+    peer_ids = list({row.peer_id for row in rows})
+    session_ids = list({row.session_id for row in rows})
+    peers = (
+        dict((await db.execute(select(User.id, User.name).where(User.id.in_(peer_ids)))).all())
+        if rows
+        else {}
+    )
+    named = (
+        dict((await db.execute(select(Session.id, Session.name).where(Session.id.in_(session_ids)))).all())
+        if rows
+        else {}
+    )
+    return peers, named
+
+
+# --- session context ----------------------------------------------------------------------------------
+
+SUMMARY_LABELS = ("honcho_chat_summary_short", "honcho_chat_summary_long")  # the deriver's (derive.py)
+# A summary's tokens, estimated as a message's token_count is.
+_SUMMARY_TOKENS: Any = literal_column(TOKEN_ESTIMATE.replace("content", "metamessages.content")).label(
+    "tokens"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    label: str
+    content: str
+    message_id: str  # the last message it covers
+    message_seq: int
+    token_count: int
+    created_at: Any
+
+
+async def summaries_in(db: AsyncConnection, ws: str, name: str) -> dict[str, SessionSummary]:
+    """The session's newest summary of each kind (by label), each with the message it ends at."""
+    app = await workspace(db, ws)
+    row = await sessions.named_session(db, app.id, name, active=False)
+    return await _summaries(db, row.id)
+
+
+async def _summaries(db: AsyncConnection, session_id: str) -> dict[str, SessionSummary]:
+    found: dict[str, SessionSummary] = {}
+    for label in SUMMARY_LABELS:
+        summary = (
+            await db.execute(
+                select(Metamessage.content, Metamessage.created_at, Message.id, Message.seq, _SUMMARY_TOKENS)
+                .join(Message, Message.id == Metamessage.message_id)
+                .where(Metamessage.session_id == session_id, Metamessage.label == label)
+                .order_by(Metamessage.seq.desc())
+                .limit(1)
+            )
+        ).first()
+        if summary is not None:
+            found[label] = SessionSummary(
+                label, summary.content, summary.id, summary.seq, summary.tokens, summary.created_at
+            )
+    return found
+
+
+def _newest_within(session_id: str, start: int, budget: int) -> Any:
+    """The session's newest messages from ``start`` (a seq) whose token counts add up to at most
+    ``budget``, oldest first: a running sum over at most ``budget`` of them (each counts a token or more)."""
+    newest = (
+        select(*record_columns(Message), _SENDER)
+        .join(User, User.id == Message.peer_id)
+        .where(Message.session_id == session_id, Message.seq >= start)
+        .order_by(Message.seq.desc())
+        .limit(budget)
+        .subquery()
+    )
+    running = func.sum(newest.c.token_count).over(order_by=newest.c.seq.desc()).label("running")
+    summed = select(newest, running).subquery()
+    columns = [summed.c[column.key] for column in newest.c]
+    return select(*columns).where(summed.c.running <= budget).order_by(summed.c.seq)
+
+
+async def context_in(
+    db: AsyncConnection, ws: str, name: str, *, tokens: int, summary: bool
+) -> tuple[SessionSummary | None, list[Record]]:
+    """Honcho v3's session context: with ``summary``, the session's longest summary that fits 40% of
+    ``tokens`` (the long one if it holds more than the short one); then the newest messages from the one
+    the summary ends at, as many as fit the rest of the budget by their token counts, oldest first."""
+    app = await workspace(db, ws)
+    row = await sessions.named_session(db, app.id, name, active=False)
+    chosen: SessionSummary | None = None
+    if summary:
+        share = int(tokens * 0.4)
+        kinds = await _summaries(db, row.id)
+        short, long = kinds.get(SUMMARY_LABELS[0]), kinds.get(SUMMARY_LABELS[1])
+        if (
+            long is not None
+            and long.token_count <= share
+            and long.token_count > (short.token_count if short else 0)
+        ):
+            chosen = long
+        elif short is not None and 0 < short.token_count <= share:
+            chosen = short
+    budget = tokens - (chosen.token_count if chosen else 0)
+    if budget <= 0:
+        return chosen, []
+    rows = (await db.execute(_newest_within(row.id, chosen.message_seq if chosen else 0, budget))).all()
+    return chosen, [cast(Record, r) for r in rows]

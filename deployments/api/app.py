@@ -33,6 +33,7 @@ from deployments.api.routers import (
 from deployments.api.v3 import keys as v3_keys
 from deployments.api.v3 import messages as v3_messages
 from deployments.api.v3 import peers as v3_peers
+from deployments.api.v3 import search as v3_search
 from deployments.api.v3 import sessions as v3_sessions
 from deployments.api.v3 import workspaces as v3_workspaces
 from models.llm import LLMClient
@@ -61,6 +62,7 @@ V3_ROUTERS = (
     v3_sessions.router,
     v3_sessions.session_router,
     v3_messages.router,
+    v3_search.router,
     v3_keys.router,
 )
 

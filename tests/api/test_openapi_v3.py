@@ -17,12 +17,7 @@ CONTRACT = Path(__file__).parent / "contracts" / "honcho-v3.structure.json"
 # when one of them is served (so this list only shrinks) and when any other one is missing or differs.
 _W = "/v3/workspaces/{workspace_id}"
 NOT_YET: set[tuple[str, str]] = {
-    # search, context, summaries, queue status (issue 28, next)
-    ("POST", f"{_W}/search"),
-    ("POST", f"{_W}/peers/{{peer_id}}/search"),
-    ("POST", f"{_W}/sessions/{{session_id}}/search"),
-    ("GET", f"{_W}/sessions/{{session_id}}/context"),
-    ("GET", f"{_W}/sessions/{{session_id}}/summaries"),
+    # context, summaries, queue status, upload (issue 28, next)
     ("GET", f"{_W}/queue/status"),
     ("POST", f"{_W}/sessions/{{session_id}}/messages/upload"),
     # conclusions, peer cards, representations (issue 28, next)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import httpx
 
+from cluster.index_sync import drain
 from models.llm.client import estimate_tokens
+from pipelines.memory import Memory
 
 W = "/v3/workspaces"
 
@@ -250,3 +252,83 @@ async def test_erasing_a_user_takes_what_they_said_in_every_session(client: http
     assert [(m["peer_id"], m["content"]) for m in left["items"]] == [("bo", "theirs")]
     members = await ok(await client.get(f"{W}/w/sessions/group/peers"))
     assert [p["id"] for p in members["items"]] == ["bo"]
+
+
+async def test_search_covers_a_workspace_a_peer_or_a_session(
+    client: httpx.AsyncClient, memory: Memory
+) -> None:
+    first = [
+        {"peer_id": "ana", "content": "I adopted a grey cat named Miso"},
+        {"peer_id": "bo", "content": "my cat sleeps all day", "metadata": {"pet": True}},
+        {"peer_id": "ana", "content": "the weather in Lisbon is lovely"},
+    ]
+    await ok(await client.post(f"{W}/w/sessions/one/messages", json={"messages": first}), 201)
+    second = [{"peer_id": "bo", "content": "a cat video made me laugh"}]
+    await ok(await client.post(f"{W}/w/sessions/two/messages", json={"messages": second}), 201)
+    await ok(await client.post(f"{W}/elsewhere/sessions/x/messages", json={"messages": second}), 201)
+    while await drain(memory.writer):
+        pass
+
+    async def search(path: str, **body: object) -> list[tuple[str, str, str]]:
+        found = await ok(await client.post(f"{W}/w{path}/search", json={"query": "cat", **body}))
+        assert all(m["workspace_id"] == "w" for m in found)
+        return [(m["session_id"], m["peer_id"], m["content"]) for m in found]
+
+    everywhere = await search("")  # every message of the workspace, those about cats first
+    cats = {first[0]["content"], first[1]["content"], second[0]["content"]}
+    assert {c for _, _, c in everywhere[:3]} == cats and len(everywhere) == 4
+    assert {(s, p) for s, p, _ in await search("/peers/bo")} == {("one", "bo"), ("two", "bo")}
+    assert {s for s, _, _ in await search("/sessions/two")} == {"two"}
+    assert [c for _, _, c in await search("", filters={"metadata": {"pet": True}})] == [first[1]["content"]]
+    assert [p for _, p, _ in await search("", filters={"peer_id": "ana"})] == ["ana", "ana"]
+    assert len(await search("", limit=1)) == 1
+    refused = await client.post(f"{W}/w/search", json={"query": "cat", "filters": {"mood": "x"}})
+    assert refused.status_code == 422
+
+
+async def test_session_context_fits_a_summary_and_the_newest_messages_to_the_budget(
+    client: httpx.AsyncClient,
+) -> None:
+    app = await ok(await client.post("/v1/apps", json={"name": "w"}))
+    user = await ok(await client.post(f"/v1/apps/{app['id']}/users", json={"name": "ana"}))
+    base = f"/v1/apps/{app['id']}/users/{user['id']}"
+    session = await ok(await client.post(f"{base}/sessions", json={}))
+    texts = [f"turn {i} " + "word " * 10 for i in range(10)]  # 57 characters: 17 tokens each
+    batch = [{"content": t, "is_user": i % 2 == 0} for i, t in enumerate(texts)]
+    made = await ok(
+        await client.post(f"{base}/sessions/{session['id']}/messages/batch", json={"messages": batch})
+    )
+    summary_text = "Ana talked about turns."  # 7 tokens
+    await ok(
+        await client.post(
+            f"{base}/metamessages",
+            json={
+                "metamessage_type": "honcho_chat_summary_short",
+                "content": summary_text,
+                "session_id": session["id"],
+                "message_id": made[5]["id"],
+            },
+        )
+    )
+    context = f"{W}/w/sessions/{session['id']}/context"
+
+    everything = await ok(await client.get(context, params={"summary": False}))
+    assert [m["content"] for m in everything["messages"]] == texts and everything["summary"] is None
+    assert {m["peer_id"] for m in everything["messages"]} == {"ana", "assistant"}
+
+    tight = await ok(await client.get(context, params={"summary": False, "tokens": 40}))
+    assert [m["content"] for m in tight["messages"]] == texts[-2:]  # 34 of 40 tokens
+
+    summarised = await ok(await client.get(context, params={"tokens": 45}))
+    assert summarised["summary"]["content"] == summary_text
+    assert summarised["summary"]["summary_type"] == "honcho_chat_summary_short"
+    assert summarised["summary"]["message_id"] == made[5]["id"] and summarised["summary"]["token_count"] == 7
+    assert [m["content"] for m in summarised["messages"]] == texts[-2:]  # 45 - 7 leaves room for two
+    wide = await ok(await client.get(context, params={"tokens": 1000}))
+    assert [m["content"] for m in wide["messages"]] == texts[5:]  # from the message the summary ends at
+
+    summaries = await ok(await client.get(f"{W}/w/sessions/{session['id']}/summaries"))
+    assert summaries["short_summary"]["content"] == summary_text and summaries["long_summary"] is None
+    refused = await client.get(context, params={"peer_perspective": "ana"})
+    assert refused.status_code == 422
+    assert (await client.get(context, params={"tokens": 100_001})).status_code == 422

@@ -9,7 +9,7 @@ times are ISO-8601 text.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -255,11 +255,36 @@ def page(items: list[T], source: StoragePage[Any]) -> Page[T]:
     )
 
 
-# --- the rest of the surface --------------------------------------------------------------------------
+# --- session context --------------------------------------------------------------------------------
 
 
-class DreamType(RequestBody):
-    pass
+class Summary(BaseModel):
+    content: str
+    message_id: str
+    summary_type: str
+    created_at: str
+    token_count: int
+
+    @classmethod
+    def of(cls, summary: Any) -> Summary:
+        return cls.model_construct(
+            content=summary.content,
+            message_id=summary.message_id,
+            summary_type=summary.label,
+            created_at=summary.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            token_count=summary.token_count,
+        )
 
 
-DreamTypeName = Literal["omni"]
+class SessionSummaries(BaseModel):
+    id: str
+    short_summary: Summary | None = None
+    long_summary: Summary | None = None
+
+
+class SessionContext(BaseModel):
+    id: str
+    messages: list[Message]
+    summary: Summary | None = None
+    peer_representation: str | None = None
+    peer_card: list[str] | None = None

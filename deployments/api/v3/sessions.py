@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query, Response
 
 from deployments.api.auth import Key
+from deployments.api.errors import invalid_input
 from deployments.api.params import Mem
 from deployments.api.v3 import schemas
 from deployments.api.v3.access import check_creates, v3_creator, v3_key
@@ -17,6 +18,8 @@ router = APIRouter(prefix="/v3/workspaces/{workspace_id}/sessions", tags=["sessi
 session_router = APIRouter(
     prefix="/v3/workspaces/{workspace_id}/sessions", tags=["sessions"], dependencies=[Depends(v3_key)]
 )
+
+CONTEXT_TOKENS_MAX = 100_000  # Honcho v3's GET_CONTEXT_MAX_TOKENS
 
 PeerConfigs = Annotated[
     dict[str, schemas.SessionPeerConfig], Body(description="List of peer IDs to add to the session")
@@ -189,3 +192,70 @@ async def set_peer_config(
     """Set a Peer's configuration in a Session (what is given changes; a non-member joins with it)"""
     await memory.run(v3.set_member_config_in, workspace_id, session_id, peer_id, config.pair())
     return Response(status_code=204)
+
+
+@session_router.get("/{session_id}/summaries", response_model=schemas.SessionSummaries)
+async def get_session_summaries(
+    memory: Mem, workspace_id: WorkspaceId, session_id: SessionId
+) -> schemas.SessionSummaries:
+    """Get a Session's newest short and long summaries (written by the deriver)"""
+    found = await memory.run(v3.summaries_in, workspace_id, session_id)
+    short, long = (found.get(label) for label in v3.SUMMARY_LABELS)
+    return schemas.SessionSummaries.model_construct(
+        id=session_id,
+        short_summary=schemas.Summary.of(short) if short else None,
+        long_summary=schemas.Summary.of(long) if long else None,
+    )
+
+
+@session_router.get("/{session_id}/context", response_model=schemas.SessionContext)
+async def get_session_context(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    tokens: Annotated[
+        int | None, Query(le=CONTEXT_TOKENS_MAX, description="Number of tokens to use for the context")
+    ] = None,
+    search_query: Annotated[
+        str | None, Query(description="A query to pick the conclusions most relevant to it")
+    ] = None,
+    summary: Annotated[
+        bool, Query(description="Whether to include a summary of the session (most of the budget's 40%)")
+    ] = True,
+    peer_target: Annotated[
+        str | None, Query(description="A peer whose representation and card to include")
+    ] = None,
+    peer_perspective: Annotated[
+        str | None, Query(description="The peer whose view of peer_target to use (needs peer_target)")
+    ] = None,
+    limit_to_session: Annotated[
+        bool, Query(description="Only conclusions drawn from this session (with peer_target)")
+    ] = False,
+    search_top_k: Annotated[
+        int | None, Query(ge=1, le=100, description="Conclusions found by search_query")
+    ] = None,
+    search_max_distance: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="How far a conclusion may be from search_query")
+    ] = None,
+    include_most_frequent: Annotated[
+        bool, Query(description="Whether to include the most frequently derived conclusions")
+    ] = False,
+    max_conclusions: Annotated[
+        int | None, Query(ge=1, le=100, description="Most conclusions to include")
+    ] = None,
+) -> schemas.SessionContext:
+    """Get a Session's context within a token budget
+
+    The summary that fits 40% of the budget best, then the newest messages from where it ends, as many
+    as the rest of the budget holds by their token counts (oldest first)."""
+    if peer_perspective is not None and peer_target is None:
+        raise invalid_input(("query", "peer_perspective"), "peer_perspective needs peer_target")
+    budget = CONTEXT_TOKENS_MAX if tokens is None else tokens
+    chosen, rows = await memory.run(v3.context_in, workspace_id, session_id, tokens=budget, summary=summary)
+    return schemas.SessionContext.model_construct(
+        id=session_id,
+        messages=[schemas.Message.of(row, workspace_id, session_id, row.peer_name) for row in rows],
+        summary=schemas.Summary.of(chosen) if chosen else None,
+        peer_representation=None,
+        peer_card=None,
+    )
