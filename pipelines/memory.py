@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from models.embedding import TextEmbedder
 from pipelines import retrieval
 from pipelines.indexing import IndexWriter
-from storage import collections, documents, erasure, messages, outbox, sessions
+from storage import collections, conclusions, documents, erasure, messages, outbox, sessions
 from storage.db import Database
 from storage.index import VectorIndex
 from storage.query import Record
@@ -118,11 +118,13 @@ class Memory:
         )
 
     async def delete_session(self, app_id: str, name: str) -> None:
-        """v3: the session and everything in it, in PostgreSQL and then in the index."""
+        """v3: the session and everything in it (its conclusions too), in PostgreSQL and then in the
+        index."""
         async with self.database.transaction() as db:
-            row = await sessions.delete_named_session(db, app_id, name)
-            entry = await outbox.enqueue_delete(db, "message", scope={"session_id": row.id})
-        await self._apply([entry])
+            row, drawn = await sessions.delete_named_session(db, app_id, name)
+            entries = [await outbox.enqueue_delete(db, "message", scope={"session_id": row.id})]
+            entries += await outbox.enqueue_deletes(db, "document", drawn)
+        await self._apply(entries)
 
     async def update_message(
         self, app_id: str, user_id: str, session_id: str, message_id: str, metadata: dict[str, Any]
@@ -216,6 +218,50 @@ class Memory:
 
     async def query_documents(self, **query: Any) -> list[Record]:
         return await retrieval.query_documents(self.database, self.index, self.embedder, **query)
+
+    # --- v3 conclusions (documents of observer/observed collections; queryable when the call returns) ---
+
+    async def add_conclusions(self, workspace: str, items: list[dict[str, Any]]) -> list[Record]:
+        """Up to 100 conclusions, embedded, stored and indexed; returned with their peers' and sessions'
+        names, in order."""
+        if not items:
+            await self.run(conclusions.resolve, workspace, items)  # the clear error for an empty batch
+        vectors = await self.embedder.embed([str(item["content"]) for item in items])
+        async with self.documents_transaction() as batch:
+            placed = await conclusions.resolve(batch.db, workspace, items)
+            new = [
+                documents.NewDocument(
+                    c.app_id, c.user_id, c.collection_id, c.content, {}, "explicit", c.session_id
+                )
+                for c in placed
+            ]
+            for row, vector in zip(await documents.create_many(batch.db, new), vectors, strict=True):
+                batch.add(row, vector)
+        return await self.run(conclusions.by_ids, [row.id for row in batch.rows])
+
+    async def query_conclusions(
+        self, workspace: str, query: str, *, top_k: int, distance: float | None, filters: Any
+    ) -> list[Record]:
+        """The conclusions of one observer about one observed peer (named by ``filters``) closest to
+        ``query``, best first, no further than ``distance`` (cosine distance) when given."""
+        scope = await self.run(conclusions.query_scope, workspace, filters)
+        if scope.collection_id is None:
+            return []
+        return await retrieval.nearest_documents(
+            self.index,
+            self.embedder,
+            query,
+            scope={"app_id": scope.app_id, "user_id": scope.user_id, "collection_id": scope.collection_id},
+            top_k=top_k,
+            distance=distance,
+            keep=lambda ids: self.run(conclusions.matching, ids, scope.conditions),
+        )
+
+    async def delete_conclusion(self, workspace: str, conclusion_id: str) -> None:
+        async with self.database.transaction() as db:
+            await conclusions.delete_conclusion(db, workspace, conclusion_id)
+            entry = await outbox.enqueue_delete(db, "document", target_id=conclusion_id)
+        await self._apply([entry])
 
     # --- erasure ---------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -174,6 +174,35 @@ async def gather_all(*awaitables: Awaitable[Any]) -> list[Any]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+async def nearest_documents(
+    index: VectorIndex,
+    embedder: TextEmbedder,
+    query: str,
+    *,
+    scope: dict[str, str | None],
+    top_k: int,
+    distance: float | None,
+    keep: Callable[[list[str]], Awaitable[list[Record]]],
+) -> list[Record]:
+    """The documents in ``scope`` closest to ``query`` (within cosine ``distance`` when given) that
+    ``keep`` returns (it reads them from PostgreSQL and applies the caller's conditions), best first."""
+    query = check_text(query, what="query", min_length=1, max_length=QUERY_MAX)
+    vector = (await embedder.embed([query]))[0]
+    candidates = max(top_k, 50)
+    while True:
+        hits = await index.nearest(DOCUMENTS, vector, scope=scope, limit=candidates)
+        close = [h.id for h in hits if distance is None or 1.0 - h.score <= distance]
+        kept = await keep(close)
+        if (
+            len(kept) >= top_k
+            or len(hits) < candidates
+            or len(close) < len(hits)
+            or candidates >= MAX_CANDIDATES
+        ):
+            return kept[:top_k]
+        candidates *= 4
 
 
 async def query_documents(

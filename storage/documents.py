@@ -184,6 +184,19 @@ class NewDocument:
     collection_id: str
     content: str
     metadata: dict[str, Any]
+    # v3's level and source session; by default what the deriver's metadata says (an inference is
+    # deductive, a fact explicit; ``session_id``)
+    level: str | None = None
+    session_id: str | None = None
+
+    def stored_level(self) -> str:
+        if self.level is not None:
+            return self.level
+        return "deductive" if self.metadata.get("kind") == "inference" else "explicit"
+
+    def stored_session(self) -> str | None:
+        found = self.session_id or self.metadata.get("session_id")
+        return found if isinstance(found, str) else None
 
 
 async def create_many(db: AsyncConnection, items: Sequence[NewDocument]) -> list[Record]:
@@ -199,6 +212,8 @@ async def create_many(db: AsyncConnection, items: Sequence[NewDocument]) -> list
             "collection_id": item.collection_id,
             "content": check_content(item.content),
             "metadata_": check_metadata(item.metadata),
+            "level": item.stored_level(),
+            "session_id": item.stored_session(),
         }
         for item in items
     ]

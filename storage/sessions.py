@@ -533,11 +533,13 @@ async def update_named_session(
     return row
 
 
-async def delete_named_session(db: AsyncConnection, app_id: str, name: str) -> Record:
-    """Delete the session and everything in it (messages, their derivation work, metamessages, members).
-    The caller takes its messages out of the search index (by ``session_id``)."""
+async def delete_named_session(db: AsyncConnection, app_id: str, name: str) -> tuple[Record, list[str]]:
+    """Delete the session and everything in it (messages, their derivation work, metamessages, members,
+    the conclusions drawn from it); returns it and the ids of those conclusions. The caller takes its
+    messages (by ``session_id``) and those documents out of the search index."""
     row = await named_session(db, app_id, name)
     await db.execute(text("SELECT id FROM sessions WHERE id = :s FOR UPDATE"), {"s": row.id})
     await db.execute(text("DELETE FROM derivation_queue WHERE session_id = :s"), {"s": row.id})
+    drawn = await db.execute(text("DELETE FROM documents WHERE session_id = :s RETURNING id"), {"s": row.id})
     await db.execute(text("DELETE FROM sessions WHERE id = :s"), {"s": row.id})
-    return row
+    return row, [r.id for r in drawn]

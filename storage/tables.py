@@ -240,12 +240,15 @@ class Collection(Base):
     seq: Mapped[int] = _seq()
     app_id: Mapped[str] = mapped_column(Text, nullable=False)
     user_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    # v3: the peer whose view of the user this holds; None for the user's own (Rapport's view of them)
+    observer_id: Mapped[str | None] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(Text, nullable=False)
     metadata_: Mapped[dict[str, Any]] = _metadata()
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
         UniqueConstraint("user_id", "name"),
+        Index("ix_collections_observer_id_user_id", "observer_id", "user_id"),
         CheckConstraint("char_length(name) BETWEEN 1 AND 100", name="name_length"),
         Index("ix_collections_user_id_seq", "user_id", "seq"),
         *_metadata_checks("collections"),
@@ -267,14 +270,43 @@ class Document(Base):
         Text, ForeignKey("collections.id", ondelete="CASCADE"), nullable=False
     )
     content: Mapped[str] = mapped_column(Text, nullable=False)
+    # v3: a conclusion's level, and the session it was drawn from (no foreign key: see migration 0011)
+    level: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=text("'explicit'"), default="explicit"
+    )
+    session_id: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = _metadata()
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
         CheckConstraint("char_length(content) BETWEEN 1 AND 100000", name="content_length"),
+        CheckConstraint("level IN ('explicit', 'deductive', 'inductive', 'contradiction')", name="level"),
+        Index("ix_documents_session_id", "session_id", postgresql_where=text("session_id IS NOT NULL")),
         Index("ix_documents_collection_id_seq", "collection_id", "seq"),
         Index("ix_documents_collection_id_normalized", "collection_id", text(f"md5({NORMALIZED_CONTENT})")),
         *_metadata_checks("documents"),
+    )
+
+
+class PeerCard(Base):
+    """What one peer keeps about another, or about itself (observer = observed): short lines."""
+
+    __tablename__ = "peer_cards"
+    observer_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    observed_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    app_id: Mapped[str] = mapped_column(Text, nullable=False)
+    card: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        CheckConstraint("jsonb_typeof(card) = 'array'", name="card_is_list"),
+        Index("ix_peer_cards_observed_id", "observed_id"),
     )
 
 

@@ -30,6 +30,7 @@ from deployments.api.routers import (
     sessions,
     users,
 )
+from deployments.api.v3 import conclusions as v3_conclusions
 from deployments.api.v3 import keys as v3_keys
 from deployments.api.v3 import messages as v3_messages
 from deployments.api.v3 import peers as v3_peers
@@ -63,6 +64,7 @@ V3_ROUTERS = (
     v3_sessions.session_router,
     v3_messages.router,
     v3_search.router,
+    v3_conclusions.router,
     v3_keys.router,
 )
 

@@ -20,15 +20,6 @@ NOT_YET: set[tuple[str, str]] = {
     # context, summaries, queue status, upload (issue 28, next)
     ("GET", f"{_W}/queue/status"),
     ("POST", f"{_W}/sessions/{{session_id}}/messages/upload"),
-    # conclusions, peer cards, representations (issue 28, next)
-    ("POST", f"{_W}/conclusions"),
-    ("POST", f"{_W}/conclusions/list"),
-    ("POST", f"{_W}/conclusions/query"),
-    ("DELETE", f"{_W}/conclusions/{{conclusion_id}}"),
-    ("GET", f"{_W}/peers/{{peer_id}}/card"),
-    ("PUT", f"{_W}/peers/{{peer_id}}/card"),
-    ("GET", f"{_W}/peers/{{peer_id}}/context"),
-    ("POST", f"{_W}/peers/{{peer_id}}/representation"),
     # peer chat and dreams (issue 29, v3 memory)
     ("POST", f"{_W}/peers/{{peer_id}}/chat"),
     ("POST", f"{_W}/schedule_dream"),

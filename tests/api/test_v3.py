@@ -332,3 +332,160 @@ async def test_session_context_fits_a_summary_and_the_newest_messages_to_the_bud
     refused = await client.get(context, params={"peer_perspective": "ana"})
     assert refused.status_code == 422
     assert (await client.get(context, params={"tokens": 100_001})).status_code == 422
+
+
+async def test_conclusions_are_stored_listed_queried_and_deleted(client: httpx.AsyncClient) -> None:
+    await ok(
+        await client.post(
+            f"{W}/w/sessions/chat/messages", json={"messages": [{"peer_id": "ana", "content": "hi"}]}
+        ),
+        201,
+    )
+    await ok(await client.post(f"{W}/w/peers", json={"id": "bo"}), 201)
+    made = await ok(
+        await client.post(
+            f"{W}/w/conclusions",
+            json={
+                "conclusions": [
+                    {
+                        "content": "Ana lives in Lisbon",
+                        "observer_id": "ana",
+                        "observed_id": "ana",
+                        "session_id": "chat",
+                    },
+                    {
+                        "content": "Ana drinks green tea every morning",
+                        "observer_id": "ana",
+                        "observed_id": "ana",
+                    },
+                    {"content": "Ana seems shy", "observer_id": "bo", "observed_id": "ana"},
+                ]
+            },
+        ),
+        201,
+    )
+    assert [(c["observer_id"], c["observed_id"], c["session_id"], c["level"]) for c in made] == [
+        ("ana", "ana", "chat", "explicit"),
+        ("ana", "ana", None, "explicit"),
+        ("bo", "ana", None, "explicit"),
+    ]
+    listed = await ok(await client.post(f"{W}/w/conclusions/list", json={}))
+    assert [c["content"] for c in listed["items"]][0] == "Ana seems shy"  # newest first
+    bos = await ok(await client.post(f"{W}/w/conclusions/list", json={"filters": {"observer_id": "bo"}}))
+    assert [c["content"] for c in bos["items"]] == ["Ana seems shy"]
+    chat = await ok(await client.post(f"{W}/w/conclusions/list", json={"filters": {"session_id": "chat"}}))
+    assert [c["content"] for c in chat["items"]] == ["Ana lives in Lisbon"]
+
+    query = {
+        "query": "tea in the morning",
+        "top_k": 1,
+        "filters": {"observer_id": "ana", "observed_id": "ana"},
+    }
+    found = await ok(await client.post(f"{W}/w/conclusions/query", json=query))
+    assert [c["content"] for c in found] == ["Ana drinks green tea every morning"]
+    unnamed = await client.post(
+        f"{W}/w/conclusions/query", json={"query": "tea", "filters": {"observer_id": "ana"}}
+    )
+    assert unnamed.status_code == 422
+    missing_peer = await client.post(
+        f"{W}/w/conclusions",
+        json={"conclusions": [{"content": "x", "observer_id": "nobody", "observed_id": "ana"}]},
+    )
+    assert missing_peer.status_code == 404
+
+    await ok(await client.delete(f"{W}/w/conclusions/{made[1]['id']}"), 204)
+    assert (await client.delete(f"{W}/w/conclusions/{made[1]['id']}")).status_code == 404
+    found = await ok(await client.post(f"{W}/w/conclusions/query", json=query))
+    assert "Ana drinks green tea every morning" not in [c["content"] for c in found]
+
+    # deleting the session they came from deletes them too
+    await ok(await client.delete(f"{W}/w/sessions/chat"), 202)
+    left = await ok(await client.post(f"{W}/w/conclusions/list", json={}))
+    assert [c["content"] for c in left["items"]] == ["Ana seems shy"]
+
+
+async def test_cards_representations_and_contexts_come_from_what_is_stored(client: httpx.AsyncClient) -> None:
+    assert (await client.get(f"{W}/w/peers/ana/card")).status_code == 404  # no such workspace or peer
+    card = await ok(
+        await client.put(f"{W}/w/peers/ana/card", json={"peer_card": ["Name: Ana", "Lives in Lisbon"]})
+    )
+    assert card == {"peer_card": ["Name: Ana", "Lives in Lisbon"]}
+    assert await ok(await client.get(f"{W}/w/peers/ana/card")) == card
+    assert await ok(await client.get(f"{W}/w/peers/ana/card", params={"target": "bo"})) == {"peer_card": None}
+    await ok(
+        await client.put(
+            f"{W}/w/peers/ana/card", params={"target": "bo"}, json={"peer_card": ["Bo: a friend"]}
+        )
+    )
+    assert (await ok(await client.get(f"{W}/w/peers/ana/card", params={"target": "bo"})))["peer_card"] == [
+        "Bo: a friend"
+    ]
+
+    conclusions = [
+        {
+            "content": f"Ana fact {i}",
+            "observer_id": "ana",
+            "observed_id": "ana",
+            "session_id": "s" if i < 2 else None,
+        }
+        for i in range(5)
+    ]
+    await ok(await client.post(f"{W}/w/sessions", json={"id": "s"}), 201)
+    await ok(await client.post(f"{W}/w/conclusions", json={"conclusions": conclusions}), 201)
+    await ok(
+        await client.post(
+            f"{W}/w/conclusions",
+            json={"conclusions": [{"content": "Bo is kind", "observer_id": "ana", "observed_id": "bo"}]},
+        ),
+        201,
+    )
+
+    whole = (await ok(await client.post(f"{W}/w/peers/ana/representation", json={})))["representation"]
+    assert whole.startswith("## Explicit Observations\n\n[")
+    assert [line.split("] ", 1)[1] for line in whole.splitlines()[2:]] == [f"Ana fact {i}" for i in range(5)]
+    two = (await ok(await client.post(f"{W}/w/peers/ana/representation", json={"max_conclusions": 2})))[
+        "representation"
+    ]
+    assert [line.split("] ", 1)[1] for line in two.splitlines()[2:]] == [
+        "Ana fact 3",
+        "Ana fact 4",
+    ]  # the newest
+    of_bo = (await ok(await client.post(f"{W}/w/peers/ana/representation", json={"target": "bo"})))[
+        "representation"
+    ]
+    assert of_bo.endswith("] Bo is kind")
+    in_s = (await ok(await client.post(f"{W}/w/peers/ana/representation", json={"session_id": "s"})))[
+        "representation"
+    ]
+    assert in_s.count("Ana fact") == 2
+    searched = await ok(
+        await client.post(
+            f"{W}/w/peers/ana/representation",
+            json={"search_query": "Ana fact 0", "search_top_k": 1, "max_conclusions": 2},
+        )
+    )
+    assert "Ana fact 0" in searched["representation"]
+
+    context = await ok(await client.get(f"{W}/w/peers/ana/context", params={"target": "bo"}))
+    assert context["peer_id"] == "ana" and context["target_id"] == "bo"
+    assert context["peer_card"] == ["Bo: a friend"] and context["representation"].endswith("Bo is kind")
+
+    await ok(
+        await client.post(
+            f"{W}/w/sessions/s/messages", json={"messages": [{"peer_id": "bo", "content": "hey"}]}
+        ),
+        201,
+    )
+    session_context = await ok(
+        await client.get(f"{W}/w/sessions/s/context", params={"peer_target": "bo", "peer_perspective": "ana"})
+    )
+    assert session_context["peer_card"] == ["Bo: a friend"]
+    assert session_context["peer_representation"].endswith("Bo is kind")
+    assert [m["content"] for m in session_context["messages"]] == ["hey"]
+    own = await ok(
+        await client.get(f"{W}/w/sessions/s/context", params={"peer_target": "ana", "limit_to_session": True})
+    )
+    assert own["peer_representation"].count("Ana fact") == 2 and own["peer_card"] == [
+        "Name: Ana",
+        "Lives in Lisbon",
+    ]

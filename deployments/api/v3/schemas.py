@@ -9,7 +9,8 @@ times are ISO-8601 text.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from enum import StrEnum
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -288,3 +289,111 @@ class SessionContext(BaseModel):
     summary: Summary | None = None
     peer_representation: str | None = None
     peer_card: list[str] | None = None
+
+
+# --- conclusions, peer cards, representations ---------------------------------------------------------
+
+ConclusionLevel = Literal["explicit", "deductive", "inductive", "contradiction"]
+
+
+class Conclusion(BaseModel):
+    id: str
+    content: str
+    observer_id: str
+    observed_id: str
+    session_id: str | None = None
+    level: ConclusionLevel = "explicit"
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any) -> Conclusion:
+        return cls.model_construct(
+            id=row.id,
+            content=row.content,
+            observer_id=row.observer_name,
+            observed_id=row.observed_name,
+            session_id=row.session_name,
+            level=row.level,
+            created_at=row.created_at,
+        )
+
+
+class ConclusionCreate(RequestBody):
+    content: str = Field(min_length=1, max_length=65535)
+    observer_id: str
+    observed_id: str
+    session_id: str | None = None
+
+
+class ConclusionBatchCreate(RequestBody):
+    conclusions: list[ConclusionCreate] = Field(min_length=1, max_length=100)
+
+
+class ConclusionGet(RequestBody):
+    filters: Filters = None
+
+
+class ConclusionQuery(RequestBody):
+    query: str
+    top_k: int = Field(default=10, ge=1, le=100)
+    distance: float | None = Field(default=None, ge=0.0, le=1.0)
+    filters: Filters = None
+
+
+class PeerCardResponse(BaseModel):
+    peer_card: list[str] | None = None
+
+
+class PeerCardSet(RequestBody):
+    peer_card: list[str]
+
+
+class PeerRepresentationGet(RequestBody):
+    session_id: str | None = None
+    target: str | None = None
+    search_query: str | None = None
+    search_top_k: int | None = Field(default=None, ge=1, le=100)
+    search_max_distance: float | None = Field(default=None, ge=0.0, le=1.0)
+    include_most_frequent: bool | None = None
+    max_conclusions: int | None = Field(default=25, ge=1, le=100)
+
+
+class RepresentationResponse(BaseModel):
+    representation: str
+
+
+class PeerContext(BaseModel):
+    peer_id: str
+    target_id: str
+    representation: str | None = None
+    peer_card: list[str] | None = None
+
+
+# --- the queue ----------------------------------------------------------------------------------------
+
+
+class SessionQueueStatus(BaseModel):
+    session_id: str | None = None
+    total_work_units: int
+    completed_work_units: int
+    in_progress_work_units: int
+    pending_work_units: int
+
+
+class QueueStatus(BaseModel):
+    total_work_units: int
+    completed_work_units: int
+    in_progress_work_units: int
+    pending_work_units: int
+    sessions: dict[str, SessionQueueStatus] | None = None
+
+
+class DreamType(StrEnum):
+    omni = "omni"
+
+
+class ScheduleDreamRequest(RequestBody):
+    observer: str
+    observed: str | None = None
+    dream_type: DreamType
+    session_id: str | None = None

@@ -12,7 +12,9 @@ from deployments.api.params import Mem
 from deployments.api.v3 import schemas
 from deployments.api.v3.access import check_creates, v3_creator, v3_key
 from deployments.api.v3.params import PageNumber, PageSize, PeerId, Reverse, SessionId, WorkspaceId
-from storage import v3
+from models.llm.client import estimate_tokens
+from pipelines import representation
+from storage import conclusions, v3
 
 router = APIRouter(prefix="/v3/workspaces/{workspace_id}/sessions", tags=["sessions"])
 session_router = APIRouter(
@@ -246,16 +248,35 @@ async def get_session_context(
 ) -> schemas.SessionContext:
     """Get a Session's context within a token budget
 
-    The summary that fits 40% of the budget best, then the newest messages from where it ends, as many
-    as the rest of the budget holds by their token counts (oldest first)."""
+    With peer_target, first what peer_perspective (default: the target itself) holds of the target: its
+    representation and card. Then the summary that fits 40% of the budget best, then the newest messages
+    from where it ends, as many as the rest of the budget holds by their token counts (oldest first)."""
     if peer_perspective is not None and peer_target is None:
         raise invalid_input(("query", "peer_perspective"), "peer_perspective needs peer_target")
     budget = CONTEXT_TOKENS_MAX if tokens is None else tokens
+    seen: str | None = None
+    card: list[str] | None = None
+    if peer_target is not None:
+        observer = peer_perspective or peer_target
+        session_ids = None
+        if limit_to_session:
+            session_ids = [(await memory.run(v3.session_in, workspace_id, session_id)).id]
+        ask = representation.Ask(
+            search_query=search_query,
+            search_top_k=search_top_k,
+            search_max_distance=search_max_distance,
+            include_most_frequent=include_most_frequent,
+            max_conclusions=max_conclusions or 100,
+            session_ids=session_ids,
+        )
+        card = await memory.run(conclusions.card_of, workspace_id, observer, peer_target)
+        seen = await representation.representation(memory, workspace_id, observer, peer_target, ask)
+        budget -= estimate_tokens(seen) + (estimate_tokens("\n".join(card)) if card else 0)
     chosen, rows = await memory.run(v3.context_in, workspace_id, session_id, tokens=budget, summary=summary)
     return schemas.SessionContext.model_construct(
         id=session_id,
         messages=[schemas.Message.of(row, workspace_id, session_id, row.peer_name) for row in rows],
         summary=schemas.Summary.of(chosen) if chosen else None,
-        peer_representation=None,
-        peer_card=None,
+        peer_representation=seen,
+        peer_card=card,
     )
