@@ -364,3 +364,62 @@ async def context_in(
         return chosen, []
     rows = (await db.execute(_newest_within(row.id, chosen.message_seq if chosen else 0, budget))).all()
     return chosen, [cast(Record, r) for r in rows]
+
+
+# --- the derivation queue -----------------------------------------------------------------------------
+
+
+@dataclass
+class QueueCounts:
+    completed: int = 0
+    in_progress: int = 0
+    pending: int = 0  # waiting, retrying after a failure, or parked (see /health and `rapport queue`)
+
+    @property
+    def total(self) -> int:
+        return self.completed + self.in_progress + self.pending
+
+
+_QUEUED = """
+    SELECT q.session_id,
+           count(*) FILTER (WHERE q.status = 'pending' AND coalesce(d.leased_until > now(), false)) AS in_progress,
+           count(*) FILTER (WHERE NOT (q.status = 'pending' AND coalesce(d.leased_until > now(), false))) AS pending
+    FROM derivation_queue q LEFT JOIN derivation_sessions d ON d.session_id = q.session_id
+    WHERE q.app_id = :app {where}
+    GROUP BY q.session_id
+"""
+_DONE = "SELECT d.session_id, d.done FROM derivation_sessions d WHERE d.app_id = :app AND d.done > 0 {where}"
+
+
+async def queue_status(
+    db: AsyncConnection, ws: str, *, session: str | None = None, peer: str | None = None
+) -> tuple[QueueCounts, dict[str, QueueCounts]]:
+    """The workspace's derivation work (of one session, and of one peer's memory, when named), in all
+    and by session name. A workspace, session or peer that is not there has none."""
+    app = (await db.execute(select(App.id).where(App.name == ws))).scalar()
+    if app is None:
+        return QueueCounts(), {}
+    where, params = "", {"app": app}
+    if session is not None:
+        where += " AND {t}.session_id = (SELECT id FROM sessions WHERE app_id = :app AND name = :session)"
+        params["session"] = session
+    if peer is not None:
+        where += " AND {t}.user_id = (SELECT id FROM users WHERE app_id = :app AND name = :peer)"
+        params["peer"] = peer
+    by_session: dict[str, QueueCounts] = {}
+    for row in await db.execute(text(_QUEUED.format(where=where.format(t="q"))), params):
+        counts = by_session.setdefault(row.session_id, QueueCounts())
+        counts.in_progress, counts.pending = int(row.in_progress), int(row.pending)
+    for row in await db.execute(text(_DONE.format(where=where.format(t="d"))), params):
+        by_session.setdefault(row.session_id, QueueCounts()).completed = int(row.done)
+    names = dict(
+        (await db.execute(select(Session.id, Session.name).where(Session.id.in_(list(by_session))))).all()
+    )
+    total = QueueCounts()
+    named: dict[str, QueueCounts] = {}
+    for session_id, counts in by_session.items():
+        total.completed += counts.completed
+        total.in_progress += counts.in_progress
+        total.pending += counts.pending
+        named[names.get(session_id, session_id)] = counts
+    return total, named

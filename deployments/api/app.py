@@ -34,6 +34,7 @@ from deployments.api.v3 import conclusions as v3_conclusions
 from deployments.api.v3 import keys as v3_keys
 from deployments.api.v3 import messages as v3_messages
 from deployments.api.v3 import peers as v3_peers
+from deployments.api.v3 import queue as v3_queue
 from deployments.api.v3 import search as v3_search
 from deployments.api.v3 import sessions as v3_sessions
 from deployments.api.v3 import workspaces as v3_workspaces
@@ -65,6 +66,7 @@ V3_ROUTERS = (
     v3_messages.router,
     v3_search.router,
     v3_conclusions.router,
+    v3_queue.router,
     v3_keys.router,
 )
 

@@ -489,3 +489,50 @@ async def test_cards_representations_and_contexts_come_from_what_is_stored(clien
         "Name: Ana",
         "Lives in Lisbon",
     ]
+
+
+async def test_queue_status_counts_the_derivation_work_by_session(client: httpx.AsyncClient) -> None:
+    assert await ok(await client.get(f"{W}/nowhere/queue/status")) == {
+        "total_work_units": 0,
+        "completed_work_units": 0,
+        "in_progress_work_units": 0,
+        "pending_work_units": 0,
+        "sessions": None,
+    }
+    app = await ok(await client.post("/v1/apps", json={"name": "w"}))
+    user = await ok(await client.post(f"/v1/apps/{app['id']}/users", json={"name": "ana"}))
+    base = f"/v1/apps/{app['id']}/users/{user['id']}/sessions"
+    first = await ok(await client.post(base, json={}))
+    second = await ok(await client.post(base, json={}))
+    for session, n in ((first, 3), (second, 2)):
+        batch = [{"content": f"m{i}", "is_user": True} for i in range(n)]
+        await ok(await client.post(f"{base}/{session['id']}/messages/batch", json={"messages": batch}))
+    # a v3 session's messages wait for v3's deriver (issue 29): not queued
+    await ok(
+        await client.post(
+            f"{W}/w/sessions/v3/messages", json={"messages": [{"peer_id": "ana", "content": "x"}]}
+        ),
+        201,
+    )
+
+    status = await ok(await client.get(f"{W}/w/queue/status"))
+    assert (status["total_work_units"], status["pending_work_units"], status["completed_work_units"]) == (
+        5,
+        5,
+        0,
+    )
+    assert {name: s["pending_work_units"] for name, s in status["sessions"].items()} == {
+        first["id"]: 3,
+        second["id"]: 2,
+    }
+    one = await ok(await client.get(f"{W}/w/queue/status", params={"session_id": second["id"]}))
+    assert one["total_work_units"] == 2 and one["sessions"] is None
+    assert (await ok(await client.get(f"{W}/w/queue/status", params={"sender_id": "ana"})))[
+        "total_work_units"
+    ] == 5
+    assert (await ok(await client.get(f"{W}/w/queue/status", params={"observer_id": "bo"})))[
+        "total_work_units"
+    ] == 0
+    assert (
+        await client.post(f"{W}/w/schedule_dream", json={"observer": "ana", "dream_type": "omni"})
+    ).status_code == 204

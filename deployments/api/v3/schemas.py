@@ -395,5 +395,5 @@ class DreamType(StrEnum):
 class ScheduleDreamRequest(RequestBody):
     observer: str
     observed: str | None = None
-    dream_type: DreamType
+    dream_type: DreamType = Field(strict=False)
     session_id: str | None = None

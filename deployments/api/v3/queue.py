@@ -1,0 +1,64 @@
+"""v3 queue status (the deriver's work) and dreams."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+
+from deployments.api.params import Mem
+from deployments.api.v3 import schemas
+from deployments.api.v3.access import v3_key
+from deployments.api.v3.params import WorkspaceId
+from storage import v3
+
+router = APIRouter(
+    prefix="/v3/workspaces/{workspace_id}", tags=["workspaces"], dependencies=[Depends(v3_key)]
+)
+
+
+def _status(counts: v3.QueueCounts, session: str | None = None) -> dict[str, object]:
+    return {
+        "total_work_units": counts.total,
+        "completed_work_units": counts.completed,
+        "in_progress_work_units": counts.in_progress,
+        "pending_work_units": counts.pending,
+        **({"session_id": session} if session is not None else {}),
+    }
+
+
+@router.get("/queue/status", response_model=schemas.QueueStatus)
+async def get_queue_status(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    observer_id: Annotated[str | None, Query(description="Only work on this peer's memory")] = None,
+    sender_id: Annotated[str | None, Query(description="Only work on this peer's memory")] = None,
+    session_id: Annotated[str | None, Query(description="Only this session's work")] = None,
+) -> schemas.QueueStatus:
+    """Get the Workspace's derivation work: messages derived (completed), being derived, and waiting
+
+    Rapport derives each v1 user's memory from their sessions (observer = observed = that peer): the
+    peer filters name whose memory. Waiting includes work parked after repeated failures (/health and
+    `rapport queue` say why). Without session_id, the work is also given by session name."""
+    total, by_session = await memory.run(
+        v3.queue_status, workspace_id, session=session_id, peer=observer_id or sender_id
+    )
+    sessions = None
+    if session_id is None and by_session:
+        sessions = {
+            name: schemas.SessionQueueStatus.model_validate(_status(counts, name))
+            for name, counts in by_session.items()
+        }
+    return schemas.QueueStatus.model_validate({**_status(total), "sessions": sessions})
+
+
+@router.post("/schedule_dream", status_code=204)
+async def schedule_dream(
+    workspace_id: WorkspaceId,
+    request: Annotated[schemas.ScheduleDreamRequest, Body(description="Dream scheduling parameters")],
+) -> Response:
+    """Schedule a Dream: accepted, and nothing is done yet
+
+    Dreams (consolidating a peer's conclusions) come with v3's deriver; until then the request is
+    accepted and changes nothing, so SDK code that schedules them keeps working."""
+    return Response(status_code=204)
