@@ -67,7 +67,8 @@ _DESCRIPTIONS = {
     404: "A resource the request names does not exist",
     405: "The operation is switched off in this server's configuration",
     409: "The request conflicts with what is stored (a name already taken, a concurrent change)",
-    413: "The request body is larger than the server's limit (serve.max_body_bytes)",
+    413: "The request body is larger than the server's limit (serve.max_body_bytes), or a file its own",
+    415: "A file of a type the server does not read",
     429: "The app is over its request rate (limits.app_requests_per_s); retry after Retry-After seconds",
     501: "Not supported by this version of the server",
     503: "The database, the search index or (for the dialectic) the LLM cannot answer just now; retry "

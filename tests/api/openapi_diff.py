@@ -46,7 +46,7 @@ def _body(doc: dict[str, Any], op: dict[str, Any]) -> Any:
         return None
     return {
         "required": body.get("required", False),
-        "schema": _resolve(doc, body["content"]["application/json"]["schema"]),
+        **{ctype: _resolve(doc, content["schema"]) for ctype, content in body["content"].items()},
     }
 
 

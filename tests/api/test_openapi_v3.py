@@ -18,7 +18,6 @@ CONTRACT = Path(__file__).parent / "contracts" / "honcho-v3.structure.json"
 _W = "/v3/workspaces/{workspace_id}"
 NOT_YET: set[tuple[str, str]] = {
     # context, summaries, queue status, upload (issue 28, next)
-    ("POST", f"{_W}/sessions/{{session_id}}/messages/upload"),
     # peer chat and dreams (issue 29, v3 memory)
     ("POST", f"{_W}/peers/{{peer_id}}/chat"),
     # webhooks (issue 28, last)

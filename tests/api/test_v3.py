@@ -536,3 +536,69 @@ async def test_queue_status_counts_the_derivation_work_by_session(client: httpx.
     assert (
         await client.post(f"{W}/w/schedule_dream", json={"observer": "ana", "dream_type": "omni"})
     ).status_code == 204
+
+
+def _pdf(text: str) -> bytes:
+    """A one-page PDF showing ``text``."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for n, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (n, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+async def test_uploaded_files_become_messages(client: httpx.AsyncClient) -> None:
+    upload = f"{W}/w/sessions/files/messages/upload"
+    long_text = ("A sentence about the plan. " * 600 + "\n\n") * 2  # 32,404 characters, two paragraphs
+    made = await ok(
+        await client.post(
+            upload,
+            files={"file": ("notes.txt", long_text.encode(), "text/plain")},
+            data={"peer_id": "ana", "metadata": '{"source": "notes"}'},
+        ),
+        201,
+    )
+    assert [len(m["content"]) for m in made] == [16_202, 16_202]  # cut after the first paragraph
+    assert "".join(m["content"] for m in made) == long_text
+    assert all(m["peer_id"] == "ana" and m["metadata"] == {"source": "notes"} for m in made)
+
+    as_json = await ok(
+        await client.post(
+            upload, files={"file": ("d.json", b'{"a": [1, 2]}', "application/json")}, data={"peer_id": "ana"}
+        ),
+        201,
+    )
+    assert as_json[0]["content"] == '{\n  "a": [\n    1,\n    2\n  ]\n}'
+    pdf = await ok(
+        await client.post(
+            upload,
+            files={"file": ("p.pdf", _pdf("Hello from a PDF"), "application/pdf")},
+            data={"peer_id": "bo"},
+        ),
+        201,
+    )
+    assert pdf[0]["content"].startswith("[Page 1]\n") and "Hello from a PDF" in pdf[0]["content"]
+
+    image = await client.post(
+        upload, files={"file": ("x.png", b"\x89PNG", "image/png")}, data={"peer_id": "ana"}
+    )
+    assert image.status_code == 415 and "image/png" in image.json()["detail"]
+    bad_meta = await client.post(
+        upload, files={"file": ("n.txt", b"x", "text/plain")}, data={"peer_id": "ana", "metadata": "[1]"}
+    )
+    assert bad_meta.status_code == 422
+    no_peer = await client.post(upload, files={"file": ("n.txt", b"x", "text/plain")})
+    assert no_peer.status_code == 422

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, File, Form, Query, UploadFile
 
+from deployments.api.errors import APIError, invalid_input, responses
 from deployments.api.params import Mem
 from deployments.api.v3 import schemas
 from deployments.api.v3.access import v3_key
 from deployments.api.v3.params import MessageId, PageNumber, PageSize, SessionId, WorkspaceId
+from pipelines import uploads
 from storage import v3
 
 router = APIRouter(
@@ -86,3 +90,57 @@ async def update_message(
     """Update a Message's metadata (replaced when given)"""
     row = await memory.run(v3.update_message_in, workspace_id, session_id, message_id, message.metadata)
     return schemas.Message.of(row, workspace_id, session_id, row.peer_name)
+
+
+@router.post("/upload", response_model=list[schemas.Message], status_code=201, responses=responses(413, 415))
+async def create_messages_with_file(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    session_id: SessionId,
+    file: Annotated[UploadFile, File()],
+    peer_id: Annotated[str, Form()],
+    metadata: Annotated[str | None, Form()] = None,
+    configuration: Annotated[str | None, Form()] = None,
+    created_at: Annotated[str | None, Form()] = None,
+) -> list[schemas.Message]:
+    """Create messages from a file (PDF, text or JSON, at most 5 MB), cut at 25,000 characters
+
+    Each piece is a message of peer_id, with the metadata given (a JSON object, as text)."""
+    data = await file.read(uploads.FILE_MAX_BYTES + 1)
+    if len(data) > uploads.FILE_MAX_BYTES:
+        raise APIError(413, f"the file is over {uploads.FILE_MAX_BYTES // (1024 * 1024)} MB; split it")
+    meta = _json_object(metadata, "metadata")
+    try:
+        text = uploads.text_of(data, file.content_type or "", file.filename or "the file")
+    except uploads.UnsupportedFile as exc:
+        raise APIError(415, str(exc)) from exc
+    items = [
+        {"content": piece, "peer_id": peer_id, "metadata": meta, "created_at": _time(created_at)}
+        for piece in uploads.chunks(text)
+    ]
+    rows: list[Any] = []
+    for start in range(0, len(items), 100):  # a batch holds 100 messages
+        rows += await memory.add_peer_messages(workspace_id, session_id, items[start : start + 100])
+    return [schemas.Message.of(row, workspace_id, session_id, peer_id) for row in rows]
+
+
+def _json_object(value: str | None, name: str) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise invalid_input(("body", name), f"{name} must be a JSON object: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise invalid_input(("body", name), f"{name} must be a JSON object")
+    return parsed
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise invalid_input(("body", "created_at"), f"created_at must be an ISO-8601 time: {exc}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
