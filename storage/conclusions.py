@@ -143,6 +143,7 @@ def _joined() -> Any:
 
 def _fields(ws: str) -> dict[str, Any]:
     return {
+        "id": Document.id,
         "workspace_id": literal(ws),
         "observer_id": Observer.name,
         "observer": Observer.name,

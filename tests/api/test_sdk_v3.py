@@ -1,6 +1,7 @@
-"""Honcho's current Python SDK (``honcho-ai`` 2.x, unmodified) drives a storage scenario against
-`rapport serve` with auth on: workspaces, peers, sessions of several peers, messages in bulk, filtered and
-paged lists, clone, delete and scoped keys (tests/sdk/honcho_v3_scenario.py, in its own venv)."""
+"""Honcho's current Python SDK (``honcho-ai`` 2.x, unmodified) drives a scenario against `rapport serve`
+with auth on (tests/sdk/honcho_v3_scenario.py, in its own venv): workspaces, peers, sessions of several
+peers, messages in bulk, lists, clone, delete, search, context, queue status, conclusions, peer cards,
+representations and scoped keys."""
 
 from __future__ import annotations
 
@@ -37,4 +38,4 @@ def test_the_v3_python_sdk_scenario_passes_against_rapport_serve(tmp_path: Path)
             timeout=300,
         )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("ok ") == 5, run.stdout
+    assert run.stdout.count("ok ") == 7, run.stdout

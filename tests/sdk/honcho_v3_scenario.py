@@ -1,4 +1,7 @@
-"""A storage scenario driven by Honcho's current Python SDK (``honcho-ai`` 2.x), run against a Rapport server.
+"""A scenario driven by Honcho's current Python SDK (``honcho-ai`` 2.x), run against a Rapport server:
+workspaces, peers, sessions of several peers with their configuration, messages in bulk, filtered and
+paged lists, clone and delete, search, context within a token budget, queue status, conclusions made
+through the API, peer cards, representations, and scoped keys.
 
 It runs in a venv of its own (``.venv-honcho3``, made by scripts/install): ``honcho-ai==0.2.0``, which
 Rapport's own venv holds for the v1 tests, has the same import name. tests/api/test_sdk_v3.py starts
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 
@@ -110,6 +114,80 @@ def clone_and_delete() -> None:
     assert clone.id not in [s.id for s in honcho.sessions()]
 
 
+def search_context_and_queue() -> None:
+    honcho = client(ADMIN, "sdk-shop")
+    session = honcho.session("support-3")
+    alice, bob = honcho.peer("alice"), honcho.peer("bob")
+    session.add_messages(
+        [
+            alice.message("my order of blue running shoes never arrived"),
+            bob.message("sorry, let me check the courier for your shoes"),
+            alice.message("thanks, it was order 4471"),
+        ]
+    )
+    for _ in range(120):  # new messages are searchable once indexed: seconds
+        found = session.search("shoes delivery", limit=2)
+        if len(found) == 2:
+            break
+        time.sleep(0.5)
+    assert {m.content for m in found} == {
+        "my order of blue running shoes never arrived",
+        "sorry, let me check the courier for your shoes",
+    }, [m.content for m in found]
+    assert all(m.peer_id == "alice" for m in alice.search("shoes", limit=5))
+    everywhere = honcho.search("courier", limit=3)
+    assert everywhere and everywhere[0].content == "sorry, let me check the courier for your shoes"
+    context = session.context(tokens=25)  # the newest messages that fit 25 tokens (14 + 8; 13 more is over)
+    assert [m.content for m in context.messages] == [
+        "sorry, let me check the courier for your shoes",
+        "thanks, it was order 4471",
+    ], [m.content for m in context.messages]
+    assert len(session.context().messages) == 3
+    status = honcho.queue_status()
+    assert (
+        status.total_work_units
+        == status.completed_work_units + status.in_progress_work_units + status.pending_work_units
+    )
+
+
+def conclusions_cards_and_representations() -> None:
+    honcho = client(ADMIN, "sdk-shop")
+    alice, bob = honcho.peer("alice"), honcho.peer("bob")
+    made = alice.conclusions.create(
+        [
+            {"content": "Alice runs every morning", "session_id": "support-3"},
+            {"content": "Alice lives in Porto"},
+        ]
+    )
+    assert [c.content for c in made] == ["Alice runs every morning", "Alice lives in Porto"]
+    bob.conclusions_of("alice").create([{"content": "Alice is patient with delays"}])
+    assert {c.content for c in alice.conclusions.list()} == {
+        "Alice runs every morning",
+        "Alice lives in Porto",
+    }
+    assert [c.content for c in alice.conclusions.query("where does she live", top_k=1)] == [
+        "Alice lives in Porto"
+    ]
+    assert [c.content for c in bob.conclusions_of("alice").list()] == ["Alice is patient with delays"]
+    assert alice.conclusions.get(made[1].id).content == "Alice lives in Porto"
+    alice.conclusions.delete(made[0].id)
+    assert [c.content for c in alice.conclusions.list()] == ["Alice lives in Porto"]
+
+    alice.set_card(["Name: Alice", "City: Porto"])
+    assert alice.get_card() == ["Name: Alice", "City: Porto"]
+    bob.set_card(["Alice: a regular customer"], target="alice")
+    assert bob.get_card(target="alice") == ["Alice: a regular customer"]
+
+    representation = alice.representation()
+    assert representation.startswith("## Explicit Observations") and "Alice lives in Porto" in representation
+    assert "Alice is patient with delays" in bob.representation(target="alice")
+    context = bob.context(target="alice")
+    assert context.peer_card == ["Alice: a regular customer"]
+    session_context = honcho.session("support-3").context(peer_target="alice", peer_perspective="bob")
+    assert session_context.peer_card == ["Alice: a regular customer"]
+    assert "Alice is patient with delays" in (session_context.peer_representation or "")
+
+
 def keys_with_auth_on() -> None:
     own = client(mint(workspace_id="sdk-keyed"), "sdk-keyed")
     own.peer("zoe")  # a workspace key makes its own workspace and what is in it
@@ -129,6 +207,8 @@ STEPS: list[Callable[[], None]] = [
     sessions_with_several_peers,
     messages_in_bulk,
     clone_and_delete,
+    search_context_and_queue,
+    conclusions_cards_and_representations,
     keys_with_auth_on,
 ]
 

@@ -71,6 +71,16 @@ async def query_conclusions(
     return [schemas.Conclusion.of(row) for row in rows]
 
 
+@router.get("/{conclusion_id}", response_model=schemas.Conclusion)
+async def get_conclusion(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    conclusion_id: Annotated[str, Path(description="Conclusion ID")],
+) -> schemas.Conclusion:
+    """Get a Conclusion by ID (newer than the v3.0.12 contract; honcho-ai 2.7 calls it)"""
+    return schemas.Conclusion.of(await memory.run(conclusions.conclusion_in, workspace_id, conclusion_id))
+
+
 @router.delete("/{conclusion_id}", status_code=204)
 async def delete_conclusion(
     memory: Mem,
