@@ -5,7 +5,8 @@
 
 Measures message create, message list (a page of 50 from a 100-message session) and user
 get-or-create (2,000 names: creates, then gets) at each concurrency: requests/s and
-p50/p95/p99 latency. After the load it checks that every acknowledged message is in the database.
+p50/p95/p99 latency; and the same message create and list through /v3 (a message of a peer in a
+two-peer session; the page of 50 with its senders' names), compared with /v1's. After the load it checks that every acknowledged message is in the database.
 Each target gets a fresh database on the server at --database-url (default: the local Postgres).
 
 The derivation workers are off (they would compete for the CPU); what storing a message costs for
@@ -166,8 +167,27 @@ async def run_scenarios(target: str, url: str, args: argparse.Namespace) -> tupl
         ]
         async with http.post(f"{sessions}/{listed_session}/messages/batch", json={"messages": turns}) as r:
             assert r.status == 200, await r.text()
+        # /v3: a session of two peers, written and read by names
+        v3 = f"{url}/v3/workspaces/bench/sessions"
+        async with http.post(v3, json={"id": "v3-written", "peers": {"bench-user": {}, "agent": {}}}) as r:
+            assert r.status in (200, 201), await r.text()
+        v3_turns = [
+            {"peer_id": "bench-user" if i % 2 == 0 else "agent", "content": t["content"]}
+            for i, t in enumerate(turns)
+        ]
+        async with http.post(f"{v3}/v3-listed/messages", json={"messages": v3_turns}) as r:
+            assert r.status == 201, await r.text()
     messages = f"{sessions}/{session_id}/messages"
     listed = f"{sessions}/{listed_session}/messages/list?size=50&reverse=true"
+    v3_messages = f"{url}/v3/workspaces/bench/sessions/v3-written/messages"
+    v3_listed = f"{url}/v3/workspaces/bench/sessions/v3-listed/messages/list?size=50&reverse=true"
+    v3_body = json.dumps(
+        {
+            "messages": [
+                {"peer_id": "bench-user", "content": "I moved to Lisbon last spring and I love the food."}
+            ]
+        }
+    )
     acked: set[str] = set()
     body = json.dumps({"content": "I moved to Lisbon last spring and I love the food.", "is_user": True})
     names = [f"user-{i}" for i in range(2000)]
@@ -184,21 +204,46 @@ async def run_scenarios(target: str, url: str, args: argparse.Namespace) -> tupl
             await r.read()
             return r.status == 200
 
+    async def v3_create(http: aiohttp.ClientSession) -> bool:
+        async with http.post(v3_messages, data=v3_body, headers={"content-type": "application/json"}) as r:
+            if r.status != 201:
+                return False
+            acked.add((await r.json())[0]["id"])
+            return True
+
+    async def v3_list(http: aiohttp.ClientSession) -> bool:
+        async with http.post(v3_listed) as r:
+            await r.read()
+            return r.status == 200
+
     async def get_or_create(http: aiohttp.ClientSession) -> bool:
         async with http.get(f"{url}/v1/apps/{app_id}/users/get_or_create/{random.choice(names)}") as r:
             await r.read()
             return r.status == 200
 
+    async def settle() -> None:
+        """Wait until the index has caught up: a scenario then pays for its own requests, not for the
+        embedding of the one before (the index sync runs beside the API, on the same cores)."""
+        async with aiohttp.ClientSession() as http:
+            for _ in range(600):
+                async with http.get(f"{url}/health") as r:
+                    if (await r.json()).get("index", {}).get("pending", 0) == 0:
+                        return
+                await asyncio.sleep(0.5)
+
     results = []
     for scenario, call in (
         ("message create", create),
+        ("v3 msg create", v3_create),
         ("message list", list_),
+        ("v3 msg list", v3_list),
         ("get-or-create", get_or_create),
     ):
         if scenario not in args.scenarios:
             continue
         for concurrency in args.concurrency:
             await _drive(call, concurrency, args.warmup, Result(target, scenario, concurrency))  # warm-up
+            await settle()
             result = Result(target, scenario, concurrency)
             await _drive(call, concurrency, args.duration, result)
             print(result.row(), flush=True)
@@ -240,8 +285,8 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         type=lambda s: s.split(","),
-        default=["message create", "message list", "get-or-create"],
-        help="comma-separated: message create, message list, get-or-create",
+        default=["message create", "v3 msg create", "message list", "v3 msg list", "get-or-create"],
+        help="comma-separated: message create, v3 msg create, message list, v3 msg list, get-or-create",
     )
     parser.add_argument(
         "--derivation-queue", default="on", help="on, off or on,off: the trigger that queues each message"
@@ -281,6 +326,17 @@ def main() -> None:
                     f"  {target:<30} {scenario:<15} c={concurrency:<3} {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)"
                 )
         return
+    v3_pairs = (("v3 msg create", "message create"), ("v3 msg list", "message list"))
+    ours = {(r.target, r.scenario, r.concurrency): r for r in all_results}
+    if any(r.scenario.startswith("v3") for r in all_results):
+        print("\n/v3 / /v1, requests/s:")
+        for (target, scenario, concurrency), r in ours.items():
+            for v3_name, v1_name in v3_pairs:
+                if scenario == v3_name and (target, v1_name, concurrency) in ours:
+                    ratio = r.rps / ours[(target, v1_name, concurrency)].rps
+                    print(
+                        f"  {target:<30} {v1_name:<15} c={concurrency:<3} {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)"
+                    )
     by_key = {(r.target == "uvicorn", r.scenario, r.concurrency): r for r in all_results}
     if any(k[0] for k in by_key) and any(not k[0] for k in by_key):
         print("\nRay Serve / plain uvicorn, requests/s:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -10,7 +11,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.util import ClauseAdapter
 
-from storage.errors import InvalidError, NotFoundError
+from storage.errors import InvalidError, translate_integrity_errors
 from storage.ids import new_id
 from storage.query import (
     Keys,
@@ -280,18 +281,36 @@ async def derivable_of_user(db: AsyncConnection, user_id: str) -> list[Record]:
 
 V3_CONTENT_MAX = 25_000  # Honcho v3's MAX_MESSAGE_SIZE
 
-# Everything a batch of messages needs, in one read: the workspace, the session (its owner and whether it
-# is active) and, for each named sender, its id and whether it is a present member of the session.
-_RESOLVE = text(
-    """
-    SELECT a.id AS app_id, s.id AS session_id, s.user_id AS owner_id, s.is_active,
-           coalesce(
-               (SELECT jsonb_object_agg(u.name, jsonb_build_array(u.id, sp.left_at IS NULL AND sp.peer_id IS NOT NULL))
-                FROM users u LEFT JOIN session_peers sp ON sp.session_id = s.id AND sp.peer_id = u.id
-                WHERE u.app_id = a.id AND u.name = ANY(CAST(:names AS text[]))),
-               '{}'::jsonb) AS senders
-    FROM apps a LEFT JOIN sessions s ON s.app_id = a.id AND s.name = :session
-    WHERE a.name = :workspace
+
+def _returning() -> str:
+    return ", ".join(f"messages.{c.name} AS {attr}" for attr, c in Message.__mapper__.columns.items())
+
+
+# The usual case in one statement: the workspace, the active session and every sender, a present member
+# of it, are there; then the batch is stored in order (ids chosen beforehand). If any is missing, the
+# guard stores nothing and the caller makes what is missing first.
+_STORE_IF_ALL_THERE = text(
+    f"""
+    WITH given AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS text[]), CAST(:names AS text[]), CAST(:contents AS text[]),
+            CAST(:metadatas AS jsonb[]), CAST(:times AS timestamptz[])
+        ) WITH ORDINALITY AS g(id, name, content, metadata, created_at, n)
+    ),
+    placed AS (
+        SELECT g.*, a.id AS app_id, s.id AS session_id, s.user_id AS owner_id, u.id AS peer_id
+        FROM given g
+        JOIN apps a ON a.name = :workspace
+        JOIN sessions s ON s.app_id = a.id AND s.name = :session AND s.is_active
+        JOIN users u ON u.app_id = a.id AND u.name = g.name
+        JOIN session_peers sp ON sp.session_id = s.id AND sp.peer_id = u.id AND sp.left_at IS NULL
+    )
+    INSERT INTO messages (id, app_id, user_id, session_id, peer_id, is_user, content, metadata, created_at)
+    SELECT id, app_id, coalesce(owner_id, peer_id), session_id, peer_id, owner_id IS NULL OR owner_id = peer_id,
+           content, metadata, coalesce(created_at, now())
+    FROM placed WHERE (SELECT count(*) FROM placed) = :count
+    ORDER BY n
+    RETURNING {_returning()}
     """
 )
 
@@ -305,47 +324,55 @@ async def create_peer_messages(
     owner) the messages are the owner's memory, and ``is_user`` says whether the owner sent them."""
     if not 1 <= len(items) <= BATCH_MAX:
         raise InvalidError(f"a batch holds 1 to {BATCH_MAX} messages, got {len(items)}", field=("messages",))
-    names = []
+    names, contents, metadatas, times = [], [], [], []
     for i, item in enumerate(items):
         names.append(check_v3_name(item.get("peer_id"), field=("messages", i, "peer_id"), what="peer"))
-    found = (
-        await db.execute(_RESOLVE, {"workspace": workspace, "session": session, "names": list(set(names))})
-    ).first()
-    senders: dict[str, Any] = found.senders if found is not None and found.session_id else {}
-    if found is None or not found.session_id or not all(senders.get(n, (None, False))[1] for n in names):
-        # Something is missing: make it (the slow path, once per new session or sender).
-        app, _ = await get_or_create_workspace(db, workspace)
-        target, _ = await get_or_create_named_session(
-            db, app.id, session, peers={n: (None, None) for n in dict.fromkeys(names)}, field=("session_id",)
-        )
-        peers = await peers_by_name(db, app.id, names)
-        app_id, session_id, owner_id = app.id, target.id, target.user_id
-        ids = {name: peers[name].id for name in names}
-    else:
-        if not found.is_active:
-            raise NotFoundError(f"session {session!r} not found")
-        app_id, session_id, owner_id = found.app_id, found.session_id, found.owner_id
-        ids = {name: senders[name][0] for name in names}
-    rows: list[dict[str, Any]] = []
-    for i, (item, name) in enumerate(zip(items, names, strict=True)):
-        sender = ids[name]
         try:
-            row = _row(
-                app_id,
-                owner_id or sender,
-                session_id,
-                item.get("content"),
-                owner_id is None or sender == owner_id,
-                item.get("metadata") or {},
-                peer_id=sender,
-                max_length=V3_CONTENT_MAX,
-            )
+            contents.append(check_text(item.get("content"), max_length=V3_CONTENT_MAX))
+            metadatas.append(check_metadata(item.get("metadata") or {}))
         except InvalidError as exc:
             raise exc.within("messages", i) from exc
-        rows.append(row)
-    if any(item.get("created_at") is not None for item in items):
-        # A batch is one statement: every row then carries its time, the given one or now.
-        now = datetime.now(UTC)
-        for row, item in zip(rows, items, strict=True):
-            row["created_at"] = item.get("created_at") or now
+        times.append(item.get("created_at"))
+    ids = [new_id() for _ in items]
+    params = {
+        "ids": ids,
+        "names": names,
+        "contents": contents,
+        "metadatas": [json.dumps(m) for m in metadatas],
+        "times": times,
+        "workspace": workspace,
+        "session": session,
+        "count": len(items),
+    }
+    with translate_integrity_errors():
+        stored = (await db.execute(_STORE_IF_ALL_THERE, params)).all()
+    if stored:
+        order = {message_id: n for n, message_id in enumerate(ids)}
+        return sorted((cast(Record, row) for row in stored), key=lambda row: order[row.id])
+    # Something is missing: make it (once per new workspace, session or sender), then store the batch.
+    app, _ = await get_or_create_workspace(db, workspace)
+    target, _ = await get_or_create_named_session(
+        db, app.id, session, peers={n: (None, None) for n in dict.fromkeys(names)}, field=("session_id",)
+    )
+    peers = await peers_by_name(db, app.id, names)
+    owner = target.user_id
+    now = datetime.now(UTC)
+    rows = []
+    for message_id, name, content, metadata, created_at in zip(
+        ids, names, contents, metadatas, times, strict=True
+    ):
+        sender = peers[name].id
+        rows.append(
+            {
+                "id": message_id,
+                "app_id": app.id,
+                "user_id": owner or sender,
+                "session_id": target.id,
+                "peer_id": sender,
+                "is_user": owner is None or sender == owner,
+                "content": content,
+                "metadata_": metadata,
+                "created_at": created_at or now,
+            }
+        )
     return await insert_many(db, Message, rows)

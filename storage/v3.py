@@ -159,10 +159,25 @@ def _message_fields(ws: str, session: str) -> dict[str, Any]:
     return {
         "workspace_id": literal(ws),
         "session_id": literal(session),
-        "peer_id": User.name,
+        "peer_id": _sender(),
         "token_count": Message.token_count,
         "created_at": Message.created_at,
     }
+
+
+async def _session_named(db: AsyncConnection, ws: str, name: str) -> Record:
+    """The session named ``name`` in the workspace named ``ws``, deleted or not, in one read."""
+    row = (
+        await db.execute(
+            select(*record_columns(Session))
+            .join(App, App.id == Session.app_id)
+            .where(App.name == ws, Session.name == name)
+        )
+    ).first()
+    if row is None:
+        await workspace(db, ws)  # 404 for the workspace if that is what is missing
+        raise NotFoundError(f"session {name!r} not found")
+    return cast(Record, row)
 
 
 async def list_messages_in(
@@ -177,15 +192,14 @@ async def list_messages_in(
 ) -> Page[Record]:
     """The session's messages in order, each with its sender's name (``peer_name``). A session that is
     being deleted still lists its messages (as Honcho's does until its purge)."""
-    app = await workspace(db, ws)
-    row = await sessions.named_session(db, app.id, session, active=False)
+    row = await _session_named(db, ws, session)
     where = [Message.session_id == row.id]
     condition = compile_filters(filters, _message_fields(ws, session), metadata=Message.metadata_)
     if condition is not None:
         where.append(condition)
-    source = Message.__table__.join(User.__table__, User.id == Message.peer_id)
+    # The sender's name is read for the page's rows only (the count reads the messages alone).
     return await page_of(
-        db, Message, where, columns=[_SENDER], reverse=reverse, page=page, size=size, select_from=source
+        db, Message, where, columns=[_sender().label("peer_name")], reverse=reverse, page=page, size=size
     )
 
 
@@ -297,8 +311,7 @@ class SessionSummary:
 
 async def summaries_in(db: AsyncConnection, ws: str, name: str) -> dict[str, SessionSummary]:
     """The session's newest summary of each kind (by label), each with the message it ends at."""
-    app = await workspace(db, ws)
-    row = await sessions.named_session(db, app.id, name, active=False)
+    row = await _session_named(db, ws, name)
     return await _summaries(db, row.id)
 
 
@@ -344,8 +357,7 @@ async def context_in(
     """Honcho v3's session context: with ``summary``, the session's longest summary that fits 40% of
     ``tokens`` (the long one if it holds more than the short one); then the newest messages from the one
     the summary ends at, as many as fit the rest of the budget by their token counts, oldest first."""
-    app = await workspace(db, ws)
-    row = await sessions.named_session(db, app.id, name, active=False)
+    row = await _session_named(db, ws, name)
     chosen: SessionSummary | None = None
     if summary:
         share = int(tokens * 0.4)
