@@ -34,14 +34,14 @@ async def create_messages_for_session(
 
     The workspace, the session and the senders are made if missing, and a sender that is not a member
     joins the session. Each message's token_count is an offline estimate (no tokenizer download)."""
-    items = [
+    items: list[dict[str, Any]] = [
         {"content": m.content, "peer_id": m.peer_id, "metadata": m.metadata, "created_at": m.created_at}
         for m in messages.messages
     ]
     rows = await memory.add_peer_messages(workspace_id, session_id, items)
     return [
-        schemas.Message.of(row, workspace_id, session_id, item["peer_id"])
-        for row, item in zip(rows, items, strict=True)
+        schemas.Message.of(row, workspace_id, session_id, m.peer_id)
+        for row, m in zip(rows, messages.messages, strict=True)
     ]
 
 
