@@ -27,7 +27,7 @@ from storage.filters import compile_filters
 from storage.ids import new_id
 from storage.query import Page, Record, fetch_or_create, page_of, record_columns
 from storage.tables import Collection, Document, PeerCard, Session, User
-from storage.validation import check_text
+from storage.validation import check_name_findable, check_text
 from storage.workspaces import peer as peer_named
 from storage.workspaces import workspace
 
@@ -97,6 +97,7 @@ async def resolve(db: AsyncConnection, ws: str, items: Sequence[dict[str, Any]])
                 peers[name] = await peer_named(db, app.id, name)
         session = item.get("session_id")
         if session is not None and session not in sessions:
+            check_name_findable(session, what="session")
             found = (
                 await db.execute(
                     select(Session.id).where(
@@ -254,6 +255,7 @@ async def matching(db: AsyncConnection, ids: Sequence[str], conditions: Sequence
 async def delete_conclusion(db: AsyncConnection, ws: str, conclusion_id: str) -> None:
     """Delete one conclusion of the workspace (404 if it has none of that id); the caller takes it out
     of the index. Unlike v1's documents API, this may delete what the deriver stored."""
+    check_name_findable(conclusion_id, what="conclusion")
     app = await workspace(db, ws)
     deleted = await db.execute(
         delete(Document).where(Document.id == conclusion_id, Document.app_id == app.id).returning(Document.id)
@@ -263,6 +265,7 @@ async def delete_conclusion(db: AsyncConnection, ws: str, conclusion_id: str) ->
 
 
 async def conclusion_in(db: AsyncConnection, ws: str, conclusion_id: str) -> Record:
+    check_name_findable(conclusion_id, what="conclusion")
     app = await workspace(db, ws)
     found = await by_ids(db, [conclusion_id])
     if not found or found[0].app_id != app.id:

@@ -27,7 +27,14 @@ from storage.query import (
 )
 from storage.sessions import get_or_create_named_session, get_session
 from storage.tables import Message, Session
-from storage.validation import MESSAGE_CONTENT_MAX, check_filter, check_ids, check_metadata, check_text
+from storage.validation import (
+    MESSAGE_CONTENT_MAX,
+    check_filter,
+    check_ids,
+    check_metadata,
+    check_name_findable,
+    check_text,
+)
 from storage.workspaces import (
     DEFAULT_ASSISTANT,
     assistant_peer_id,
@@ -315,6 +322,18 @@ _STORE_IF_ALL_THERE = text(
 )
 
 
+def _utc(moment: Any, field: tuple[str | int, ...]) -> datetime | None:
+    """A message's time as UTC (PostgreSQL takes offsets of at most 15:59; Python up to a day)."""
+    if moment is None:
+        return None
+    if not isinstance(moment, datetime):
+        raise InvalidError("created_at must be a time", field=field)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidError(f"created_at {moment.isoformat()} is out of range", field=field) from exc
+
+
 async def create_peer_messages(
     db: AsyncConnection, workspace: str, session: str, items: Sequence[dict[str, Any]]
 ) -> list[Record]:
@@ -324,6 +343,8 @@ async def create_peer_messages(
     owner) the messages are the owner's memory, and ``is_user`` says whether the owner sent them."""
     if not 1 <= len(items) <= BATCH_MAX:
         raise InvalidError(f"a batch holds 1 to {BATCH_MAX} messages, got {len(items)}", field=("messages",))
+    check_name_findable(workspace, what="workspace")
+    check_name_findable(session, what="session")
     names, contents, metadatas, times = [], [], [], []
     for i, item in enumerate(items):
         names.append(check_v3_name(item.get("peer_id"), field=("messages", i, "peer_id"), what="peer"))
@@ -332,7 +353,7 @@ async def create_peer_messages(
             metadatas.append(check_metadata(item.get("metadata") or {}))
         except InvalidError as exc:
             raise exc.within("messages", i) from exc
-        times.append(item.get("created_at"))
+        times.append(_utc(item.get("created_at"), ("messages", i, "created_at")))
     ids = [new_id() for _ in items]
     params = {
         "ids": ids,

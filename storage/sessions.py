@@ -30,7 +30,7 @@ from storage.query import (
 )
 from storage.tables import Message, Session, SessionPeer, User
 from storage.users import get_user
-from storage.validation import check_id, check_ids, check_metadata
+from storage.validation import check_id, check_ids, check_metadata, check_name_findable
 from storage.workspaces import (
     DEFAULT_ASSISTANT,
     assistant_peer_id,
@@ -295,6 +295,7 @@ PeerConfig = tuple[bool | None, bool | None]  # (observe_me, observe_others) as 
 async def named_session(db: AsyncConnection, app_id: str, name: str, *, active: bool = True) -> Record:
     """The session named ``name`` in the app (a v1 session's name is its id); with ``active``, one that
     is deleted reads as not found."""
+    check_name_findable(name, what="session")
     row = (
         await db.execute(
             select(*record_columns(Session)).where(Session.app_id == app_id, Session.name == name)
@@ -367,6 +368,8 @@ OBSERVERS_MAX = 10  # peers of one session with observe_others (Honcho's SESSION
 
 async def add_members(db: AsyncConnection, session: Record, peers: dict[str, PeerConfig]) -> None:
     """The named peers (created if missing) join the session."""
+    if not peers:
+        return
     rows = await peers_by_name(db, session.app_id, list(peers))
     params = [
         {

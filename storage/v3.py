@@ -18,7 +18,7 @@ from storage.errors import NotFoundError
 from storage.filters import compile_filters
 from storage.query import Page, Record, page_of, record_columns, update_one
 from storage.tables import TOKEN_ESTIMATE, App, Message, Metamessage, Session, User
-from storage.validation import check_metadata
+from storage.validation import check_metadata, check_name_findable, storable
 from storage.workspaces import (
     check_no_active_sessions,
     get_or_create_peer,
@@ -148,6 +148,8 @@ _MEMBER = text(
 
 async def is_member(db: AsyncConnection, ws: str, session: str, peer_name: str) -> bool:
     """Whether the peer is a present member of the session (what a peer's key may read)."""
+    if not all(storable(v) for v in (ws, session, peer_name)):
+        return False
     found = await db.execute(_MEMBER, {"workspace": ws, "session": session, "peer": peer_name})
     return found.first() is not None
 
@@ -167,6 +169,8 @@ def _message_fields(ws: str, session: str) -> dict[str, Any]:
 
 async def _session_named(db: AsyncConnection, ws: str, name: str) -> Record:
     """The session named ``name`` in the workspace named ``ws``, deleted or not, in one read."""
+    check_name_findable(ws, what="workspace")
+    check_name_findable(name, what="session")
     row = (
         await db.execute(
             select(*record_columns(Session))
@@ -204,6 +208,8 @@ async def list_messages_in(
 
 
 async def message_in(db: AsyncConnection, ws: str, session: str, message_id: str) -> Record:
+    for value, what in ((ws, "workspace"), (session, "session"), (message_id, "message")):
+        check_name_findable(value, what=what)
     found = (
         await db.execute(
             select(*record_columns(Message), _SENDER)
@@ -408,6 +414,8 @@ async def queue_status(
 ) -> tuple[QueueCounts, dict[str, QueueCounts]]:
     """The workspace's derivation work (of one session, and of one peer's memory, when named), in all
     and by session name. A workspace, session or peer that is not there has none."""
+    if not all(storable(v) for v in (ws, session or "-", peer or "-")):
+        return QueueCounts(), {}
     app = (await db.execute(select(App.id).where(App.name == ws))).scalar()
     if app is None:
         return QueueCounts(), {}

@@ -27,6 +27,11 @@ def _storable(text: str) -> bool:
     return True
 
 
+def storable(text: str) -> bool:
+    """Whether PostgreSQL can hold (and so compare) this text."""
+    return _storable(text)
+
+
 UNSTORABLE = "must not contain NUL characters or unpaired surrogates"
 
 
@@ -90,6 +95,13 @@ def check_page(page: Any, size: Any) -> tuple[int, int]:
 def check_id(value: Any, *, what: str) -> str:
     """Ids are opaque strings; one that could never have been issued matches no row: not found."""
     if not isinstance(value, str) or not value or len(value) > ID_MAX or not _storable(value):
+        raise NotFoundError(f"{what} {str(value)[:40]!r} not found")
+    return value
+
+
+def check_name_findable(value: Any, *, what: str, most: int = 512) -> str:
+    """A name to look up: one that could never have been stored matches no row (not found)."""
+    if not isinstance(value, str) or not value or len(value) > most or not _storable(value):
         raise NotFoundError(f"{what} {str(value)[:40]!r} not found")
     return value
 

@@ -19,7 +19,7 @@ from storage.filters import compile_filters
 from storage.ids import new_id
 from storage.query import Page, Record, fetch_or_create, page_of, record_columns, update_one
 from storage.tables import NAME_MAX, App, Session, User
-from storage.validation import check_metadata
+from storage.validation import check_metadata, check_name_findable
 
 DEFAULT_ASSISTANT = "assistant"  # rapport.settings AppSettings.assistant_peer's default
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -47,6 +47,7 @@ def check_configuration(configuration: Any, *, field: Field = ("configuration",)
 
 async def workspace(db: AsyncConnection, name: str) -> Record:
     """The workspace (app) named ``name``, or NotFoundError."""
+    check_name_findable(name, what="workspace")
     row = (await db.execute(select(*record_columns(App)).where(App.name == name))).first()
     if row is None:
         raise NotFoundError(f"workspace {name!r} not found")
@@ -113,6 +114,7 @@ async def check_no_active_sessions(db: AsyncConnection, app_id: str, name: str) 
 
 
 async def peer(db: AsyncConnection, app_id: str, name: str) -> Record:
+    check_name_findable(name, what="peer")
     row = (
         await db.execute(select(*record_columns(User)).where(User.app_id == app_id, User.name == name))
     ).first()
@@ -156,6 +158,8 @@ async def get_or_create_peer(
 async def peers_by_name(db: AsyncConnection, app_id: str, names: Sequence[str]) -> dict[str, Record]:
     """The peers among ``names``, created where missing, by name (one statement when all exist)."""
     wanted = list(dict.fromkeys(names))
+    for i, name in enumerate(wanted):
+        check_v3_name(name, field=("peers", i), what="peer")
     rows = (
         await db.execute(select(*record_columns(User)).where(User.app_id == app_id, User.name.in_(wanted)))
     ).all()

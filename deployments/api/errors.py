@@ -63,6 +63,7 @@ _RETRY_AFTER = {
     }
 }
 _DESCRIPTIONS = {
+    400: "The body could not be read at all (a malformed multipart form)",
     401: "No API key, or one that is malformed, expired, or not permitted for this resource",
     404: "A resource the request names does not exist",
     405: "The operation is switched off in this server's configuration",

@@ -602,3 +602,36 @@ async def test_uploaded_files_become_messages(client: httpx.AsyncClient) -> None
     assert bad_meta.status_code == 422
     no_peer = await client.post(upload, files={"file": ("n.txt", b"x", "text/plain")})
     assert no_peer.status_code == 422
+
+
+async def test_names_and_bodies_that_cannot_be_stored_are_refused_cleanly(client: httpx.AsyncClient) -> None:
+    """What the fuzz run found: each was a 500, or accepted."""
+    await ok(
+        await client.post(
+            f"{W}/w/sessions/s/messages", json={"messages": [{"peer_id": "ana", "content": "hi"}]}
+        ),
+        201,
+    )
+    assert (await client.get(f"{W}/w/peers/ana/context", params={"target": "a\x00"})).status_code == 404
+    assert (await client.get(f"{W}/w%00/peers/ana/card")).status_code == 404
+    assert (await client.post(f"{W}/w/sessions/s%00/messages/list")).status_code == 404
+    epoch = {"messages": [{"peer_id": "ana", "content": "x", "created_at": 0}]}
+    assert (await client.post(f"{W}/w/sessions/s/messages", json=epoch)).status_code == 422
+    bad_peer = await client.post(f"{W}/w/sessions/s/peers", json={"a\x00": {}})
+    assert bad_peer.status_code == 422
+    emptied = await ok(await client.put(f"{W}/w/sessions/s/peers", json={}))
+    assert emptied["id"] == "s" and (await ok(await client.get(f"{W}/w/sessions/s/peers")))["items"] == []
+    malformed = await client.post(
+        f"{W}/w/sessions/s/messages/upload",
+        content=b"--b\r\nNone--b--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert malformed.status_code in (400, 422)
+
+
+async def test_message_times_with_any_offset_are_stored_in_utc(client: httpx.AsyncClient) -> None:
+    body = {"messages": [{"peer_id": "ana", "content": "x", "created_at": "2020-06-30T13:51:04+16:39"}]}
+    made = await ok(await client.post(f"{W}/w/sessions/s/messages", json=body), 201)
+    assert made[0]["created_at"].startswith("2020-06-29T21:12:04")
+    early = {"messages": [{"peer_id": "ana", "content": "x", "created_at": "0001-01-01T00:00:00+05:00"}]}
+    assert (await client.post(f"{W}/w/sessions/s/messages", json=early)).status_code == 422

@@ -12,14 +12,21 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from storage.query import Page as StoragePage
 
 Metadata = dict[str, Any]
 Name = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[a-zA-Z0-9_-]+$")]
 Filters = Metadata | None
-Time = Annotated[datetime, Field(strict=False)]
+def _iso_text(value: Any) -> Any:
+    """A time in a JSON body is ISO-8601 text (a number is not read as seconds since the epoch)."""
+    if not isinstance(value, str):
+        raise ValueError("a time is ISO-8601 text, e.g. 2026-01-02T03:04:05Z")
+    return value
+
+
+Time = Annotated[datetime, BeforeValidator(_iso_text), Field(strict=False)]
 
 
 class RequestBody(BaseModel):
