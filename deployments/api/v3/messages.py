@@ -93,7 +93,9 @@ async def update_message(
     return schemas.Message.of(row, workspace_id, session_id, row.peer_name)
 
 
-@router.post("/upload", response_model=list[schemas.Message], status_code=201, responses=responses(400, 413, 415))
+@router.post(
+    "/upload", response_model=list[schemas.Message], status_code=201, responses=responses(400, 413, 415)
+)
 async def create_messages_with_file(
     memory: Mem,
     workspace_id: WorkspaceId,

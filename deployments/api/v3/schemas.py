@@ -19,6 +19,8 @@ from storage.query import Page as StoragePage
 Metadata = dict[str, Any]
 Name = Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[a-zA-Z0-9_-]+$")]
 Filters = Metadata | None
+
+
 def _iso_text(value: Any) -> Any:
     """A time in a JSON body is ISO-8601 text (a number is not read as seconds since the epoch)."""
     if not isinstance(value, str):
