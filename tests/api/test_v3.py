@@ -3,11 +3,15 @@ read back through v3 (and the other way)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from cluster.index_sync import drain
 from models.llm.client import estimate_tokens
 from pipelines.memory import Memory
+from storage.index import MESSAGES
+from tests.api.test_metrics import scrape, value
 
 W = "/v3/workspaces"
 
@@ -635,3 +639,53 @@ async def test_message_times_with_any_offset_are_stored_in_utc(client: httpx.Asy
     assert made[0]["created_at"].startswith("2020-06-29T21:12:04")
     early = {"messages": [{"peer_id": "ana", "content": "x", "created_at": "0001-01-01T00:00:00+05:00"}]}
     assert (await client.post(f"{W}/w/sessions/s/messages", json=early)).status_code == 422
+
+
+async def test_limits_and_metrics_cover_v3(
+    client: httpx.AsyncClient, api_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    """A workspace spends its app's request budget through /v3 as through /v1 (one budget for both), and
+    v3 requests are counted by route template."""
+    app = await ok(await client.post("/v1/apps", json={"name": "noisy"}))
+    await ok(await client.post(f"{W}/noisy/peers", json={"id": "ana"}), 201)
+    await ok(await client.post(f"{W}/quiet/peers", json={"id": "ana"}), 201)
+    async with api_client(limits={"app_requests_per_s": 0.5, "app_request_burst": 3}) as limited:
+        before = await scrape(limited)
+        assert (await limited.post(f"/v1/apps/{app['id']}/users/list", json={})).status_code == 200
+        for _ in range(2):
+            assert (await limited.post(f"{W}/noisy/peers/list")).status_code == 200
+        refused = await limited.post(f"{W}/noisy/peers/list")
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"
+        assert (await limited.post(f"{W}/quiet/peers/list")).status_code == 200, "its own budget"
+        after = await scrape(limited)
+    listed = {"method": "POST", "route": "/v3/workspaces/{workspace_id}/peers/list"}
+    assert (
+        value(after, "rapport_http_requests_total", **listed, status="200")
+        - value(before, "rapport_http_requests_total", **listed, status="200")
+        == 3
+    )
+    assert value(after, "rapport_http_requests_total", **listed, status="429") == 1
+
+
+async def test_erasing_a_peer_takes_what_it_said_in_others_sessions_out_of_the_index(
+    client: httpx.AsyncClient, memory: Memory
+) -> None:
+    app = await ok(await client.post("/v1/apps", json={"name": "w"}))
+    bo = await ok(await client.post(f"/v1/apps/{app['id']}/users", json={"name": "bo"}))
+    session = await ok(await client.post(f"/v1/apps/{app['id']}/users/{bo['id']}/sessions", json={}))
+    said = [
+        {"peer_id": "ana", "content": "ana speaks in bo's session"},
+        {"peer_id": "bo", "content": "bo answers"},
+    ]
+    await ok(await client.post(f"{W}/w/sessions/{session['id']}/messages", json={"messages": said}), 201)
+    while await drain(memory.writer):
+        pass
+    assert await memory.index.count(MESSAGES, {"app_id": app["id"]}) == 2
+    ana = (await ok(await client.get(f"/v1/apps/{app['id']}/users/name/ana")))["id"]
+    erased = await ok(await client.delete(f"/v1/apps/{app['id']}/users/{ana}"))
+    assert erased["messages"] == 1
+    while await drain(memory.writer):
+        pass
+    assert await memory.index.count(MESSAGES, {"app_id": app["id"]}) == 1
+    left = await ok(await client.post(f"{W}/w/sessions/{session['id']}/messages/list"))
+    assert [m["content"] for m in left["items"]] == ["bo answers"]
