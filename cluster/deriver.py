@@ -15,9 +15,11 @@ from typing import Any
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
 from pipelines.deriver import Deriver
+from pipelines.webhooks import Webhooks
 from rapport import metrics
 from rapport.settings import DeriverSettings, LimitSettings, Settings
 from storage import derivation, workers
+from storage import webhooks as storage_webhooks
 from storage.derivation import Claim
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,15 @@ class DerivationSource:
     name = "deriver"
 
     def __init__(
-        self, deriver: Deriver, settings: DeriverSettings, limits: LimitSettings | None = None
+        self,
+        deriver: Deriver,
+        settings: DeriverSettings,
+        limits: LimitSettings | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.deriver = deriver
         self.settings = settings
+        self.webhooks = webhooks  # a session's queue.empty events, where its workspace has endpoints
         limits = limits or LimitSettings()
         self.per_app = limits.app_derivations
         self.caps = limits.derivation_caps
@@ -78,6 +85,10 @@ class DerivationSource:
             len(outcome.reinforced),
             f", {', '.join(outcome.summaries)}" if outcome.summaries else "",
         )
+        if self.webhooks is not None and self.webhooks.enabled:
+            event = await self.deriver.memory.run(storage_webhooks.queue_empty, work.session_id)
+            if event is not None:
+                self.webhooks.emit(event.type, event.data, event.urls)
 
     def _resume(self) -> None:
         log.info("the deriver works again")
@@ -133,13 +144,15 @@ def derivation_workers(
     outage_pause_s: float = 15.0,
     on_error: Callable[[BaseException], None] | None = None,
     limits: LimitSettings | None = None,
+    webhooks: Webhooks | None = None,
 ) -> list[QueueWorker[Claim]]:
     """``settings.concurrency`` workers over one deriver (they share its models and connections).
-    ``limits``: how many batches one app may have in flight over all workers (default: no cap)."""
+    ``limits``: how many batches one app may have in flight over all workers (default: no cap).
+    ``webhooks``: sends queue.empty when a session's work is done."""
     options = WorkerOptions(
         idle_s=settings.poll_interval_s, lease_s=settings.lease_s, outage_pause_s=outage_pause_s
     )
-    source = DerivationSource(deriver, settings, limits)
+    source = DerivationSource(deriver, settings, limits, webhooks)
     return [QueueWorker(source, options, on_error=on_error) for _ in range(settings.concurrency)]
 
 
@@ -191,7 +204,10 @@ async def derive_until(
     async with open_stack(settings, embedder=embedder) as stack:
         deriver = await build_deriver(stack, llm)
         log.info("deriving with %s", deriver.llm.name)
-        await run_workers(derivation_workers(deriver, settings.deriver, limits=settings.limits), stop)
+        webhooks = Webhooks(settings.webhook)
+        workers = derivation_workers(deriver, settings.deriver, limits=settings.limits, webhooks=webhooks)
+        await run_workers(workers, stop)
+        await webhooks.close()
     log.info("deriver stopped")
 
 

@@ -17,6 +17,7 @@ from cluster.deriver import derivation_workers, run_workers
 from cluster.index_sync import RemoteIndexWriter
 from cluster.stack import LLMs, build_deriver, open_stack
 from deployments.embedder import ServeEmbedder
+from pipelines.webhooks import Webhooks
 from rapport import metrics
 from rapport.logs import configure_logging
 from rapport.settings import Settings
@@ -47,7 +48,9 @@ class DeriverWorker:
         self._llms = LLMs(config, on_node=True)
         deriver = await build_deriver(stack, self._llms)
         self._stop = asyncio.Event()
-        workers = derivation_workers(deriver, config.deriver, limits=config.limits)
+        workers = derivation_workers(
+            deriver, config.deriver, limits=config.limits, webhooks=Webhooks(config.webhook)
+        )
         self._loop = asyncio.create_task(run_workers(workers, self._stop))
         log.info("derivation worker running with %s", deriver.llm.name)
 

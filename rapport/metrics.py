@@ -153,6 +153,11 @@ RATE_LIMITED = Counter(
 )
 
 # --- derivation ----------------------------------------------------------------------------------------
+WEBHOOKS = Counter(
+    "rapport_webhooks",
+    "Webhook events sent to an endpoint, by event type and outcome (delivered, failed after retries).",
+    ("event", "outcome"),
+)
 DERIVATION_PENDING = Gauge(
     "rapport_derivation_queue_depth", "Messages waiting to be derived (retries included)."
 )

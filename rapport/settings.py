@@ -368,6 +368,17 @@ class LimitSettings(_Section):
         return {app: own.derivations for app, own in self.apps.items() if own.derivations is not None}
 
 
+class WebhookSettings(_Section):
+    secret: SecretStr | None = Field(
+        default=None,
+        description="Signs v3 webhook events (HMAC-SHA256, X-Honcho-Signature); unset: no event is sent. "
+        "Env WEBHOOK_SECRET.",
+    )
+    max_endpoints: int = Field(default=10, ge=1, le=1000, description="Endpoints a workspace may have.")
+    timeout_s: float = Field(default=10.0, gt=0, description="How long one delivery may take.")
+    attempts: int = Field(default=3, ge=1, le=10, description="Tries per endpoint and event.")
+
+
 class HealthSettings(_Section):
     probe_interval_s: float = Field(
         default=10.0,
@@ -429,6 +440,7 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @model_validator(mode="after")
     def _auth_needs_secret(self) -> Settings:

@@ -310,6 +310,22 @@ class PeerCard(Base):
     )
 
 
+class WebhookEndpoint(Base):
+    """Where a workspace's webhook events go (pipelines/webhooks.py)."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _created_at()
+
+    __table_args__ = (
+        UniqueConstraint("app_id", "url"),
+        CheckConstraint("char_length(url) BETWEEN 1 AND 2048", name="url_length"),
+    )
+
+
 class IndexOutbox(Base):
     """Index work written in the same transaction as the rows it is about, so a crash between the
     commit and the LanceDB write loses nothing: whatever is here is applied (again) until it sticks."""

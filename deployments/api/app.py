@@ -37,9 +37,11 @@ from deployments.api.v3 import peers as v3_peers
 from deployments.api.v3 import queue as v3_queue
 from deployments.api.v3 import search as v3_search
 from deployments.api.v3 import sessions as v3_sessions
+from deployments.api.v3 import webhooks as v3_webhooks
 from deployments.api.v3 import workspaces as v3_workspaces
 from models.llm import LLMClient
 from pipelines.memory import Memory
+from pipelines.webhooks import Webhooks
 from rapport.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ V3_ROUTERS = (
     v3_search.router,
     v3_conclusions.router,
     v3_queue.router,
+    v3_webhooks.router,
     v3_keys.router,
 )
 
@@ -105,6 +108,7 @@ def create_api(
                 log.info("API ready on %r", built.database)
                 yield
         finally:
+            await app.state.webhooks.close()  # events under way are sent (or given up) first
             if dialectic_llm is None:  # ours: release its connections (a no-op if never built)
                 await app.state.dialectic_llm.close()
 
@@ -117,6 +121,7 @@ def create_api(
     app.state.settings = settings
     app.state.dialectic_llm = dialectic_llm or LLMs(settings)("dialectic")
     app.state.rate_limiter = AppRateLimiter.configured(settings.limits)
+    app.state.webhooks = Webhooks(settings.webhook)
     if memory is not None:
         app.state.memory = memory
     for module in ROUTERS:

@@ -17,14 +17,7 @@ CONTRACT = Path(__file__).parent / "contracts" / "honcho-v3.structure.json"
 # when one of them is served (so this list only shrinks) and when any other one is missing or differs.
 _W = "/v3/workspaces/{workspace_id}"
 NOT_YET: set[tuple[str, str]] = {
-    # context, summaries, queue status, upload (issue 28, next)
-    # peer chat and dreams (issue 29, v3 memory)
-    ("POST", f"{_W}/peers/{{peer_id}}/chat"),
-    # webhooks (issue 28, last)
-    ("GET", f"{_W}/webhooks"),
-    ("POST", f"{_W}/webhooks"),
-    ("GET", f"{_W}/webhooks/test"),
-    ("DELETE", f"{_W}/webhooks/{{endpoint_id}}"),
+    ("POST", f"{_W}/peers/{{peer_id}}/chat"),  # peer chat: issue 29 (v3 memory)
 }
 
 

@@ -406,3 +406,21 @@ class ScheduleDreamRequest(RequestBody):
     observed: str | None = None
     dream_type: DreamType = Field(strict=False)
     session_id: str | None = None
+
+
+# --- webhooks -----------------------------------------------------------------------------------------
+
+
+class WebhookEndpoint(BaseModel):
+    id: str
+    workspace_id: str | None
+    url: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Any, workspace: str) -> WebhookEndpoint:
+        return cls.model_construct(id=row.id, workspace_id=workspace, url=row.url, created_at=row.created_at)
+
+
+class WebhookEndpointCreate(RequestBody):
+    url: str

@@ -1,0 +1,134 @@
+"""Webhook endpoints of a workspace, and what the events sent to them say (pipelines/webhooks.py sends)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from storage.errors import ConflictError, InvalidError, NotFoundError
+from storage.ids import new_id
+from storage.query import Page, Record, fetch_or_create, page_of
+from storage.tables import WebhookEndpoint
+from storage.validation import check_name_findable, storable
+from storage.workspaces import workspace
+
+URL_MAX = 2048
+
+
+def check_url(url: Any) -> str:
+    """An endpoint's URL: http or https with a host, and not an IP address of this machine's or a private
+    network's (a name is not resolved here: point it only at hosts you trust)."""
+    if not isinstance(url, str) or not 1 <= len(url) <= URL_MAX or not storable(url):
+        raise InvalidError(f"a webhook URL is 1 to {URL_MAX} characters", field=("url",))
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidError("a webhook URL is http:// or https:// with a host", field=("url",))
+    try:
+        address = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return url  # a name
+    if (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+    ):
+        raise InvalidError(
+            f"a webhook may not point at {address}, a local or private address", field=("url",)
+        )
+    return url
+
+
+async def add_endpoint(db: AsyncConnection, ws: str, url: Any, *, most: int) -> tuple[Record, bool]:
+    """The workspace's endpoint for ``url``, added if new (and whether it was), at most ``most`` in all."""
+    url = check_url(url)
+    app = await workspace(db, ws)
+    found = (
+        await db.execute(
+            select(WebhookEndpoint.id).where(WebhookEndpoint.app_id == app.id, WebhookEndpoint.url == url)
+        )
+    ).first()
+    if found is None:
+        await db.execute(text("SELECT id FROM apps WHERE id = :a FOR UPDATE"), {"a": app.id})  # counted alone
+        count = (
+            await db.execute(
+                select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.app_id == app.id)
+            )
+        ).scalar_one()
+        if count >= most:
+            raise ConflictError(
+                f"workspace {ws!r} has {count} webhook endpoints, the most allowed (webhook.max_endpoints): "
+                "delete one first"
+            )
+    values = {"id": new_id(), "app_id": app.id, "url": url}
+    return await fetch_or_create(db, WebhookEndpoint, values, ("app_id", "url"), "a webhook endpoint")
+
+
+async def list_endpoints(db: AsyncConnection, ws: str, *, page: int = 1, size: int = 50) -> Page[Record]:
+    app = await workspace(db, ws)
+    return await page_of(db, WebhookEndpoint, [WebhookEndpoint.app_id == app.id], page=page, size=size)
+
+
+async def delete_endpoint(db: AsyncConnection, ws: str, endpoint_id: str) -> None:
+    check_name_findable(endpoint_id, what="webhook endpoint")
+    app = await workspace(db, ws)
+    gone = await db.execute(
+        delete(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.app_id == app.id)
+        .returning(WebhookEndpoint.id)
+    )
+    if gone.first() is None:
+        raise NotFoundError(f"webhook endpoint {endpoint_id!r} not found")
+
+
+async def urls_of(db: AsyncConnection, ws: str) -> list[str]:
+    """Where the workspace's events go (404 for a workspace that is not there)."""
+    app = await workspace(db, ws)
+    rows = await db.execute(
+        select(WebhookEndpoint.url).where(WebhookEndpoint.app_id == app.id).order_by(WebhookEndpoint.seq)
+    )
+    return [row.url for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event to send, and where."""
+
+    type: str
+    data: dict[str, Any]
+    urls: list[str]
+
+
+_QUEUE_EMPTY = text(
+    """
+    SELECT a.name AS workspace, s.name AS session, u.name AS peer,
+           array(SELECT w.url FROM webhook_endpoints w WHERE w.app_id = a.id ORDER BY w.seq) AS urls
+    FROM sessions s JOIN apps a ON a.id = s.app_id LEFT JOIN users u ON u.id = s.user_id
+    WHERE s.id = :session
+      AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.app_id = a.id)
+      AND NOT EXISTS (SELECT 1 FROM derivation_queue q WHERE q.session_id = s.id AND q.status = 'pending')
+    """
+)
+
+
+async def queue_empty(db: AsyncConnection, session_id: str) -> Event | None:
+    """Honcho's ``queue.empty`` event for a session whose derivation work is all done, if its workspace
+    has endpoints; None otherwise. Rapport derives a v1 user's memory: observer = observed = the user."""
+    row = (await db.execute(_QUEUE_EMPTY, {"session": session_id})).first()
+    if row is None:
+        return None
+    data = {
+        "workspace_id": row.workspace,
+        "queue_type": "representation",
+        "session_id": row.session,
+        "observer": row.peer,
+        "observed": row.peer,
+    }
+    return Event("queue.empty", data, list(row.urls))

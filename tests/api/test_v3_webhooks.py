@@ -1,0 +1,144 @@
+"""v3 webhooks: a workspace's endpoints, signed events delivered to a real HTTP receiver, queue.empty when
+the deriver has done a session's work."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from aiohttp import web
+
+from cluster.deriver import derivation_workers
+from models.llm.scripted import ScriptedLLM
+from pipelines.deriver import Deriver, DeriverOptions
+from pipelines.memory import Memory
+from pipelines.webhooks import Webhooks
+from rapport.settings import DeriverSettings, WebhookSettings
+from tests.pipelines.test_deriver import facts, is_extraction
+from tests.served import free_port
+
+W = "/v3/workspaces"
+SECRET = "whsec-3f1c9a0e7b2d4c6f8a1e5b9d0c2f4a6e"
+
+
+@dataclass
+class Receiver:
+    url: str
+    got: list[tuple[bytes, str]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def events(self) -> list[dict]:
+        return [json.loads(body) for body, _ in self.got]
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """An HTTP server that records what is posted to /hook (by name: "localhost" is not an IP literal)."""
+    port = free_port()
+    found = Receiver(f"http://localhost:{port}/hook")
+
+    async def hook(request: web.Request) -> web.Response:
+        found.got.append((await request.read(), request.headers.get("X-Honcho-Signature", "")))
+        found.arrived.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield found
+    finally:
+        await runner.cleanup()
+
+
+async def ok(response: httpx.Response, status: int = 200) -> dict:
+    assert response.status_code == status, response.text
+    return {} if status == 204 else response.json()  # type: ignore[no-any-return]
+
+
+async def test_endpoints_are_added_listed_limited_and_deleted(
+    api_client: Callable[..., httpx.AsyncClient],
+) -> None:
+    async with api_client(webhook={"max_endpoints": 2}) as client:
+        assert (
+            await client.post(f"{W}/w/webhooks", json={"url": "https://a.example/hook"})
+        ).status_code == 404
+        await ok(await client.post(W, json={"id": "w"}), 201)
+        made = await ok(await client.post(f"{W}/w/webhooks", json={"url": "https://a.example/hook"}), 201)
+        assert made["workspace_id"] == "w" and made["url"] == "https://a.example/hook"
+        again = await ok(await client.post(f"{W}/w/webhooks", json={"url": "https://a.example/hook"}))
+        assert again["id"] == made["id"]
+        await ok(await client.post(f"{W}/w/webhooks", json={"url": "http://b.example:8080/x"}), 201)
+        full = await client.post(f"{W}/w/webhooks", json={"url": "https://c.example/"})
+        assert full.status_code == 409 and "webhook.max_endpoints" in full.json()["detail"]
+        for bad in (
+            "ftp://a.example/",
+            "http://127.0.0.1/x",
+            "http://10.1.2.3/",
+            "http://[::1]/",
+            "http:///x",
+            "x",
+        ):
+            refused = await client.post(f"{W}/w/webhooks", json={"url": bad})
+            assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "url"], bad
+        listed = await ok(await client.get(f"{W}/w/webhooks"))
+        assert [e["url"] for e in listed["items"]] == ["https://a.example/hook", "http://b.example:8080/x"]
+        await ok(await client.delete(f"{W}/w/webhooks/{made['id']}"), 204)
+        assert (await client.delete(f"{W}/w/webhooks/{made['id']}")).status_code == 404
+        assert (await ok(await client.get(f"{W}/w/webhooks")))["total"] == 1
+
+
+async def test_a_test_event_is_signed_and_sent_only_with_a_secret(
+    api_client: Callable[..., httpx.AsyncClient], receiver: Receiver
+) -> None:
+    async with api_client() as client:  # no secret: nothing is sent
+        await ok(await client.post(W, json={"id": "w"}), 201)
+        await ok(await client.post(f"{W}/w/webhooks", json={"url": receiver.url}), 201)
+        assert (await client.get(f"{W}/w/webhooks/test")).json() is None
+    await asyncio.sleep(0.5)
+    assert receiver.got == []
+    async with api_client(webhook={"secret": SECRET}) as client:
+        assert (await client.get(f"{W}/w/webhooks/test")).status_code == 200
+        await asyncio.wait_for(receiver.arrived.wait(), 10)
+    body, signature = receiver.got[0]
+    assert signature == hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    event = json.loads(body)
+    assert event["type"] == "test.event" and event["data"] == {"workspace_id": "w"} and event["timestamp"]
+    assert body == json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+
+
+async def test_queue_empty_is_sent_when_a_sessions_work_is_done(
+    client: httpx.AsyncClient, memory: Memory, receiver: Receiver
+) -> None:
+    app = await ok(await client.post("/v1/apps", json={"name": "w"}))
+    user = await ok(await client.post(f"/v1/apps/{app['id']}/users", json={"name": "ana"}))
+    base = f"/v1/apps/{app['id']}/users/{user['id']}/sessions"
+    session = await ok(await client.post(base, json={}))
+    turns = [{"content": "I live in Lisbon", "is_user": True}, {"content": "Nice!", "is_user": False}]
+    await ok(await client.post(f"{base}/{session['id']}/messages/batch", json={"messages": turns}))
+    await ok(await client.post(f"{W}/w/webhooks", json={"url": receiver.url}), 201)
+
+    settings = DeriverSettings(batch_wait_s=0, poll_interval_s=0.01)
+    llm = ScriptedLLM(lambda prompt: facts(("Ana lives in Lisbon", [1])) if is_extraction(prompt) else "")
+    webhooks = Webhooks(WebhookSettings(secret=SECRET))
+    deriver = Deriver(memory, llm, options=DeriverOptions.of(settings))
+    worker = derivation_workers(deriver, settings, webhooks=webhooks)[0]
+    assert await worker.run_once() == "done"
+    await asyncio.wait_for(receiver.arrived.wait(), 10)
+    await webhooks.close()
+    assert receiver.events()[0]["type"] == "queue.empty"
+    assert receiver.events()[0]["data"] == {
+        "workspace_id": "w",
+        "queue_type": "representation",
+        "session_id": session["id"],
+        "observer": "ana",
+        "observed": "ana",
+    }
