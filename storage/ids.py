@@ -9,5 +9,9 @@ ID_LENGTH = 21
 
 
 def new_id() -> str:
-    """A new random id with 126 bits of entropy."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii")[:ID_LENGTH]
+    """A new random id with about 126 bits of entropy that starts with a letter or digit (an id that
+    starts with '-' reads as an option on a command line: `rapport jobs status -J3l...`)."""
+    while True:
+        candidate = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii")[:ID_LENGTH]
+        if candidate[0].isalnum():
+            return candidate

@@ -134,13 +134,14 @@ async def create_job(
 
 async def add_all_users(db: AsyncConnection, job_id: str, app_id: str, *, since: datetime | None) -> int:
     """Every user of the app (with a message stored at or after ``since``, if given), numbered in the
-    order they were created. One statement: no user id passes through this process."""
+    order they were created, but the assistant peer Rapport made for v1 sessions (whose memory no v1
+    session holds). One statement: no user id passes through this process."""
     result = await db.execute(
         text(
             """
             INSERT INTO derivation_job_users (job_id, n, user_id)
             SELECT :job_id, row_number() OVER (ORDER BY u.seq), u.id FROM users u
-            WHERE u.app_id = :app_id
+            WHERE u.app_id = :app_id AND NOT u.assistant
               AND (CAST(:since AS timestamptz) IS NULL OR EXISTS (
                     SELECT 1 FROM messages m WHERE m.user_id = u.id AND m.created_at >= :since))
             """

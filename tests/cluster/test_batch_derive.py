@@ -94,7 +94,7 @@ async def facts_per_user(database: Database) -> dict[str, int]:
         rows = await db.execute(
             text(
                 "SELECT u.id, count(d.id) FROM users u LEFT JOIN collections c ON c.user_id = u.id AND c.name = 'honcho' "
-                "LEFT JOIN documents d ON d.collection_id = c.id GROUP BY u.id"
+                "LEFT JOIN documents d ON d.collection_id = c.id WHERE NOT u.assistant GROUP BY u.id"
             )
         )
         return {row[0]: row[1] for row in rows}
