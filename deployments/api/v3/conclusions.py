@@ -52,7 +52,7 @@ async def list_conclusions(
         page=page,
         size=size,
     )
-    return schemas.page([schemas.Conclusion.of(row) for row in found.items], found)
+    return schemas.page(schemas.Conclusion, [schemas.Conclusion.of(row) for row in found.items], found)
 
 
 @router.post("/query", response_model=list[schemas.Conclusion])

@@ -68,7 +68,7 @@ async def get_messages(
         size=size,
     )
     items = [schemas.Message.of(row, workspace_id, session_id, row.peer_name) for row in found.items]
-    return schemas.page(items, found)
+    return schemas.page(schemas.Message, items, found)
 
 
 @router.get("/{message_id}", response_model=schemas.Message)

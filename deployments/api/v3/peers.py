@@ -64,7 +64,7 @@ async def get_peers(
         page=page,
         size=size,
     )
-    return schemas.page([schemas.Peer.of(row, workspace_id) for row in found.items], found)
+    return schemas.page(schemas.Peer, [schemas.Peer.of(row, workspace_id) for row in found.items], found)
 
 
 @router.put("/{peer_id}", response_model=schemas.Peer, dependencies=[Depends(v3_key)])
@@ -105,7 +105,9 @@ async def get_sessions_for_peer(
         page=page,
         size=size,
     )
-    return schemas.page([schemas.Session.of(row, workspace_id) for row in found.items], found)
+    return schemas.page(
+        schemas.Session, [schemas.Session.of(row, workspace_id) for row in found.items], found
+    )
 
 
 @router.get("/{peer_id}/card", response_model=schemas.PeerCardResponse, dependencies=[Depends(v3_key)])

@@ -259,8 +259,10 @@ class Page(BaseModel, Generic[T]):
     pages: int = Field(ge=0)
 
 
-def page(items: list[T], source: StoragePage[Any]) -> Page[T]:
-    return Page[Any].model_construct(  # type: ignore[return-value]
+def page(model: type[T], items: list[T], source: StoragePage[Any]) -> Page[T]:
+    """A storage page as the wire's ``Page[model]`` (of that very class: FastAPI then sends it as it is,
+    where a ``Page`` of another item type would be dumped and validated again, item by item)."""
+    return Page[model].model_construct(  # type: ignore[valid-type]
         items=items, total=source.total, page=source.page, size=source.size, pages=source.pages
     )
 

@@ -77,7 +77,9 @@ async def get_sessions(
         page=page,
         size=size,
     )
-    return schemas.page([schemas.Session.of(row, workspace_id) for row in found.items], found)
+    return schemas.page(
+        schemas.Session, [schemas.Session.of(row, workspace_id) for row in found.items], found
+    )
 
 
 @session_router.put("/{session_id}", response_model=schemas.Session)
@@ -169,7 +171,7 @@ async def get_session_peers(
 ) -> schemas.Page[schemas.Peer]:
     """Get the present Peers of a Session, in the order they joined"""
     found = await memory.run(v3.members_in, workspace_id, session_id, page=page, size=size)
-    return schemas.page([schemas.Peer.of(row, workspace_id) for row in found.items], found)
+    return schemas.page(schemas.Peer, [schemas.Peer.of(row, workspace_id) for row in found.items], found)
 
 
 @session_router.get("/{session_id}/peers/{peer_id}/config", response_model=schemas.SessionPeerConfig)

@@ -46,7 +46,9 @@ async def list_webhook_endpoints(
 ) -> schemas.Page[schemas.WebhookEndpoint]:
     """List the Workspace's webhook endpoints"""
     found = await memory.run(webhooks.list_endpoints, workspace_id, page=page, size=size)
-    return schemas.page([schemas.WebhookEndpoint.of(row, workspace_id) for row in found.items], found)
+    return schemas.page(
+        schemas.WebhookEndpoint, [schemas.WebhookEndpoint.of(row, workspace_id) for row in found.items], found
+    )
 
 
 @router.get("/test")

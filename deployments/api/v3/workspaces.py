@@ -58,7 +58,7 @@ async def get_all_workspaces(
         page=page,
         size=size,
     )
-    return schemas.page([schemas.Workspace.of(row) for row in found.items], found)
+    return schemas.page(schemas.Workspace, [schemas.Workspace.of(row) for row in found.items], found)
 
 
 @router.put("/{workspace_id}", response_model=schemas.Workspace, dependencies=[Depends(v3_key)])
