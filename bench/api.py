@@ -231,21 +231,34 @@ async def run_scenarios(target: str, url: str, args: argparse.Namespace) -> tupl
                         return
                 await asyncio.sleep(0.5)
 
+    chosen = [
+        (scenario, call)
+        for scenario, call in (
+            ("message create", create),
+            ("v3 msg create", v3_create),
+            ("message list", list_),
+            ("v3 msg list", v3_list),
+            ("get-or-create", get_or_create),
+        )
+        if scenario in args.scenarios
+    ]
     results = []
-    for scenario, call in (
-        ("message create", create),
-        ("v3 msg create", v3_create),
-        ("message list", list_),
-        ("v3 msg list", v3_list),
-        ("get-or-create", get_or_create),
-    ):
-        if scenario not in args.scenarios:
-            continue
-        for concurrency in args.concurrency:
+    for concurrency in args.concurrency:
+        # The scenarios take turns, a slice of the duration each, --rounds times: what drifts during a
+        # run (the index sync catching up, the tables growing) then weighs on each alike, and /v3 is
+        # compared with /v1 under the same conditions.
+        measured = {scenario: Result(target, scenario, concurrency) for scenario, _ in chosen}
+        for scenario, call in chosen:
             await _drive(call, concurrency, args.warmup, Result(target, scenario, concurrency))  # warm-up
-            await settle()
-            result = Result(target, scenario, concurrency)
-            await _drive(call, concurrency, args.duration, result)
+        for _ in range(args.rounds):
+            for scenario, call in chosen:
+                await settle()
+                part = Result(target, scenario, concurrency)
+                await _drive(call, concurrency, args.duration / args.rounds, part)
+                measured[scenario].latencies_ms += part.latencies_ms
+                measured[scenario].errors += part.errors
+                measured[scenario].seconds += part.seconds
+        for result in measured.values():
             print(result.row(), flush=True)
             results.append(result)
     return results, acked
@@ -275,6 +288,9 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="the scenarios take turns this many times at each concurrency"
+    )
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
     parser.add_argument("--targets", default="serve,uvicorn", help="serve, uvicorn or both")
     parser.add_argument("--replicas", type=int, default=2)
