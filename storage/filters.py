@@ -77,6 +77,7 @@ from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.types import JSON, Numeric
 
 from storage.errors import Field, InvalidError
+from storage.validation import storable
 
 Column: TypeAlias = "ColumnElement[Any] | QueryableAttribute[Any]"
 FilterFields: TypeAlias = Mapping[str, Column]
@@ -136,17 +137,6 @@ def _is_operators(value: Any) -> bool:
     """An object with any operator key is an operator object (so metadata keys named like operators
     cannot be matched literally, as upstream documents)."""
     return isinstance(value, dict) and any(key in OPERATORS for key in value)
-
-
-def _storable(text: str) -> bool:
-    """PostgreSQL text holds neither NUL characters nor lone surrogates."""
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _all(parts: Sequence[ColumnElement[bool] | None]) -> ColumnElement[bool] | None:
@@ -359,7 +349,7 @@ class _Compiler:
 
     @staticmethod
     def _text(value: str, path: Path) -> str:
-        if not _storable(value):
+        if not storable(value):
             raise InvalidError("filter values must not contain NUL characters or lone surrogates", field=path)
         return value
 

@@ -322,6 +322,24 @@ _STORE_IF_ALL_THERE = text(
 )
 
 
+# One message (the most common batch), with scalar parameters only: PostgreSQL then settles on one
+# generic plan for the prepared statement, where the batch statement above is planned on every call
+# (its arrays' lengths change the estimates), which cost a tenth of a v3 create.
+_STORE_ONE_IF_THERE = text(
+    f"""
+    INSERT INTO messages (id, app_id, user_id, session_id, peer_id, is_user, content, metadata, created_at)
+    SELECT :id, s.app_id, coalesce(s.user_id, u.id), s.id, u.id, s.user_id IS NULL OR s.user_id = u.id,
+           :content, CAST(:metadata AS jsonb), coalesce(CAST(:created_at AS timestamptz), now())
+    FROM apps a
+    JOIN sessions s ON s.app_id = a.id AND s.name = :session AND s.is_active
+    JOIN users u ON u.app_id = a.id AND u.name = :name
+    JOIN session_peers sp ON sp.session_id = s.id AND sp.peer_id = u.id AND sp.left_at IS NULL
+    WHERE a.name = :workspace
+    RETURNING {_returning()}
+    """
+)
+
+
 def _utc(moment: Any, field: tuple[str | int, ...]) -> datetime | None:
     """A message's time as UTC (PostgreSQL takes offsets of at most 15:59; Python up to a day)."""
     if moment is None:
@@ -366,7 +384,19 @@ async def create_peer_messages(
         "count": len(items),
     }
     with translate_integrity_errors():
-        stored = (await db.execute(_STORE_IF_ALL_THERE, params)).all()
+        if len(items) == 1:
+            one = {
+                "id": ids[0],
+                "name": names[0],
+                "content": contents[0],
+                "metadata": json.dumps(metadatas[0]),
+                "created_at": times[0],
+                "workspace": workspace,
+                "session": session,
+            }
+            stored = (await db.execute(_STORE_ONE_IF_THERE, one)).all()
+        else:
+            stored = (await db.execute(_STORE_IF_ALL_THERE, params)).all()
     if stored:
         order = {message_id: n for n, message_id in enumerate(ids)}
         return sorted((cast(Record, row) for row in stored), key=lambda row: order[row.id])
