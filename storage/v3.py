@@ -201,9 +201,16 @@ async def list_messages_in(
     condition = compile_filters(filters, _message_fields(ws, session), metadata=Message.metadata_)
     if condition is not None:
         where.append(condition)
-    # The sender's name is read for the page's rows only (the count reads the messages alone).
+    # The senders' names are joined for the page's rows only (the count reads the messages alone).
     return await page_of(
-        db, Message, where, columns=[_sender().label("peer_name")], reverse=reverse, page=page, size=size
+        db,
+        Message,
+        where,
+        columns=[_SENDER],
+        reverse=reverse,
+        page=page,
+        size=size,
+        page_from=Message.__table__.join(User.__table__, User.id == Message.peer_id),
     )
 
 
