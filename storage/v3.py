@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import func, literal, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from storage import sessions
 from storage.errors import NotFoundError
@@ -254,7 +255,9 @@ class SearchScope:
 
 
 def _sender() -> Any:
-    return select(User.name).where(User.id == Message.peer_id).scalar_subquery()
+    """The sender's name, for a message row (its own users alias: never correlated with a join of users)."""
+    sender = aliased(User)
+    return select(sender.name).where(sender.id == Message.peer_id).scalar_subquery()
 
 
 def _search_fields(ws: str) -> dict[str, Any]:
