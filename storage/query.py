@@ -169,7 +169,6 @@ async def page_of(
     size: int = 50,
     select_from: Any = None,
     order_by: Any = None,
-    page_from: Any = None,
 ) -> Page[Record]:
     """One page of the rows matching the ``where`` conditions, in insertion order (or ``order_by``'s;
     reversed with ``reverse``), with ``columns`` read beside the model's own (joined through
@@ -182,7 +181,7 @@ async def page_of(
         seq = order_by if order_by is not None else model.seq  # type: ignore[attr-defined]
         stmt = (
             select(*record_columns(model), *columns)
-            .select_from(page_from if page_from is not None else source)
+            .select_from(source)
             .where(*where)
             .order_by(seq.desc() if reverse else seq.asc())
             .offset((page - 1) * size)

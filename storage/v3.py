@@ -202,16 +202,10 @@ async def list_messages_in(
     condition = compile_filters(filters, _message_fields(ws, session), metadata=Message.metadata_)
     if condition is not None:
         where.append(condition)
-    # The senders' names are joined for the page's rows only (the count reads the messages alone).
+    # The sender's name is read for the page's rows only (the count reads the messages alone): a
+    # subquery per row measured faster through Serve than joining the users (bench/api.py).
     return await page_of(
-        db,
-        Message,
-        where,
-        columns=[_SENDER],
-        reverse=reverse,
-        page=page,
-        size=size,
-        page_from=Message.__table__.join(User.__table__, User.id == Message.peer_id),
+        db, Message, where, columns=[_sender().label("peer_name")], reverse=reverse, page=page, size=size
     )
 
 
