@@ -23,7 +23,7 @@ from sqlalchemy.orm import aliased
 
 from storage.collections import RESERVED_NAME
 from storage.errors import InvalidError, NotFoundError
-from storage.filters import compile_filters
+from storage.filters import conditions_of
 from storage.ids import new_id
 from storage.query import Page, Record, fetch_or_create, page_of, record_columns
 from storage.tables import Collection, Document, PeerCard, Session, User
@@ -158,11 +158,7 @@ def _fields(ws: str) -> dict[str, Any]:
 
 
 def _conditions(app_id: str, ws: str, filters: Any) -> list[Any]:
-    where = [Document.app_id == app_id]
-    condition = compile_filters(filters, _fields(ws), metadata=Document.metadata_)
-    if condition is not None:
-        where.append(condition)
-    return where
+    return [Document.app_id == app_id, *conditions_of(filters, _fields(ws), metadata=Document.metadata_)]
 
 
 async def list_conclusions(

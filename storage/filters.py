@@ -120,6 +120,14 @@ def compile_filters(
     return _Compiler(columns, None if metadata is None else _element(metadata), loc).filter(filters, loc, 0)
 
 
+def conditions_of(
+    filters: Any, fields: FilterFields, *, metadata: Column | None, loc: tuple[str | int, ...] = ("filters",)
+) -> list[ColumnElement[bool]]:
+    """``compile_filters`` as a list of conditions to add to a query's own: empty when it states none."""
+    condition = compile_filters(filters, fields, metadata=metadata, loc=loc)
+    return [] if condition is None else [condition]
+
+
 def _element(column: Column) -> ColumnElement[Any]:
     """A mapped attribute (``User.name``) as the column expression it stands for."""
     return column.__clause_element__() if isinstance(column, QueryableAttribute) else column

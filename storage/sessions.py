@@ -12,7 +12,7 @@ from sqlalchemy import func, join, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from storage.errors import InvalidError, NotFoundError
-from storage.filters import compile_filters
+from storage.filters import conditions_of
 from storage.ids import new_id
 from storage.query import (
     Keys,
@@ -296,12 +296,8 @@ async def named_session(db: AsyncConnection, app_id: str, name: str, *, active: 
     """The session named ``name`` in the app (a v1 session's name is its id); with ``active``, one that
     is deleted reads as not found."""
     check_name_findable(name, what="session")
-    row = (
-        await db.execute(
-            select(*record_columns(Session)).where(Session.app_id == app_id, Session.name == name)
-        )
-    ).first()
-    if row is None or (active and not row.is_active):
+    row = await fetch_one(db, Session, {"app_id": app_id, "name": name}, f"session {name!r}")
+    if active and not row.is_active:
         raise NotFoundError(f"session {name!r} not found")
     return row
 
@@ -484,10 +480,11 @@ async def list_named_sessions(
     size: int = 50,
 ) -> Page[Record]:
     """The workspace's active sessions, v1 and v3 alike."""
-    where = [Session.app_id == app_id, Session.is_active]
-    condition = compile_filters(filters, _session_fields(workspace_name), metadata=Session.metadata_)
-    if condition is not None:
-        where.append(condition)
+    where = [
+        Session.app_id == app_id,
+        Session.is_active,
+        *conditions_of(filters, _session_fields(workspace_name), metadata=Session.metadata_),
+    ]
     return await page_of(db, Session, where, reverse=reverse, page=page, size=size)
 
 
@@ -505,10 +502,11 @@ async def sessions_of_peer(
     """Every session the peer is or was a member of."""
     peer_row = await peer(db, app_id, peer_name)
     member_of = select(SessionPeer.session_id).where(SessionPeer.peer_id == peer_row.id)
-    where = [Session.app_id == app_id, Session.id.in_(member_of)]
-    condition = compile_filters(filters, _session_fields(workspace_name), metadata=Session.metadata_)
-    if condition is not None:
-        where.append(condition)
+    where = [
+        Session.app_id == app_id,
+        Session.id.in_(member_of),
+        *conditions_of(filters, _session_fields(workspace_name), metadata=Session.metadata_),
+    ]
     return await page_of(db, Session, where, reverse=reverse, page=page, size=size)
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import aliased
 
 from storage import sessions
 from storage.errors import NotFoundError
-from storage.filters import compile_filters
+from storage.filters import conditions_of
 from storage.query import Page, Record, page_of, record_columns, update_one
 from storage.tables import TOKEN_ESTIMATE, App, Message, Metamessage, Session, User
 from storage.validation import check_metadata, check_name_findable, storable
@@ -73,8 +73,11 @@ async def get_or_create_session_in(
 
 
 async def session_in(db: AsyncConnection, ws: str, name: str) -> Record:
-    app = await workspace(db, ws)
-    return await sessions.named_session(db, app.id, name)
+    """The active session named ``name`` in the workspace named ``ws`` (404 for either)."""
+    row = await _session_named(db, ws, name)
+    if not row.is_active:
+        raise NotFoundError(f"session {name!r} not found")
+    return row
 
 
 async def update_session_in(
@@ -158,10 +161,12 @@ async def is_member(db: AsyncConnection, ws: str, session: str, peer_name: str) 
 # --- messages -----------------------------------------------------------------------------------------
 
 
-def _message_fields(ws: str, session: str) -> dict[str, Any]:
+def _message_fields(ws: str, session: Any) -> dict[str, Any]:
+    """What v3 filters on messages name: ``session`` is the session's name (a constant, listing one
+    session), or an expression of each message's (a search over many)."""
     return {
         "workspace_id": literal(ws),
-        "session_id": literal(session),
+        "session_id": session,
         "peer_id": SENDER_NAME,
         "token_count": Message.token_count,
         "created_at": Message.created_at,
@@ -198,10 +203,8 @@ async def list_messages_in(
     """The session's messages in order, each with its sender's name (``peer_name``). A session that is
     being deleted still lists its messages (as Honcho's does until its purge)."""
     row = await _session_named(db, ws, session)
-    where = [Message.session_id == row.id]
-    condition = compile_filters(filters, _message_fields(ws, session), metadata=Message.metadata_)
-    if condition is not None:
-        where.append(condition)
+    fields = _message_fields(ws, literal(session))
+    where = [Message.session_id == row.id, *conditions_of(filters, fields, metadata=Message.metadata_)]
     # The sender's name is read for the page's rows only (the count reads the messages alone): a
     # subquery per row measured faster through Serve than joining the users (bench/api.py).
     return await page_of(
@@ -258,16 +261,6 @@ def _sender() -> Any:
 SENDER_NAME = _sender()
 
 
-def _search_fields(ws: str) -> dict[str, Any]:
-    return {
-        "workspace_id": literal(ws),
-        "session_id": select(Session.name).where(Session.id == Message.session_id).scalar_subquery(),
-        "peer_id": SENDER_NAME,
-        "token_count": Message.token_count,
-        "created_at": Message.created_at,
-    }
-
-
 async def search_scope(
     db: AsyncConnection, ws: str, *, peer: str | None = None, session: str | None = None, filters: Any = None
 ) -> SearchScope:
@@ -281,25 +274,20 @@ async def search_scope(
     if peer is not None:
         sender = await peer_named(db, app.id, peer)
         conditions.append(Message.peer_id == sender.id)
-    condition = compile_filters(filters, _search_fields(ws), metadata=Message.metadata_)
-    if condition is not None:
-        conditions.append(condition)
+    session_name = select(Session.name).where(Session.id == Message.session_id).scalar_subquery()
+    conditions += conditions_of(filters, _message_fields(ws, session_name), metadata=Message.metadata_)
     return SearchScope(app.id, session_id, conditions)
 
 
 async def names_of(db: AsyncConnection, rows: Sequence[Record]) -> tuple[dict[str, str], dict[str, str]]:
     """The names of these messages' senders and sessions, by id."""
+    if not rows:
+        return {}, {}
     peer_ids = list({row.peer_id for row in rows})
     session_ids = list({row.session_id for row in rows})
-    peers = (
-        dict((await db.execute(select(User.id, User.name).where(User.id.in_(peer_ids)))).all())
-        if rows
-        else {}
-    )
-    named = (
-        dict((await db.execute(select(Session.id, Session.name).where(Session.id.in_(session_ids)))).all())
-        if rows
-        else {}
+    peers = dict((await db.execute(select(User.id, User.name).where(User.id.in_(peer_ids)))).all())
+    named = dict(
+        (await db.execute(select(Session.id, Session.name).where(Session.id.in_(session_ids)))).all()
     )
     return peers, named
 

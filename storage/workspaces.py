@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from storage.errors import ConflictError, InvalidError, NotFoundError
-from storage.filters import compile_filters
+from storage.errors import ConflictError, InvalidError
+from storage.filters import conditions_of
 from storage.ids import new_id
-from storage.query import Page, Record, fetch_or_create, page_of, record_columns, update_one
+from storage.query import Page, Record, fetch_one, fetch_or_create, page_of, record_columns, update_one
 from storage.tables import NAME_MAX, App, Session, User
 from storage.validation import check_metadata, check_name_findable
 
@@ -48,10 +48,7 @@ def check_configuration(configuration: Any, *, field: Field = ("configuration",)
 async def workspace(db: AsyncConnection, name: str) -> Record:
     """The workspace (app) named ``name``, or NotFoundError."""
     check_name_findable(name, what="workspace")
-    row = (await db.execute(select(*record_columns(App)).where(App.name == name))).first()
-    if row is None:
-        raise NotFoundError(f"workspace {name!r} not found")
-    return row
+    return await fetch_one(db, App, {"name": name}, f"workspace {name!r}")
 
 
 async def get_or_create_workspace(
@@ -95,8 +92,8 @@ async def list_workspaces(
     db: AsyncConnection, *, filters: Any = None, reverse: bool = False, page: int = 1, size: int = 50
 ) -> Page[Record]:
     fields = {"id": App.name, "created_at": App.created_at}
-    where = compile_filters(filters, fields, metadata=App.metadata_)
-    return await page_of(db, App, [] if where is None else [where], reverse=reverse, page=page, size=size)
+    where = conditions_of(filters, fields, metadata=App.metadata_)
+    return await page_of(db, App, where, reverse=reverse, page=page, size=size)
 
 
 async def check_no_active_sessions(db: AsyncConnection, app_id: str, name: str) -> None:
@@ -115,12 +112,7 @@ async def check_no_active_sessions(db: AsyncConnection, app_id: str, name: str) 
 
 async def peer(db: AsyncConnection, app_id: str, name: str) -> Record:
     check_name_findable(name, what="peer")
-    row = (
-        await db.execute(select(*record_columns(User)).where(User.app_id == app_id, User.name == name))
-    ).first()
-    if row is None:
-        raise NotFoundError(f"peer {name!r} not found")
-    return row
+    return await fetch_one(db, User, {"app_id": app_id, "name": name}, f"peer {name!r}")
 
 
 async def get_or_create_peer(
@@ -198,10 +190,7 @@ async def list_peers(
         "created_at": User.created_at,
         "workspace_id": literal(workspace_name),
     }
-    where = [User.app_id == app_id]
-    condition = compile_filters(filters, fields, metadata=User.metadata_)
-    if condition is not None:
-        where.append(condition)
+    where = [User.app_id == app_id, *conditions_of(filters, fields, metadata=User.metadata_)]
     return await page_of(db, User, where, reverse=reverse, page=page, size=size)
 
 
@@ -209,9 +198,6 @@ async def assistant_peer_id(db: AsyncConnection, app_id: str, name: str) -> str:
     """The id of the app's assistant peer (the sender of a v1 message with ``is_user`` false), made on
     first use (marked ``assistant``, so v1's user lists leave it out; a peer or user of that name made
     before is used as it is): one statement once it exists."""
-    row = (await db.execute(select(User.id).where(User.app_id == app_id, User.name == name))).first()
-    if row is not None:
-        return str(row.id)
     values = {
         "id": new_id(),
         "app_id": app_id,
@@ -220,5 +206,5 @@ async def assistant_peer_id(db: AsyncConnection, app_id: str, name: str) -> str:
         "configuration": {},
         "assistant": True,
     }
-    created, _ = await fetch_or_create(db, User, values, ("app_id", "name"), f"peer {name!r}")
-    return str(created.id)
+    row, _ = await fetch_or_create(db, User, values, ("app_id", "name"), f"peer {name!r}")
+    return str(row.id)

@@ -81,9 +81,7 @@ def mint_key(secret: str, scope: Scope | None = None, *, expires_at: datetime | 
             if value:
                 claims[claim] = value
     if expires_at is not None:
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=UTC)
-        claims["exp"] = int(expires_at.timestamp())
+        claims["exp"] = int(_utc(expires_at).timestamp())
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -105,10 +103,13 @@ def mint_v3_key(
         if value:
             claims[claim] = value
     if expires_at is not None:
-        if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=UTC)
-        claims["exp"] = expires_at.astimezone(UTC).isoformat()
+        claims["exp"] = _utc(expires_at).isoformat()
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def _utc(moment: datetime) -> datetime:
+    """A key's expiry in UTC (a time without an offset is taken as UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def decode_key(secret: str, token: str) -> Key:

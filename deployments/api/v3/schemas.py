@@ -14,6 +14,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from deployments.api.schemas import RequestBody
 from storage.query import Page as StoragePage
 
 Metadata = dict[str, Any]
@@ -29,10 +30,6 @@ def _iso_text(value: Any) -> Any:
 
 
 Time = Annotated[datetime, BeforeValidator(_iso_text), Field(strict=False)]
-
-
-class RequestBody(BaseModel):
-    model_config = ConfigDict(strict=True)
 
 
 # --- configuration ------------------------------------------------------------------------------------
