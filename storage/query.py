@@ -169,13 +169,15 @@ async def page_of(
     size: int = 50,
     select_from: Any = None,
     order_by: Any = None,
+    total: int | None = None,
 ) -> Page[Record]:
     """One page of the rows matching the ``where`` conditions, in insertion order (or ``order_by``'s;
     reversed with ``reverse``), with ``columns`` read beside the model's own (joined through
-    ``select_from``)."""
+    ``select_from``). ``total``: how many rows match, if the caller counted them already."""
     page, size = check_page(page, size)
     source = select_from if select_from is not None else model
-    total = (await db.execute(select(func.count()).select_from(source).where(*where))).scalar_one()
+    if total is None:
+        total = (await db.execute(select(func.count()).select_from(source).where(*where))).scalar_one()
     items: list[Record] = []
     if total > (page - 1) * size:
         seq = order_by if order_by is not None else model.seq  # type: ignore[attr-defined]
