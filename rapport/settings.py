@@ -247,6 +247,11 @@ class DeriverSettings(_UsesLLM):
     history_messages: int = Field(
         default=8, ge=0, le=100, description="Messages before a batch shown as context."
     )
+    observe_assistants: bool = Field(
+        default=False,
+        description="Derive conclusions about assistant peers unless a session or peer says otherwise "
+        "(about as many output tokens again per batch in a two-party session; prompts unchanged).",
+    )
     summary_provider: Provider | None = Field(default=None, description="For summaries; unset: provider.")
     summary_model: str | None = Field(default=None, description="For summaries; unset: model.")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -200,3 +200,75 @@ async def lock_reserved(db: AsyncConnection, owners: Sequence[tuple[str, str]]) 
         .with_for_update()
     )
     return {row.user_id: row.id for row in rows}
+
+
+# --- conclusions of one peer about another -------------------------------------------------------------
+
+Pair = tuple[str, str]  # (observer's id, observed's id)
+
+
+def observer_collection_name(observer_id: str) -> str:
+    """The name of the collection of an observed peer that holds another peer's conclusions about it."""
+    return f"observer:{observer_id}"
+
+
+def pair_collection_name(pair: Pair) -> str:
+    observer, observed = pair
+    return RESERVED_NAME if observer == observed else observer_collection_name(observer)
+
+
+def _pairs_where(pairs: Sequence[Pair]) -> Any:
+    return or_(
+        *(
+            and_(
+                Collection.user_id == observed, Collection.name == pair_collection_name((observer, observed))
+            )
+            for observer, observed in pairs
+        )
+    )
+
+
+def _pair_of(row: Any) -> Pair:
+    return (row.observer_id or row.user_id, row.user_id)
+
+
+async def pair_ids(db: AsyncConnection, pairs: Sequence[Pair]) -> dict[Pair, str]:
+    """The collections of these (observer, observed) pairs that exist yet (read, not locked)."""
+    if not pairs:
+        return {}
+    rows = await db.execute(
+        select(Collection.id, Collection.user_id, Collection.observer_id).where(_pairs_where(pairs))
+    )
+    return {_pair_of(row): row.id for row in rows}
+
+
+async def lock_pairs(db: AsyncConnection, app_id: str, pairs: Sequence[Pair]) -> dict[Pair, str]:
+    """The collection of each (observer, observed) pair, created if missing and locked until the
+    transaction ends, in one lock order for every writer (``lock_reserved``'s, which a pair of a peer
+    with itself shares). Two statements however many pairs."""
+    if not pairs:
+        return {}
+    await db.execute(
+        pg_insert(Collection)
+        .values(
+            [
+                {
+                    "id": new_id(),
+                    "app_id": app_id,
+                    "user_id": observed,
+                    "observer_id": None if observer == observed else observer,
+                    "name": pair_collection_name((observer, observed)),
+                    "metadata_": {},
+                }
+                for observer, observed in pairs
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["user_id", "name"])
+    )
+    rows = await db.execute(
+        select(Collection.id, Collection.user_id, Collection.observer_id)
+        .where(_pairs_where(pairs))
+        .order_by(Collection.id)
+        .with_for_update()
+    )
+    return {_pair_of(row): row.id for row in rows}

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
-from storage.collections import RESERVED_NAME
+from storage.collections import RESERVED_NAME, observer_collection_name
 from storage.errors import InvalidError, NotFoundError
 from storage.filters import conditions_of
 from storage.ids import new_id
@@ -38,10 +38,6 @@ CARD_LINE_MAX = 2_000
 Observer = aliased(User, name="observer")
 Observed = aliased(User, name="observed")
 _OBSERVER_ID = case((Collection.observer_id.is_(None), Collection.user_id), else_=Collection.observer_id)
-
-
-def observer_collection_name(observer_id: str) -> str:
-    return f"observer:{observer_id}"
 
 
 async def collection_of(db: AsyncConnection, app_id: str, observer: Record, observed: Record) -> str:

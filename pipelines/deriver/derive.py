@@ -1,11 +1,16 @@
-"""Derive facts about a user from one claimed batch of a session's messages, and keep the session's
-summaries up to date.
+"""Derive conclusions about the observed peers of one claimed batch of a session's messages, and keep
+the session's summaries up to date.
+
+Who is observed, and by whom, is the session's configuration (pipelines/deriver/observers.py): in a v1
+session, its user by itself; in a v3 session, every sender whose ``observe_me`` is on, by itself and by
+the members with ``observe_others``. One call to the model reads the batch once for all of them: the
+observed senders' messages are numbered, and each fact belongs to the sender of the messages it cites.
 
 What the model sees is the session's latest summary and the messages just before the batch, never a
-later one. Its facts are deduplicated against the user's ``honcho`` collection (a normalised exact match,
-then cosine similarity): a repeat reinforces the fact it repeats (``times_derived``, more sources)
-instead of being stored twice. A fact that contradicts an older one is stored beside it; both keep their
-times. New facts, reinforcements, summaries and the queue items' ``done`` are written in one
+later one. A peer's facts are deduplicated against each observer's collection of it (a normalised exact
+match, then cosine similarity): a repeat reinforces the fact it repeats (``times_derived``, more
+sources) instead of being stored twice. A fact that contradicts an older one is stored beside it; both
+keep their times. New facts, reinforcements, summaries and the queue items' ``done`` are written in one
 transaction, which the claim's lease guards: nothing is marked done unless its output was stored, and
 nothing is stored by a worker that lost its lease.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Collection as AbstractCollection
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +28,8 @@ import numpy as np
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from models.llm import ChatMessage, LLMClient, LLMConfigError, Usage
+from pipelines.deriver import observers
 from pipelines.deriver.prompts import (
-    FACTS_SYSTEM,
     DerivedFact,
     Line,
     Shown,
@@ -33,17 +38,20 @@ from pipelines.deriver.prompts import (
     derivation_limited,
     facts_limit,
     facts_prompt,
+    facts_system,
     fit_conversation,
+    names,
     summary_beside_facts_prompt,
     summary_prompt,
     summary_tokens,
 )
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
-from storage import collections, derivation, documents, messages, metamessages, users
+from storage import collections, derivation, documents, messages, metamessages, observation
 from storage.derivation import Claim
 from storage.documents import normalized
 from storage.index import DOCUMENTS, Hit
+from storage.observation import Scene
 from storage.query import Record, fetch_by_ids
 from storage.tables import Message
 from storage.validation import METADATA_MAX_BYTES
@@ -67,10 +75,15 @@ MAX_SOURCE_IDS = 200  # message_ids kept on a much-repeated fact (the first ones
 class DeriverOptions:
     dedup_threshold: float = 0.90  # cosine similarity at or above which a fact repeats a stored one
     history_messages: int = 8  # messages before the batch shown as context
+    observe_assistants: bool = False  # whether assistant peers are observed unless configured
 
     @classmethod
     def of(cls, settings: DeriverSettings) -> DeriverOptions:
-        return cls(dedup_threshold=settings.dedup_threshold, history_messages=settings.history_messages)
+        return cls(
+            dedup_threshold=settings.dedup_threshold,
+            history_messages=settings.history_messages,
+            observe_assistants=settings.observe_assistants,
+        )
 
 
 @dataclass
@@ -83,15 +96,15 @@ class Outcome:
     usage: Usage = field(default_factory=Usage)
 
 
-def speaker(message: Record, user_name: str) -> str:
+def speaker(message: Record, names: Mapping[str, str]) -> str:
     """Who said it, as the conversation names them: the app's ``speaker``/``name`` metadata, else the
-    user's name or "assistant"."""
+    sender's name in ``names`` (by peer id), else "assistant"."""
     metadata = message.metadata_ or {}
     for key in ("speaker", "name"):
         value = metadata.get(key)
         if isinstance(value, str | int | float) and str(value).strip():
             return str(value)[:METADATA_TEXT_MAX]
-    return user_name if message.is_user else "assistant"
+    return names.get(message.peer_id, "assistant")
 
 
 def date_of(message: Record) -> str:
@@ -119,14 +132,40 @@ def _tidy_summary(text: str, cut: bool) -> str:
     return " ".join(kept)
 
 
-def line(message: Record, user_name: str, number: int | None = None) -> Line:
-    return Line(number, speaker(message, user_name), date_of(message), message.content)
+def line(message: Record, names: Mapping[str, str], number: int | None = None) -> Line:
+    return Line(number, speaker(message, names), date_of(message), message.content)
 
 
-def numbered(batch: Sequence[Record], user_name: str) -> list[Line]:
-    """The batch as the model sees it: the user's messages numbered by position, the others not, so the
-    model can cite only what the user said."""
-    return [line(m, user_name, i if m.is_user else None) for i, m in enumerate(batch, start=1)]
+@dataclass(frozen=True, slots=True)
+class Cast:
+    """Who speaks in a batch, and whom the model is asked about."""
+
+    names: Mapping[str, str]  # peer id -> name, for a message without a speaker in its metadata
+    observed: Mapping[str, str]  # the observed senders' ids -> their names in the prompt, in order
+
+    @classmethod
+    def of_user(cls, user_id: str, name: str) -> Cast:
+        """A v1 user's: the user observed, any other speaker "assistant"."""
+        return cls({user_id: name}, {user_id: name})
+
+    @property
+    def people(self) -> list[str]:
+        return list(self.observed.values())
+
+    def about(self, text: str) -> str | None:
+        """The one observed peer a fact names, if it names exactly one (or only one is observed)."""
+        if len(self.observed) == 1:
+            return next(iter(self.observed))
+        named = [peer for peer, name in self.observed.items() if name.lower() in text.lower()]
+        return named[0] if len(named) == 1 else None
+
+
+def numbered(batch: Sequence[Record], cast: Cast) -> list[Line]:
+    """The batch as the model sees it: the observed senders' messages numbered by position, the others
+    not, so the model can cite only what an observed sender said."""
+    return [
+        line(m, cast.names, i if m.peer_id in cast.observed else None) for i, m in enumerate(batch, start=1)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,66 +194,99 @@ class Deriver:
     async def derive(self, held: Claim) -> Outcome:
         """Derive the batch and record it (or raise, having recorded nothing)."""
         async with self.memory.database.autocommit() as db:
-            user = await users.get_user(db, held.app_id, held.user_id)
             batch = sorted(await fetch_by_ids(db, Message, held.message_ids), key=lambda m: m.seq)
-            context = await self._context(db, held, batch) if batch else None
-        if context is None:  # the messages were deleted meanwhile: nothing to derive
+            scene = await observation.scene_of(db, held.session_id, {m.peer_id for m in batch})
+            context = await self._context(db, held, batch) if batch and scene is not None else None
+        if context is None or scene is None:  # the messages or the session went meanwhile: nothing to derive
             async with self.memory.database.transaction() as db:
                 await derivation.complete(db, held, held.message_ids)
             return Outcome()
-        before, summary, covered, beside, history, known_collection = context
+        before, summary, covered, beside, history = context
+        watched = (
+            observers.observations(
+                scene, [m.peer_id for m in batch], observe_assistants=self.options.observe_assistants
+            )
+            if observers.enabled(scene, "reasoning")
+            else {}
+        )
+        summarised = observers.enabled(scene, "summary")
+        cast = self.cast(scene, watched, [*history, *batch])
+        subject = names(cast.people) if cast.people else self.subject(scene, batch)
         outcome = Outcome()
         # A batch retried after a failure holds its head message alone; its prompt gets less room.
         attempts = held.items[0].attempts if held.items else 0
-        beside = beside and before - len(history) <= covered
-        shown = self.shown(user.name, summary, history, batch, attempts=attempts, beside=beside)
-        facts = await self.extract(user.name, summary, history, batch, outcome, shown=shown)
+        beside = beside and summarised and bool(watched) and before - len(history) <= covered
+        facts: list[tuple[DerivedFact, list[str], str]] = []
+        shown = None
+        if watched:
+            shown = self.shown(cast, summary, history, batch, attempts=attempts, beside=beside)
+            facts = await self.extract(cast, summary, history, batch, outcome, shown=shown)
         summaries = []
-        if beside:
-            summaries.append(await self._summary_beside_facts(user.name, shown, batch, before, outcome))
-        summaries += await self._summaries(
-            user.name,
-            held,
-            batch,
-            before,
-            outcome,
-            skip={kind for kind, _, _ in summaries},
-            attempts=attempts,
-        )
-        vectors = await self.memory.embedder.embed([f.text for f, _ in facts]) if facts else None
-        # The stored facts closest to these, found before the user's lock is taken: the search is the
+        if beside and shown is not None:
+            summaries.append(await self._summary_beside_facts(cast.people, shown, batch, before, outcome))
+        if summarised:
+            summaries += await self._summaries(
+                subject,
+                cast.names,
+                held,
+                batch,
+                before,
+                outcome,
+                skip={kind for kind, _, _ in summaries},
+                attempts=attempts,
+            )
+        vectors = await self.memory.embedder.embed([f.text for f, _, _ in facts]) if facts else None
+        # Each fact goes to every observer's collection of its peer.
+        pairs = [(observer, peer) for peer, watchers in watched.items() for observer in watchers]
+        targets = {
+            pair: [i for i, (_, _, about) in enumerate(facts) if about == pair[1]]
+            for pair in pairs
+            if any(about == pair[1] for _, _, about in facts)
+        }
+        # The stored facts closest to these, found before the peers' locks are taken: the search is the
         # slowest part of the plan, and the index learns of another batch's new facts only after its
         # commit anyway (an exact repeat is still caught under the lock, in PostgreSQL).
-        closest = (
-            await self.closest_stored(known_collection, vectors)
-            if known_collection is not None and vectors is not None
-            else None
-        )
+        async with self.memory.database.autocommit() as db:
+            known = await collections.pair_ids(db, list(targets))
+        closest = {
+            pair: await self.closest_stored(known[pair], vectors[which])
+            for pair, which in targets.items()
+            if pair in known and vectors is not None
+        }
 
         async with self.memory.documents_transaction() as tx:
-            # The user's honcho collection, created if missing and locked: one writer per user at a
-            # time from here to the commit, so two sessions of the same user cannot both store the same
-            # new fact. (The user was read above; batch jobs lock the same rows.)
-            honcho = await collections.lock_reserved_one(tx.db, held.app_id, held.user_id, known_collection)
-            plan = await self.plan(
-                tx.db, honcho, facts, vectors, closest=closest if honcho == known_collection else None
-            )
-            new = [
-                documents.NewDocument(
-                    held.app_id,
-                    held.user_id,
-                    honcho,
-                    fact.text,
-                    self.fact_metadata(fact, sources, next(m for m in batch if m.id == sources[0])),
+            # The pairs' collections, created if missing and locked: one writer of a peer's conclusions
+            # (by one observer) at a time from here to the commit, so two sessions of the same peer
+            # cannot both store the same new fact. (Batch jobs lock the same rows.)
+            locked = await collections.lock_pairs(tx.db, held.app_id, list(targets))
+            for pair, which in targets.items():
+                collection_id, peer = locked[pair], pair[1]
+                assert vectors is not None
+                plan = await self.plan(
+                    tx.db,
+                    collection_id,
+                    [facts[i][:2] for i in which],
+                    vectors[which],
+                    closest=closest.get(pair) if known.get(pair) == collection_id else None,
                 )
-                for fact, sources, _ in plan.new
-            ]
-            for row, (_, _, vector) in zip(await documents.create_many(tx.db, new), plan.new, strict=True):
-                tx.add(row, vector)
-                outcome.stored.append(row.id)
-            for document_id, sources in plan.repeats.items():
-                await _reinforce(tx.db, held, honcho, document_id, sources)
-                outcome.reinforced.append(document_id)
+                new = [
+                    documents.NewDocument(
+                        held.app_id,
+                        peer,
+                        collection_id,
+                        fact.text,
+                        self.fact_metadata(fact, sources, next(m for m in batch if m.id == sources[0])),
+                    )
+                    for fact, sources, _ in plan.new
+                ]
+                for row, (_, _, vector) in zip(
+                    await documents.create_many(tx.db, new), plan.new, strict=True
+                ):
+                    tx.add(row, vector)
+                    outcome.stored.append(row.id)
+                for document_id, sources in plan.repeats.items():
+                    await _reinforce(tx.db, held.app_id, peer, collection_id, document_id, sources)
+                    outcome.reinforced.append(document_id)
             for kind, text, message in summaries:
                 await metamessages.create_metamessage(
                     tx.db,
@@ -232,10 +304,10 @@ class Deriver:
 
     async def _context(
         self, db: AsyncConnection, held: Claim, batch: Sequence[Record]
-    ) -> tuple[int, Record | None, int, bool, Sequence[Record], str | None]:
-        """What the model is shown beside the batch, and the user's honcho collection if it exists yet:
-        (messages before the batch, the latest short summary, the messages it covers, whether this batch's
-        short summary is asked beside its facts, the messages shown before the batch, collection id)."""
+    ) -> tuple[int, Record | None, int, bool, Sequence[Record]]:
+        """What the model is shown beside the batch: (messages before the batch, the latest short
+        summary, the messages it covers, whether this batch's short summary is asked beside its facts, the
+        messages shown before the batch)."""
         before = await messages.count_before(db, held.session_id, batch[0].seq)
         summary = await metamessages.latest_summary(
             db, held.session_id, SUMMARY_LABELS["SHORT"], covering_at_most=before
@@ -248,7 +320,28 @@ class Deriver:
         history = await messages.session_window(
             db, held.session_id, before_seq=batch[0].seq, limit=history_limit, newest=True
         )
-        return before, summary, covered, beside, history, await collections.reserved_id(db, held.user_id)
+        return before, summary, covered, beside, history
+
+    @staticmethod
+    def cast(scene: Scene, watched: Mapping[str, Sequence[str]], shown: Sequence[Record]) -> Cast:
+        """The batch's speakers by peer id, and the observed ones as the prompt names them: a v1 session's
+        user by the user's name (as v1 always has), a v3 session's peers as the conversation names them
+        (the speaker of their first message shown)."""
+        speakers = {peer.id: peer.name for peer in scene.peers.values()}
+        if scene.owner_id is not None:
+            return Cast(speakers, {peer: speakers[peer] for peer in watched})
+        first: dict[str, str] = {}
+        for message in shown:
+            first.setdefault(message.peer_id, speaker(message, speakers))
+        return Cast(speakers, {peer: first.get(peer, speakers[peer]) for peer in watched})
+
+    @staticmethod
+    def subject(scene: Scene, batch: Sequence[Record]) -> str:
+        """Whom a summary of a session with no one observed is about: a v1 session's user, else the
+        batch's senders."""
+        if scene.owner_id is not None:
+            return scene.name(scene.owner_id)
+        return names(list(dict.fromkeys(scene.name(m.peer_id) for m in batch)))
 
     # --- facts -------------------------------------------------------------------------------------
 
@@ -267,7 +360,7 @@ class Deriver:
 
     def shown(
         self,
-        user_name: str,
+        cast: Cast,
         summary: Record | None,
         history: Sequence[Record],
         batch: Sequence[Record],
@@ -277,36 +370,38 @@ class Deriver:
     ) -> Shown:
         """What the extraction prompt shows (and, ``beside`` it, the short summary's, which shares it
         word for word), fitted to the room the model leaves beside the longer of their answers."""
-        answer = answer_tokens(facts_limit(sum(m.is_user for m in batch)))
+        answer = answer_tokens(facts_limit(sum(m.peer_id in cast.observed for m in batch)))
         if beside:
             answer = max(answer, summary_tokens("SHORT"))
         return fit_conversation(
-            FACTS_SYSTEM,
+            facts_system(cast.people),
             summary.content if summary is not None else None,
-            [line(m, user_name) for m in history],
-            numbered(batch, user_name),
+            [line(m, cast.names) for m in history],
+            numbered(batch, cast),
             prompt_room(self.llm, max(self.llm.max_tokens, answer)),
             attempts=attempts,
         )
 
     async def extract(
         self,
-        user_name: str,
+        cast: Cast,
         summary: Record | None,
         history: Sequence[Record],
         batch: Sequence[Record],
         outcome: Outcome,
         *,
         shown: Shown | None = None,
-    ) -> list[tuple[DerivedFact, list[str]]]:
-        """The model's facts with their source message ids (only the user's own messages count).
-        ``shown``: the conversation as fitted for the prompt (default: ``shown`` of these)."""
-        users_messages = {i: m.id for i, m in enumerate(batch, start=1) if m.is_user}
-        if not users_messages:
-            return []  # nothing the user said: context for later batches, no facts
-        limit = facts_limit(len(users_messages))
-        shown = shown or self.shown(user_name, summary, history, batch)
-        prompt = facts_prompt(user_name, shown.summary, shown.history, shown.batch, limit)
+    ) -> list[tuple[DerivedFact, list[str], str]]:
+        """The model's facts, each with its source message ids and the observed peer it is about: the
+        sender of the messages it cites (only the observed senders' messages count; a fact citing none
+        belongs to the one observed peer it names). ``shown``: the conversation as fitted for the prompt
+        (default: ``shown`` of these)."""
+        cited = {i: m for i, m in enumerate(batch, start=1) if m.peer_id in cast.observed}
+        if not cited:
+            return []  # nothing an observed sender said: context for later batches, no facts
+        limit = facts_limit(len(cited))
+        shown = shown or self.shown(cast, summary, history, batch)
+        prompt = facts_prompt(cast.people, shown.summary, shown.history, shown.batch, limit)
         result, completion = await self.llm.structured(
             prompt,
             derivation_limited(limit),
@@ -318,9 +413,16 @@ class Deriver:
             text = " ".join(fact.text.split())
             if len(text) < 3:
                 continue
-            sources = [users_messages[n] for n in dict.fromkeys(fact.sources) if n in users_messages]
-            # A fact citing no message of the user's still came from this batch: credit all of them.
-            facts.append((fact.model_copy(update={"text": text}), sources or list(users_messages.values())))
+            sources = [cited[n] for n in dict.fromkeys(fact.sources) if n in cited]
+            about = sources[0].peer_id if sources else cast.about(text)
+            if about is None:
+                log.info("left out a fact citing no observed sender's message and naming none: %r", text)
+                continue
+            # Only the messages of the peer it is about are its sources; citing none of them, it still
+            # came from this batch: credit all of that peer's.
+            ids = [m.id for m in sources if m.peer_id == about]
+            ids = ids or [m.id for m in cited.values() if m.peer_id == about]
+            facts.append((fact.model_copy(update={"text": text}), ids, about))
         return facts
 
     async def plan(
@@ -394,11 +496,11 @@ class Deriver:
         return (before + size) // every > before // every and self.summary_llm is self.llm
 
     async def _summary_beside_facts(
-        self, user_name: str, shown: Shown, batch: Sequence[Record], before: int, outcome: Outcome
+        self, people: Sequence[str], shown: Shown, batch: Sequence[Record], before: int, outcome: Outcome
     ) -> tuple[SummaryType, str, _Positioned]:
         """The short summary through the batch's last message, built on the summary shown with the
         extraction (the previous short one) and every message shown after it."""
-        prompt = summary_beside_facts_prompt("SHORT", user_name, shown.summary, shown.history, shown.batch)
+        prompt = summary_beside_facts_prompt("SHORT", people, shown.summary, shown.history, shown.batch)
         return (
             "SHORT",
             await self._summary_text("SHORT", prompt, outcome),
@@ -416,7 +518,8 @@ class Deriver:
 
     async def _summaries(
         self,
-        user_name: str,
+        subject: str,
+        speakers: Mapping[str, str],
         held: Claim,
         batch: Sequence[Record],
         before: int,
@@ -443,19 +546,19 @@ class Deriver:
                 since = await messages.session_window(
                     db, held.session_id, through_seq=message.row.seq, skip=covered, limit=due - covered
                 )
-            system = summary_prompt(kind, user_name, None, [])[0].content
+            system = summary_prompt(kind, subject, None, [])[0].content
             # The messages since the last summary go where the earlier messages of an extraction go:
             # cut to fit, and if not even a few words of each fit, the oldest are left out.
             fitted = fit_conversation(
                 system,
                 previous.content if previous else None,
-                [line(m, user_name) for m in since],
+                [line(m, speakers) for m in since],
                 [],
                 prompt_room(self.summary_llm, summary_tokens(kind)),
                 attempts=attempts,
                 summary_share=1 / 3,
             )
-            prompt = summary_prompt(kind, user_name, fitted.summary, fitted.history)
+            prompt = summary_prompt(kind, subject, fitted.summary, fitted.history)
             written.append((kind, await self._summary_text(kind, prompt, outcome), message))
         return written
 
@@ -492,7 +595,7 @@ class _Positioned:
 
 
 async def _reinforce(
-    db: AsyncConnection, held: Claim, collection_id: str, document_id: str, sources: list[str]
+    db: AsyncConnection, app_id: str, peer_id: str, collection_id: str, document_id: str, sources: list[str]
 ) -> None:
     """Count a stored fact derived once more and add the new sources to its provenance."""
     row = await documents.lock_by_id(db, document_id)
@@ -509,6 +612,4 @@ async def _reinforce(
     metadata.setdefault("message_id", known[0])
     metadata["times_derived"] = int(metadata.get("times_derived") or 1) + 1
     if len(str(metadata)) < METADATA_MAX_BYTES:
-        await documents.update_document(
-            db, held.app_id, held.user_id, collection_id, document_id, metadata=metadata
-        )
+        await documents.update_document(db, app_id, peer_id, collection_id, document_id, metadata=metadata)

@@ -201,13 +201,63 @@ A summary is one paragraph of plain prose in the past tense that keeps the names
 places, decisions, plans, feelings and open questions of both speakers and drops greetings and small \
 talk."""
 
+PEOPLE_SYSTEM = """\
+You keep a memory of several people from their conversations. You are shown part of a conversation and \
+asked either what it reveals about those people, as JSON, or for a summary of it, as prose.
+
+What it reveals: facts each person states about themselves (where they live, work, family, friends, pets, \
+health, possessions, plans, preferences, habits, opinions, experiences) and careful theory-of-mind \
+inferences (what they likely feel, value, intend or struggle with). Rules:
+- Only the people you are asked about, each from their own messages, which are numbered; messages \
+without a number are context. Facts about anyone else count only as a person's relationship to them.
+- Each item is about one person: one short, self-contained sentence that names them as the conversation \
+names them (never "I", "you" or "he/she"), so it makes sense on its own a year later.
+- Make dates absolute: turn "yesterday", "last week", "next month" into dates using the date shown above \
+the message.
+- Two kinds of item: {"fact": ...} for what the person said outright; {"inference": ..., "confidence": \
+...} for your reading between the lines, with a confidence below 1.0.
+- sources: the numbers of that person's own messages it comes from, never another person's.
+- Nothing from small talk, greetings, jokes or questions that reveal nothing. No duplicates. If the \
+messages reveal nothing about them, answer {"facts": []}.
+- Answer with the JSON object only.
+
+Example. You are asked about Ana and Sam. Messages:
+Date: 2023-05-08
+[1] Ana: Yesterday I finally adopted a dog! His name is Bolt.
+[2] Sam: Congrats! What breed? I ran the Lisbon marathon last week, my legs still hurt.
+[3] Ana: A beagle. My landlord in Porto was fine with it, luckily, I was so nervous.
+Answer:
+{"facts": [
+ {"fact": "Ana adopted a beagle named Bolt on 2023-05-07.", "sources": [1, 3]},
+ {"fact": "Sam ran the Lisbon marathon in the week before 2023-05-08.", "sources": [2]},
+ {"fact": "Ana rents her home in Porto.", "sources": [3]},
+ {"inference": "Ana was anxious about whether her landlord would allow a dog.", "confidence": 0.7, "sources": [3]}
+]}
+
+A summary is one paragraph of plain prose in the past tense that keeps the names, absolute dates, \
+places, decisions, plans, feelings and open questions of every speaker and drops greetings and small \
+talk."""
+
 FACTS_ASK = "Answer with the JSON object."
 
 
-def _conversation(user_name: str, summary: str | None, history: list[Line], batch: list[Line]) -> list[str]:
+def names(people: Sequence[str]) -> str:
+    """``A``, ``A and B``, ``A, B and C``."""
+    return people[0] if len(people) == 1 else f"{', '.join(people[:-1])} and {people[-1]}"
+
+
+def facts_system(people: Sequence[str]) -> str:
+    """The extraction's system prompt: of one person, the user (a v1 user, or one observed peer), or of
+    several (the observed peers of a v3 session, read in one pass)."""
+    return FACTS_SYSTEM if len(people) == 1 else PEOPLE_SYSTEM
+
+
+def _conversation(
+    people: Sequence[str], summary: str | None, history: list[Line], batch: list[Line]
+) -> list[str]:
     """What the model is shown of a session: the part an extraction call and a summary of the same batch
     share word for word, so that a server with a prompt cache reads it once for both."""
-    parts = [f"The user is {user_name}."]
+    parts = [f"The user is {people[0]}." if len(people) == 1 else f"You are asked about {names(people)}."]
     if summary:
         parts.append(f"Summary of the conversation so far:\n{summary}")
     if history:
@@ -217,38 +267,39 @@ def _conversation(user_name: str, summary: str | None, history: list[Line], batc
 
 
 def facts_prompt(
-    user_name: str, summary: str | None, history: list[Line], batch: list[Line], limit: int = MAX_FACTS
+    people: Sequence[str], summary: str | None, history: list[Line], batch: list[Line], limit: int = MAX_FACTS
 ) -> list[ChatMessage]:
     """The extraction prompt: what is known so far as context, the numbered batch to read, and how many
-    facts at most (``limit``; the output schema holds the model to it)."""
-    parts = _conversation(user_name, summary, history, batch)
+    facts at most (``limit``; the output schema holds the model to it). ``people``: whom it is about, as
+    the conversation names them."""
+    parts = _conversation(people, summary, history, batch)
     parts.append(
-        f"What do the numbered messages reveal about {user_name}? At most {limit} facts, the most telling "
-        f"first. {FACTS_ASK}"
+        f"What do the numbered messages reveal about {names(people)}? At most {limit} facts, the most "
+        f"telling first. {FACTS_ASK}"
     )
-    return [ChatMessage("system", FACTS_SYSTEM), ChatMessage("user", "\n\n".join(parts))]
+    return [ChatMessage("system", facts_system(people)), ChatMessage("user", "\n\n".join(parts))]
 
 
 def summary_beside_facts_prompt(
-    kind: SummaryType, user_name: str, summary: str | None, history: list[Line], batch: list[Line]
+    kind: SummaryType, people: Sequence[str], summary: str | None, history: list[Line], batch: list[Line]
 ) -> list[ChatMessage]:
     """A summary asked of the same conversation as a batch's extraction (``facts_prompt`` with the same
     arguments), differing only in its last lines: after the extraction call, a llama.cpp or vLLM server
     finds all but those lines in its prompt cache, so the messages are read once, not twice. It builds on
     the summary shown (the previous one of its kind) and covers every message shown."""
-    parts = _conversation(user_name, summary, history, batch)
+    parts = _conversation(people, summary, history, batch)
     words = SUMMARY_WORDS[kind]
     parts.append(
         "Now do not list facts: summarise the conversation instead, "
         + ("the summary so far and every message after it, " if summary else "every message above, ")
         + f"in one paragraph of {words * 2 // 3} to {words} words. Answer with the summary only."
     )
-    return [ChatMessage("system", FACTS_SYSTEM), ChatMessage("user", "\n\n".join(parts))]
+    return [ChatMessage("system", facts_system(people)), ChatMessage("user", "\n\n".join(parts))]
 
 
 def asks_for_facts(prompt: Sequence[ChatMessage]) -> bool:
     """Whether a prompt of the deriver's is an extraction (else it asks for a summary)."""
-    return prompt[0].content == FACTS_SYSTEM and prompt[-1].content.endswith(FACTS_ASK)
+    return prompt[0].content in (FACTS_SYSTEM, PEOPLE_SYSTEM) and prompt[-1].content.endswith(FACTS_ASK)
 
 
 SUMMARY_SYSTEM = """\

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.llm import Usage
-from pipelines.deriver.derive import SUMMARY_LABELS, Deriver, Outcome
+from pipelines.deriver.derive import SUMMARY_LABELS, Cast, Deriver, Outcome
 from pipelines.deriver.prompts import DerivedFact
 from storage import collections, derivation, documents, jobs, messages, metamessages, users
 from storage.jobs import Mode
@@ -99,7 +99,9 @@ class Rederiver:
         for summary in summaries:
             summaries_of.setdefault(summary.session_id, []).append(summary)
         calls = [
-            self._batch(user.name, session, start, end, summaries_of.get(session_id, []))
+            self._batch(
+                Cast.of_user(user.id, user.name), session, start, end, summaries_of.get(session_id, [])
+            )
             for session_id, session in by_session.items()
             for start, end in batches(session, self.batch_max_tokens)
         ]
@@ -111,7 +113,7 @@ class Rederiver:
         return result
 
     async def _batch(
-        self, user_name: str, session: Sequence[Record], start: int, end: int, summaries: Sequence[Record]
+        self, cast: Cast, session: Sequence[Record], start: int, end: int, summaries: Sequence[Record]
     ) -> tuple[list[tuple[DerivedFact, list[str]]], Outcome, dict[str, Record]]:
         # The newest summary covering no message of this batch or later, as the queue's deriver shows it.
         summary = next((s for s in reversed(summaries) if (s.covers or 0) <= start), None)
@@ -119,7 +121,8 @@ class Rederiver:
         outcome = Outcome()
         batch = session[start:end]
         async with self.llm_slots:
-            facts = await self.deriver.extract(user_name, summary, history, batch, outcome)
+            found = await self.deriver.extract(cast, summary, history, batch, outcome)
+        facts = [(fact, sources) for fact, sources, _ in found]  # all the user's
         by_id = {m.id: m for m in batch}
         return facts, outcome, {sources[0]: by_id[sources[0]] for _, sources in facts}
 

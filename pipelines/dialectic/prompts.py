@@ -66,6 +66,7 @@ def _fact_line(fact: Record) -> str:
 def render_context(context: Context) -> str:
     """The context as the model reads it."""
     name = context.user.name
+    speakers = {context.user.id: name}  # the user's messages by name; any other sender's "assistant"
     if context.empty:
         return NOTHING_KNOWN.format(user=name)
     parts = []
@@ -76,16 +77,16 @@ def render_context(context: Context) -> str:
         kind = "long" if summary.label.endswith("_long") else "short"
         parts.append(f"Summary of the conversation ({kind}):\n{summary.content}")
     if context.messages:
-        lines = [_message_line(row, name) for row, _ in context.messages]
+        lines = [_message_line(row, speakers) for row, _ in context.messages]
         parts.append("Past messages that may be relevant:\n" + "\n".join(lines))
     if context.recent:
-        lines = [_message_line(row, name) for row in context.recent]
+        lines = [_message_line(row, speakers) for row in context.recent]
         parts.append("The latest messages of this conversation:\n" + "\n".join(lines))
     return "\n\n".join(parts)
 
 
-def _message_line(message: Record, user_name: str) -> str:
-    return f"- {speaker(message, user_name)} ({date_of(message)}): {message.content}"
+def _message_line(message: Record, speakers: dict[str, str]) -> str:
+    return f"- {speaker(message, speakers)} ({date_of(message)}): {message.content}"
 
 
 def answer_prompt(context: Context, questions: Sequence[str]) -> list[ChatMessage]:

@@ -511,7 +511,7 @@ async def test_queue_status_counts_the_derivation_work_by_session(client: httpx.
     for session, n in ((first, 3), (second, 2)):
         batch = [{"content": f"m{i}", "is_user": True} for i in range(n)]
         await ok(await client.post(f"{base}/{session['id']}/messages/batch", json={"messages": batch}))
-    # a v3 session's messages wait for v3's deriver (issue 29): not queued
+    # a v3 session's messages are queued as v1's are
     await ok(
         await client.post(
             f"{W}/w/sessions/v3/messages", json={"messages": [{"peer_id": "ana", "content": "x"}]}
@@ -521,19 +521,20 @@ async def test_queue_status_counts_the_derivation_work_by_session(client: httpx.
 
     status = await ok(await client.get(f"{W}/w/queue/status"))
     assert (status["total_work_units"], status["pending_work_units"], status["completed_work_units"]) == (
-        5,
-        5,
+        6,
+        6,
         0,
     )
     assert {name: s["pending_work_units"] for name, s in status["sessions"].items()} == {
         first["id"]: 3,
         second["id"]: 2,
+        "v3": 1,
     }
     one = await ok(await client.get(f"{W}/w/queue/status", params={"session_id": second["id"]}))
     assert one["total_work_units"] == 2 and one["sessions"] is None
     assert (await ok(await client.get(f"{W}/w/queue/status", params={"sender_id": "ana"})))[
         "total_work_units"
-    ] == 5
+    ] == 6
     assert (await ok(await client.get(f"{W}/w/queue/status", params={"observer_id": "bo"})))[
         "total_work_units"
     ] == 0
