@@ -395,49 +395,79 @@ async def context_in(
 
 @dataclass
 class QueueCounts:
-    completed: int = 0
+    completed: int = 0  # derived, or parked after repeated failures (``parked`` says how many)
     in_progress: int = 0
-    pending: int = 0  # waiting, retrying after a failure, or parked (see /health and `rapport queue`)
+    pending: int = 0  # waiting, or retrying after a failure
+    parked: int = 0
 
     @property
     def total(self) -> int:
         return self.completed + self.in_progress + self.pending
 
 
+# A session's queued messages: in progress (its lease is live), parked, and the rest pending.
 _QUEUED = """
     SELECT q.session_id,
            count(*) FILTER (WHERE q.status = 'pending' AND coalesce(d.leased_until > now(), false)) AS in_progress,
-           count(*) FILTER (WHERE NOT (q.status = 'pending' AND coalesce(d.leased_until > now(), false))) AS pending
+           count(*) FILTER (WHERE q.status = 'parked') AS parked,
+           count(*) FILTER (WHERE q.status = 'pending' AND NOT coalesce(d.leased_until > now(), false)) AS pending
     FROM derivation_queue q LEFT JOIN derivation_sessions d ON d.session_id = q.session_id
     WHERE q.app_id = :app {where}
     GROUP BY q.session_id
 """
 _DONE = "SELECT d.session_id, d.done FROM derivation_sessions d WHERE d.app_id = :app AND d.done > 0 {where}"
+_PEER = "(SELECT id FROM users WHERE app_id = :app AND name = :peer)"
+# A message is the sender's work; an observer's, if it sent it or watches the session (observe_others).
+_SENT = f"EXISTS (SELECT 1 FROM messages m WHERE m.id = q.message_id AND m.peer_id = {_PEER})"
+_WATCHED = (
+    f"EXISTS (SELECT 1 FROM session_peers sp WHERE sp.session_id = {{t}}.session_id "
+    f"AND sp.peer_id = {_PEER} AND sp.observe_others AND sp.left_at IS NULL)"
+)
+_IN_SESSION = (
+    f"EXISTS (SELECT 1 FROM session_peers sp WHERE sp.session_id = d.session_id AND sp.peer_id = {_PEER})"
+)
 
 
 async def queue_status(
-    db: AsyncConnection, ws: str, *, session: str | None = None, peer: str | None = None
+    db: AsyncConnection,
+    ws: str,
+    *,
+    session: str | None = None,
+    sender: str | None = None,
+    observer: str | None = None,
 ) -> tuple[QueueCounts, dict[str, QueueCounts]]:
-    """The workspace's derivation work (of one session, and of one peer's memory, when named), in all
-    and by session name. A workspace, session or peer that is not there has none."""
-    if not all(storable(v) for v in (ws, session or "-", peer or "-")):
+    """The workspace's derivation work (of one session, of the messages one peer sent, or of those one
+    peer observes, when named), in all and by session name. Waiting messages are counted one by one;
+    finished ones by session, so with a peer named, ``completed`` is of the sessions it is in. A
+    workspace, session or peer that is not there has none."""
+    peer = sender or observer
+    if not all(storable(v) for v in (ws, session or "-", peer or "-")) or (
+        sender and observer and sender != observer
+    ):
         return QueueCounts(), {}
     app = (await db.execute(select(App.id).where(App.name == ws))).scalar()
     if app is None:
         return QueueCounts(), {}
-    where, params = "", {"app": app}
+    queued, done, params = "", "", {"app": app, "peer": peer}
     if session is not None:
-        where += " AND {t}.session_id = (SELECT id FROM sessions WHERE app_id = :app AND name = :session)"
+        queued = done = (
+            " AND {t}.session_id = (SELECT id FROM sessions WHERE app_id = :app AND name = :session)"
+        )
         params["session"] = session
+    if sender is not None:
+        queued += f" AND {_SENT}"
+    elif observer is not None:
+        queued += f" AND ({_SENT} OR {_WATCHED})"
     if peer is not None:
-        where += " AND {t}.user_id = (SELECT id FROM users WHERE app_id = :app AND name = :peer)"
-        params["peer"] = peer
+        done += f" AND {_IN_SESSION}"
     by_session: dict[str, QueueCounts] = {}
-    for row in await db.execute(text(_QUEUED.format(where=where.format(t="q"))), params):
+    for row in await db.execute(text(_QUEUED.format(where=queued.format(t="q"))), params):
         counts = by_session.setdefault(row.session_id, QueueCounts())
         counts.in_progress, counts.pending = int(row.in_progress), int(row.pending)
-    for row in await db.execute(text(_DONE.format(where=where.format(t="d"))), params):
-        by_session.setdefault(row.session_id, QueueCounts()).completed = int(row.done)
+        counts.parked = int(row.parked)
+        counts.completed += counts.parked
+    for row in await db.execute(text(_DONE.format(where=done.format(t="d"))), params):
+        by_session.setdefault(row.session_id, QueueCounts()).completed += int(row.done)
     names = dict(
         (await db.execute(select(Session.id, Session.name).where(Session.id.in_(list(by_session))))).all()
     )
@@ -447,5 +477,6 @@ async def queue_status(
         total.completed += counts.completed
         total.in_progress += counts.in_progress
         total.pending += counts.pending
+        total.parked += counts.parked
         named[names.get(session_id, session_id)] = counts
     return total, named

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver.prompts import FACTS_SYSTEM, PEOPLE_SYSTEM, asks_for_facts
@@ -232,3 +232,34 @@ async def test_erasing_a_peer_removes_what_was_concluded_about_it_and_what_it_he
     assert [row.content for row in left] == ["alice is a pilot."], (
         "nothing about bob, nor bob's view of alice"
     )
+
+
+async def test_queue_status_counts_by_sender_and_observer_and_parked_work_as_finished(
+    database: Database, memory_hashed: Memory
+) -> None:
+    await session_of(database, "chat", {"alice": (None, None), "bob": (None, True), "carol": (None, None)})
+    await session_of(database, "other", {"carol": (None, None)})
+    await send(database, "chat", ("alice", "a"), ("bob", "b"), ("alice", "c"))
+    await send(database, "other", ("carol", "d"))
+
+    async def status(**peers: str) -> tuple[int, int, int, int]:
+        async with database.transaction() as db:
+            total, _ = await v3.queue_status(db, WS, **peers)
+        return total.total, total.pending, total.completed, total.parked
+
+    assert await status() == (4, 4, 0, 0)
+    assert await status(sender="alice") == (2, 2, 0, 0)
+    assert await status(sender="carol") == (1, 1, 0, 0)
+    assert await status(observer="alice") == (2, 2, 0, 0), "her own messages"
+    assert await status(observer="bob") == (3, 3, 0, 0), "all of the session he watches, none of the other"
+    assert await status(sender="nobody") == (0, 0, 0, 0)
+
+    # Work parked after its failures is finished, not waiting forever.
+    async with database.transaction() as db:
+        await db.execute(
+            text(
+                "UPDATE derivation_queue SET status = 'parked' WHERE session_id = (SELECT id FROM sessions WHERE name = 'other')"
+            )
+        )
+    assert await status() == (4, 3, 1, 1)
+    assert await status(sender="carol") == (1, 0, 1, 1)

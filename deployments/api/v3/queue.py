@@ -31,17 +31,19 @@ def _status(counts: v3.QueueCounts, session: str | None = None) -> dict[str, obj
 async def get_queue_status(
     memory: Mem,
     workspace_id: WorkspaceId,
-    observer_id: Annotated[str | None, Query(description="Only work on this peer's memory")] = None,
-    sender_id: Annotated[str | None, Query(description="Only work on this peer's memory")] = None,
+    observer_id: Annotated[str | None, Query(description="Only work this peer observes")] = None,
+    sender_id: Annotated[str | None, Query(description="Only the messages this peer sent")] = None,
     session_id: Annotated[str | None, Query(description="Only this session's work")] = None,
 ) -> schemas.QueueStatus:
     """Get the Workspace's derivation work: messages derived (completed), being derived, and waiting
 
-    Rapport derives each v1 user's memory from their sessions (observer = observed = that peer): the
-    peer filters name whose memory. Waiting includes work parked after repeated failures (/health and
-    `rapport queue` say why). Without session_id, the work is also given by session name."""
+    A message is one unit: waiting, being derived, or finished. Work parked after repeated failures is
+    finished, not waiting forever (/health, `rapport queue` and the derivation.parked event say why).
+    sender_id counts the messages the peer sent; observer_id those it observes (its own, and the
+    sessions where its observe_others is on). Without session_id, the work is also given by session
+    name."""
     total, by_session = await memory.run(
-        v3.queue_status, workspace_id, session=session_id, peer=observer_id or sender_id
+        v3.queue_status, workspace_id, session=session_id, sender=sender_id, observer=observer_id
     )
     sessions = None
     if session_id is None and by_session:
