@@ -248,6 +248,7 @@ async def lock_pairs(db: AsyncConnection, app_id: str, pairs: Sequence[Pair]) ->
     with itself shares). Two statements however many pairs."""
     if not pairs:
         return {}
+    pairs = sorted(set(pairs))  # made in one order by every writer too
     await db.execute(
         pg_insert(Collection)
         .values(
