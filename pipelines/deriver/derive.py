@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Collection as AbstractCollection
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,12 +153,32 @@ class Cast:
     def people(self) -> list[str]:
         return list(self.observed.values())
 
-    def about(self, text: str) -> str | None:
-        """The one observed peer a fact names, if it names exactly one (or only one is observed)."""
-        if len(self.observed) == 1:
-            return next(iter(self.observed))
-        named = [peer for peer, name in self.observed.items() if name.lower() in text.lower()]
+    def about(self, text: str, among: AbstractCollection[str] | None = None) -> str | None:
+        """The one observed peer (of ``among``, if given) a fact names as a word, if it names exactly one
+        (or only one is observed)."""
+        candidates = [peer for peer in self.observed if among is None or peer in among]
+        if len(candidates) == 1 and among is None:
+            return candidates[0]
+        named = [
+            peer
+            for peer in candidates
+            if re.search(rf"(?<!\w){re.escape(self.observed[peer])}(?!\w)", text, re.IGNORECASE)
+        ]
         return named[0] if len(named) == 1 else None
+
+    def subject_of(self, text: str, cited: Sequence[Record]) -> str | None:
+        """Whom a fact is about: the sender of the messages it cites; citing several senders' messages,
+        the one of them it names, else the one it cites most (no one on a tie); citing none, the one
+        observed peer it names."""
+        if not cited:
+            return self.about(text)
+        counts = Counter(m.peer_id for m in cited).most_common()
+        if len(counts) == 1:
+            return counts[0][0]
+        named = self.about(text, among={peer for peer, _ in counts})
+        if named is not None:
+            return named
+        return counts[0][0] if counts[0][1] > counts[1][1] else None
 
 
 def numbered(batch: Sequence[Record], cast: Cast) -> list[Line]:
@@ -291,7 +312,7 @@ class Deriver:
                 await metamessages.create_metamessage(
                     tx.db,
                     held.app_id,
-                    held.user_id,
+                    message.row.user_id,  # whose the message is: a v1 session's user, a v3 sender
                     label=SUMMARY_LABELS[kind],
                     content=text,
                     session_id=held.session_id,
@@ -328,6 +349,10 @@ class Deriver:
         user by the user's name (as v1 always has), a v3 session's peers as the conversation names them
         (the speaker of their first message shown)."""
         speakers = {peer.id: peer.name for peer in scene.peers.values()}
+        if (
+            scene.owner_id is not None
+        ):  # v1's prompts call its assistant "assistant", whatever its peer's name
+            speakers.update({peer.id: "assistant" for peer in scene.peers.values() if peer.assistant})
         if scene.owner_id is not None:
             return Cast(speakers, {peer: speakers[peer] for peer in watched})
         first: dict[str, str] = {}
@@ -414,9 +439,9 @@ class Deriver:
             if len(text) < 3:
                 continue
             sources = [cited[n] for n in dict.fromkeys(fact.sources) if n in cited]
-            about = sources[0].peer_id if sources else cast.about(text)
+            about = cast.subject_of(text, sources)
             if about is None:
-                log.info("left out a fact citing no observed sender's message and naming none: %r", text)
+                log.info("left out a fact whose subject is unclear (its sources and words): %r", text)
                 continue
             # Only the messages of the peer it is about are its sources; citing none of them, it still
             # came from this batch: credit all of that peer's.

@@ -4,10 +4,12 @@ switches, provenance, and erasure of an observed peer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, text
 
+from models.llm import ChatMessage
 from models.llm.scripted import ScriptedLLM
 from pipelines.deriver.prompts import FACTS_SYSTEM, PEOPLE_SYSTEM, asks_for_facts
 from pipelines.memory import Memory
@@ -79,7 +81,7 @@ async def test_one_pass_over_a_batch_yields_conclusions_about_both_speakers(
         [
             facts(
                 ("alice lives in Lisbon since May 2023.", [1]),
-                ("bob adopted a cat called Tom.", [2, 1]),  # 1 is alice's: not bob's source
+                ("bob adopted a cat called Tom.", [1, 2]),  # cites alice's first, names bob: bob's, from 2
                 ("alice is settling into a new city.", [9], "inference", 0.6),  # cites nothing; names alice
                 ("Someone likes cats.", [9]),  # cites nothing and names no one: left out
             )
@@ -104,7 +106,9 @@ async def test_one_pass_over_a_batch_yields_conclusions_about_both_speakers(
     assert [(f.content, f.metadata_["message_ids"]) for f in bob] == [
         ("bob adopted a cat called Tom.", [ids[1]])
     ]
-    assert {f.session_id for f in alice + bob} == {bob[0].session_id}
+    async with database.transaction() as db:
+        session = await v3.session_in(db, WS, "chat")
+    assert {f.session_id for f in alice + bob} == {session.id}
     assert await held(database, "alice", "bob") == [] and await held(database, "bob", "alice") == []
     async with database.transaction() as db:
         assert (await derivation.counts(db)).done == 4
@@ -263,3 +267,25 @@ async def test_queue_status_counts_by_sender_and_observer_and_parked_work_as_fin
         )
     assert await status() == (4, 3, 1, 1)
     assert await status(sender="carol") == (1, 0, 1, 1)
+
+
+async def test_a_multi_peer_sessions_summary_is_written_whoever_ends_its_interval(
+    database: Database, memory_hashed: Memory
+) -> None:
+    # The message that ends the first summary's interval (the 20th) is sent by each peer in turn.
+    for name, first in (("one", "alice"), ("two", "bob")):
+        await session_of(database, name, {"alice": (None, None), "bob": (None, None)})
+        other = "bob" if first == "alice" else "alice"
+        await send(database, name, *((first if i % 2 else other, f"line {i}") for i in range(20)))
+
+    def answer(prompt: Sequence[ChatMessage]) -> str:
+        return facts() if asks_for_facts(prompt) else "They talked about lines."
+
+    llm = ScriptedLLM(answer)
+    while await worker(memory_hashed, llm).run_once() == "done":
+        pass
+    async with database.transaction() as db:
+        assert (await derivation.counts(db)).parked == 0
+        for name in ("one", "two"):
+            summaries = await v3.summaries_in(db, WS, name)
+            assert summaries["honcho_chat_summary_short"].content == "They talked about lines."
