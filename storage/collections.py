@@ -29,6 +29,9 @@ from storage.validation import check_ids, check_metadata, check_name
 RESERVED_NAME = "honcho"
 
 
+OBSERVER_PREFIX = "observer:"  # collections of what another peer concludes about a user (v3)
+
+
 def is_reserved(name: str) -> bool:
     return name.lower() == RESERVED_NAME
 
@@ -38,6 +41,12 @@ def _check_client_name(name: str) -> str:
     if is_reserved(name):
         raise InvalidError(
             f"the collection name {RESERVED_NAME!r} is reserved for derived facts; pick another",
+            field=("name",),
+        )
+    if name.lower().startswith(OBSERVER_PREFIX):
+        raise InvalidError(
+            f"collection names starting with {OBSERVER_PREFIX!r} are reserved for peers' conclusions about "
+            "each other; pick another",
             field=("name",),
         )
     return name
@@ -209,7 +218,7 @@ Pair = tuple[str, str]  # (observer's id, observed's id)
 
 def observer_collection_name(observer_id: str) -> str:
     """The name of the collection of an observed peer that holds another peer's conclusions about it."""
-    return f"observer:{observer_id}"
+    return f"{OBSERVER_PREFIX}{observer_id}"
 
 
 def pair_collection_name(pair: Pair) -> str:

@@ -4,7 +4,8 @@ entries through the outbox in that same transaction.
 The transaction locks the owner's rows first (see ``_STATEMENTS``), then deletes the user (or app) row,
 which cascades to sessions, messages (those of its sessions, and those it sent as a peer in others'),
 session memberships, metamessages, collections, documents and the sessions' derivation leases; it deletes what has no foreign key to them (derivation work, batch-job rows) and records two
-index deletions by scope (``user_id`` or ``app_id``), for messages and for documents. Either all of that
+index deletions by scope (``user_id`` or ``app_id``), for messages and for documents (and, by id, a user's
+messages in others' sessions and what it concluded about other peers). Either all of that
 commits or none of it does; once it has, the index deletions are applied at once and, if the process
 dies first, by the index sync after a restart: a crash half-way never leaves half an erasure. Once
 applied, the deletions leave the index's files too, not only its results: the index sync purges the
@@ -29,8 +30,9 @@ class Erased:
 
 
 # What an erasure reads and deletes besides the owner's row, in order, for a user or an app. The owner's
-# rows are locked first: an app's row (no new user), the users' facts collections, the users' rows (no new
-# session or collection), then their sessions. A message insert takes a share lock on its session row, so
+# rows are locked first: an app's row (no new user), the users' facts collections (of them, and those
+# they hold about others as observers), the users' rows (no new session or collection), then their
+# sessions. A message insert takes a share lock on its session row, so
 # the erasure waits for one under way to commit, and one that starts later waits for the erasure and then
 # finds its session gone: every message whose work is queued is visible here, and none can be queued
 # after. Collections come before users because the deriver stores a batch holding its user's collection
@@ -43,7 +45,11 @@ _APP_USERS = "SELECT id FROM users WHERE app_id = :a"
 _STATEMENTS = (
     # locks
     ("lock", "SELECT id FROM apps WHERE id = :a {app_lock}"),
-    ("lock", "SELECT c.id FROM collections c WHERE c.user_id IN ({users}) ORDER BY c.id FOR UPDATE OF c"),
+    (
+        "lock",
+        "SELECT c.id FROM collections c WHERE c.user_id IN ({users}) OR c.observer_id IN ({users}) "
+        "ORDER BY c.id FOR UPDATE OF c",
+    ),
     ("lock", "SELECT u.id FROM users u WHERE u.id IN ({users}) ORDER BY u.id FOR UPDATE OF u"),
     ("lock", "SELECT s.id FROM sessions s WHERE s.user_id IN ({users}) ORDER BY s.id FOR UPDATE OF s"),
     # counts, for the answer
@@ -55,7 +61,7 @@ _STATEMENTS = (
     (
         "count",
         "SELECT count(*) FROM documents d JOIN collections c ON c.id = d.collection_id "
-        "WHERE c.user_id IN ({users})",
+        "WHERE c.user_id IN ({users}) OR c.observer_id IN ({users})",
     ),
     # what has no foreign key to the owner. (Index outbox entries naming the owner's rows stay: one may
     # belong to a round of the index sync under way, which wrote the rows after this erasure's index
@@ -103,6 +109,16 @@ async def _erase(db: AsyncConnection, column: str, app_id: str, user_id: str | N
             text("SELECT id FROM messages WHERE peer_id = :u AND user_id <> :u"), {"u": str(user_id)}
         )
         entries += await outbox.enqueue_deletes(db, "message", [row.id for row in sent])
+        # What the peer concluded about others (collections of theirs it observes): the cascade deletes
+        # those collections; their documents leave the index by id.
+        held = await db.execute(
+            text(
+                "SELECT d.id FROM documents d JOIN collections c ON c.id = d.collection_id "
+                "WHERE c.observer_id = :u AND c.user_id <> :u"
+            ),
+            {"u": str(user_id)},
+        )
+        entries += await outbox.enqueue_deletes(db, "document", [row.id for row in held])
     return Erased(counts[0], counts[1], entries)
 
 

@@ -14,8 +14,9 @@ from models.llm.scripted import ScriptedLLM
 from pipelines.deriver.prompts import FACTS_SYSTEM, PEOPLE_SYSTEM, asks_for_facts
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
-from storage import derivation, erasure, messages, v3, workspaces
+from storage import derivation, messages, v3, workspaces
 from storage.db import Database
+from storage.index import DOCUMENTS
 from storage.query import Record, record_columns
 from storage.tables import Collection, Document, User
 from tests.pipelines.test_deriver import SETTINGS, facts, say, worker
@@ -226,16 +227,24 @@ async def test_erasing_a_peer_removes_what_was_concluded_about_it_and_what_it_he
     assert await worker(memory_hashed, llm).run_once() == "done"
     assert [f.content for f in await held(database, "alice", "bob")] == ["bob is a chef."]
 
+    bobs_view = (await held(database, "bob", "alice"))[0]
+    assert bobs_view.content == "alice is a pilot."
     async with database.transaction() as db:
         app = await v3.workspace(db, WS)
         bob = (
             await db.execute(select(User.id).where(User.app_id == app.id, User.name == "bob"))
         ).scalar_one()
-        await erasure.erase_user(db, app.id, bob)
+    erased = await memory_hashed.erase_user(app.id, bob)
+    assert erased.documents == 3, "his own conclusion, alice's view of him and his view of alice"
+    async with database.transaction() as db:
         left = (await db.execute(select(Document.content, Document.user_id))).all()
     assert [row.content for row in left] == ["alice is a pilot."], (
         "nothing about bob, nor bob's view of alice"
     )
+    # ... in the index too: bob's view of alice (a document of alice's) is gone from it, hers stays.
+    vector = (await memory_hashed.embedder.embed(["alice is a pilot."]))[0]
+    hits = await memory_hashed.index.nearest(DOCUMENTS, vector, scope={"user_id": left[0].user_id}, limit=5)
+    assert [hit.id for hit in hits] == [(await held(database, "alice", "alice"))[0].id]
 
 
 async def test_queue_status_counts_by_sender_and_observer_and_parked_work_as_finished(

@@ -39,7 +39,7 @@ async def test_collection_crud_and_unique_per_user(database: Database) -> None:
     assert await _count(database, Collection) == 2
 
 
-@pytest.mark.parametrize("name", ["honcho", "Honcho", "HONCHO"])
+@pytest.mark.parametrize("name", ["honcho", "Honcho", "HONCHO", "observer:abc", "Observer:x"])
 async def test_reserved_name_cannot_be_taken_by_clients(database: Database, name: str) -> None:
     t = await make_tree(database)
     async with database.transaction() as db:
