@@ -101,16 +101,23 @@ class DerivationSource:
 
     async def failed(self, work: Claim, error: BaseException) -> None:
         raw = error.raw if isinstance(error, LLMOutputError) else None
+        reason = f"{type(error).__name__}: {error}"
         async with self.database.transaction() as db:
             parked = await derivation.fail(
                 db,
                 work,
-                f"{type(error).__name__}: {error}",
+                reason,
                 raw_output=raw,
                 max_attempts=self.settings.max_attempts,
             )
         if parked:
             metrics.DERIVATION_PARKED_EVENTS.inc(parked)
+            if self.webhooks is not None and self.webhooks.enabled:
+                event = await self.deriver.memory.run(
+                    storage_webhooks.derivation_parked, work.session_id, work.message_ids, reason
+                )
+                if event is not None:
+                    self.webhooks.emit(event.type, event.data, event.urls)
             log.error(
                 "parked %d message(s) of session %s after %d attempts: %s (`rapport deriver retry` revives them)",
                 parked,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import Text
 
 from storage.errors import ConflictError, InvalidError, NotFoundError
 from storage.ids import new_id
@@ -18,6 +21,7 @@ from storage.validation import check_name_findable, storable
 from storage.workspaces import workspace
 
 URL_MAX = 2048
+PARKED_ERROR_MAX = 500  # characters of the last error in a derivation.parked event
 
 
 def check_url(url: Any) -> str:
@@ -116,6 +120,38 @@ _QUEUE_EMPTY = text(
       AND NOT EXISTS (SELECT 1 FROM derivation_queue q WHERE q.session_id = s.id AND q.status = 'pending')
     """
 )
+
+
+_PARKED = text(
+    """
+    SELECT a.name AS workspace, s.name AS session,
+           array(SELECT w.url FROM webhook_endpoints w WHERE w.app_id = a.id ORDER BY w.seq) AS urls,
+           array(
+               SELECT q.message_id FROM derivation_queue q
+               WHERE q.session_id = s.id AND q.message_id = ANY(:ids) AND q.status = 'parked' ORDER BY q.seq
+           ) AS parked
+    FROM sessions s JOIN apps a ON a.id = s.app_id
+    WHERE s.id = :session AND EXISTS (SELECT 1 FROM webhook_endpoints w WHERE w.app_id = a.id)
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Text)))
+
+
+async def derivation_parked(
+    db: AsyncConnection, session_id: str, message_ids: Sequence[str], error: str
+) -> Event | None:
+    """Rapport's ``derivation.parked`` event, for those of ``message_ids`` that were just parked after
+    their last failed attempt (``rapport deriver retry`` revives them), if the session's workspace has
+    endpoints; None otherwise."""
+    row = (await db.execute(_PARKED, {"session": session_id, "ids": list(message_ids)})).first()
+    if row is None or not row.parked:
+        return None
+    data = {
+        "workspace_id": row.workspace,
+        "session_id": row.session,
+        "message_ids": list(row.parked),
+        "error": error[:PARKED_ERROR_MAX],
+    }
+    return Event("derivation.parked", data, list(row.urls))
 
 
 async def queue_empty(db: AsyncConnection, session_id: str) -> Event | None:

@@ -142,3 +142,35 @@ async def test_queue_empty_is_sent_when_a_sessions_work_is_done(
         "observer": "ana",
         "observed": "ana",
     }
+
+
+async def test_derivation_parked_is_sent_when_work_is_parked(
+    client: httpx.AsyncClient, memory: Memory, receiver: Receiver
+) -> None:
+    await ok(await client.post(f"{W}/w/sessions", json={"id": "s", "peers": {"ana": {}, "bo": {}}}), 201)
+    sent = await ok(
+        await client.post(
+            f"{W}/w/sessions/s/messages", json={"messages": [{"peer_id": "ana", "content": "hi"}]}
+        ),
+        201,
+    )
+    await ok(await client.post(f"{W}/w/webhooks", json={"url": receiver.url}), 201)
+
+    settings = DeriverSettings(batch_wait_s=0, poll_interval_s=0.01, max_attempts=1)
+    llm = ScriptedLLM(lambda prompt: "not JSON at all")  # every answer unreadable: the work is parked
+    webhooks = Webhooks(WebhookSettings(secret=SECRET))
+    deriver = Deriver(memory, llm, options=DeriverOptions.of(settings))
+    worker = derivation_workers(deriver, settings, webhooks=webhooks)[0]
+    assert await worker.run_once() == "failed"
+    await asyncio.wait_for(receiver.arrived.wait(), 10)
+    await webhooks.close()
+    event = receiver.events()[0]
+    assert event["type"] == "derivation.parked"
+    assert {k: v for k, v in event["data"].items() if k != "error"} == {
+        "workspace_id": "w",
+        "session_id": "s",
+        "message_ids": [sent[0]["id"]],
+    }
+    assert event["data"]["error"].startswith("LLMOutputError")
+    status = await ok(await client.get(f"{W}/w/queue/status"))
+    assert (status["pending_work_units"], status["completed_work_units"]) == (0, 1)
