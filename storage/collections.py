@@ -159,33 +159,6 @@ async def get_or_create_reserved(db: AsyncConnection, app_id: str, user_id: str)
     return await get_or_create(db, Collection, values, ("user_id", "name"), f"{RESERVED_NAME} collection")
 
 
-async def reserved_id(db: AsyncConnection, user_id: str) -> str | None:
-    """The id of the user's ``honcho`` collection, if it exists yet (read, not locked)."""
-    return (
-        await db.execute(
-            select(Collection.id).where(Collection.user_id == user_id, Collection.name == RESERVED_NAME)
-        )
-    ).scalar_one_or_none()
-
-
-async def lock_reserved_one(db: AsyncConnection, app_id: str, user_id: str, known: str | None) -> str:
-    """``lock_reserved`` for one user whose collection id may be ``known`` already (read earlier): then
-    one statement locks it; else (or if it went meanwhile) it is created if missing and locked."""
-    if known is not None:
-        locked = (
-            await db.execute(
-                select(Collection.id)
-                .where(
-                    Collection.id == known, Collection.user_id == user_id, Collection.name == RESERVED_NAME
-                )
-                .with_for_update()
-            )
-        ).scalar_one_or_none()
-        if locked is not None:
-            return str(locked)
-    return (await lock_reserved(db, [(app_id, user_id)]))[user_id]
-
-
 async def lock_reserved(db: AsyncConnection, owners: Sequence[tuple[str, str]]) -> dict[str, str]:
     """The ``honcho`` collection of each (app_id, user_id), created if missing and locked until the
     transaction ends (one writer of a user's derived facts at a time), by user id. Two statements
@@ -230,7 +203,11 @@ def _pairs_where(pairs: Sequence[Pair]) -> Any:
     return or_(
         *(
             and_(
-                Collection.user_id == observed, Collection.name == pair_collection_name((observer, observed))
+                Collection.user_id == observed,
+                Collection.name == pair_collection_name((observer, observed)),
+                Collection.observer_id.is_(None)
+                if observer == observed
+                else Collection.observer_id == observer,
             )
             for observer, observed in pairs
         )
