@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
-from storage.collections import RESERVED_NAME, observer_collection_name
+from storage.collections import pair_collection_name
 from storage.errors import InvalidError, NotFoundError
 from storage.filters import conditions_of
 from storage.ids import new_id
@@ -42,23 +42,15 @@ _OBSERVER_ID = case((Collection.observer_id.is_(None), Collection.user_id), else
 
 async def collection_of(db: AsyncConnection, app_id: str, observer: Record, observed: Record) -> str:
     """The id of the collection holding ``observer``'s conclusions about ``observed``, made if missing."""
-    if observer.id == observed.id:
-        values = {
-            "id": new_id(),
-            "app_id": app_id,
-            "user_id": observed.id,
-            "name": RESERVED_NAME,
-            "metadata_": {},
-        }
-    else:
-        values = {
-            "id": new_id(),
-            "app_id": app_id,
-            "user_id": observed.id,
-            "observer_id": observer.id,
-            "name": observer_collection_name(observer.id),
-            "metadata_": {},
-        }
+    pair = (observer.id, observed.id)
+    values = {
+        "id": new_id(),
+        "app_id": app_id,
+        "user_id": observed.id,
+        "observer_id": None if observer.id == observed.id else observer.id,
+        "name": pair_collection_name(pair),
+        "metadata_": {},
+    }
     row, _ = await fetch_or_create(db, Collection, values, ("user_id", "name"), "a collection of conclusions")
     return str(row.id)
 
@@ -220,7 +212,7 @@ async def query_scope(db: AsyncConnection, ws: str, filters: Any) -> QueryScope:
     app = await workspace(db, ws)
     observer = await peer_named(db, app.id, observer_name)
     observed = await peer_named(db, app.id, observed_name)
-    name = RESERVED_NAME if observer.id == observed.id else observer_collection_name(observer.id)
+    name = pair_collection_name((observer.id, observed.id))
     collection = (
         await db.execute(
             select(Collection.id).where(Collection.user_id == observed.id, Collection.name == name)
@@ -275,7 +267,7 @@ async def of_pair(
 ) -> list[Record]:
     """Every conclusion ``observer`` holds about ``observed`` (of these sessions, explicit ones only, when
     given), newest first."""
-    name = RESERVED_NAME if observer.id == observed.id else observer_collection_name(observer.id)
+    name = pair_collection_name((observer.id, observed.id))
     query = (
         select(*record_columns(Document))
         .join(Collection, Collection.id == Document.collection_id)

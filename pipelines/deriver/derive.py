@@ -258,12 +258,10 @@ class Deriver:
             )
         vectors = await self.memory.embedder.embed([f.text for f, _, _ in facts]) if facts else None
         # Each fact goes to every observer's collection of its peer.
-        pairs = [(observer, peer) for peer, watchers in watched.items() for observer in watchers]
-        targets = {
-            pair: [i for i, (_, _, about) in enumerate(facts) if about == pair[1]]
-            for pair in pairs
-            if any(about == pair[1] for _, _, about in facts)
-        }
+        about: dict[str, list[int]] = {}  # observed peer -> the positions of its facts
+        for i, (_, _, peer) in enumerate(facts):
+            about.setdefault(peer, []).append(i)
+        targets = {(observer, peer): which for peer, which in about.items() for observer in watched[peer]}
         # The stored facts closest to these, found before the peers' locks are taken: the search is the
         # slowest part of the plan, and the index learns of another batch's new facts only after its
         # commit anyway (an exact repeat is still caught under the lock, in PostgreSQL).
@@ -349,11 +347,9 @@ class Deriver:
         user by the user's name (as v1 always has), a v3 session's peers as the conversation names them
         (the speaker of their first message shown)."""
         speakers = {peer.id: peer.name for peer in scene.peers.values()}
-        if (
-            scene.owner_id is not None
-        ):  # v1's prompts call its assistant "assistant", whatever its peer's name
-            speakers.update({peer.id: "assistant" for peer in scene.peers.values() if peer.assistant})
         if scene.owner_id is not None:
+            # v1's prompts call its assistant "assistant", whatever its peer's name
+            speakers.update({peer.id: "assistant" for peer in scene.peers.values() if peer.assistant})
             return Cast(speakers, {peer: speakers[peer] for peer in watched})
         first: dict[str, str] = {}
         for message in shown:
