@@ -26,11 +26,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import or_, select
 
 from pipelines import retrieval
 from pipelines.deriver.derive import SUMMARY_LABELS
@@ -40,6 +41,7 @@ from storage import collections, documents, messages, metamessages, sessions, us
 from storage.errors import InvalidError, NotFoundError
 from storage.index import DOCUMENTS, Hit
 from storage.query import Record
+from storage.tables import Message, SessionPeer, User
 from storage.validation import check_text
 
 MAX_QUERIES = 10
@@ -82,6 +84,7 @@ class Context:
     summaries: list[Record] = field(default_factory=list)
     recent: list[Record] = field(default_factory=list)
     tokens: int = 0  # estimated, of everything above
+    speakers: dict[str, str] = field(default_factory=dict)  # senders' names by peer id (v3)
 
     @property
     def empty(self) -> bool:
@@ -127,14 +130,86 @@ async def gather_context(
     that session and no other. Raises NotFoundError for an unknown user, or a session not theirs."""
     if session_only and session_id is None:
         raise InvalidError("a context limited to a session needs the session", field=("session_id",))
-    within = session_id if session_only else None
     options = options or ContextOptions()
     asked = check_queries(queries)
-    texts = list(dict.fromkeys([*asked, *related]))
-    # Everything starts at once: the user's summaries and recent messages, the queries' embedding, and
-    # the messages' full-text search (which needs no vector). Facts wait for the embedding and for the
-    # user's facts collection; the message search's vector half waits for the embedding alone.
     known = asyncio.ensure_future(_known(memory, app_id, user_id, session_id, options.recent_messages))
+    recall = _Recall(app_id, user_id, within=session_id if session_only else None)
+    return await _gather(memory, known, recall, asked, related, options)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """Whose memory a v3 context is drawn from: what ``observer`` holds about ``observed`` (peer rows;
+    the same row for a peer's own memory), with a session's summaries and latest messages
+    (``session_id``, its id), recall limited to the sessions ``sessions`` (ids) when given."""
+
+    app_id: str
+    observer: Record
+    observed: Record
+    session_id: str | None = None
+    sessions: Sequence[str] | None = None
+
+
+async def gather_peer_context(
+    memory: Memory,
+    view: PeerView,
+    queries: str | Sequence[str],
+    *,
+    related: Sequence[str] = (),
+    options: ContextOptions | None = None,
+) -> Context:
+    """A v3 context, as ``gather_context`` gathers a user's: the conclusions the observer holds about the
+    observed peer, and the messages of the sessions the observed peer is in (for another observer, only
+    those it took part in too), each speaker named."""
+    options = options or ContextOptions()
+    asked = check_queries(queries, field="query")
+    known = asyncio.ensure_future(_known_of_peer(memory, view, options.recent_messages))
+    in_sessions = Message.session_id.in_(
+        select(SessionPeer.session_id).where(SessionPeer.peer_id == view.observed.id)
+    )
+    conditions: list[Any] = [or_(Message.peer_id == view.observed.id, in_sessions)]
+    if view.observer.id != view.observed.id:
+        conditions.append(
+            Message.session_id.in_(
+                select(SessionPeer.session_id).where(SessionPeer.peer_id == view.observer.id)
+            )
+        )
+    if view.sessions is not None:
+        conditions.append(Message.session_id.in_(list(view.sessions)))
+    sessions = frozenset(view.sessions) if view.sessions is not None else None
+    recall = _Recall(view.app_id, None, conditions=conditions, sessions=sessions)
+    context = await _gather(memory, known, recall, asked, related, options)
+    async with memory.database.transaction() as db:
+        speakers = await names_by_id(db, [row for row, _ in context.messages] + context.recent)
+    return replace(context, speakers={**speakers, view.observed.id: view.observed.name})
+
+
+@dataclass(frozen=True, slots=True)
+class _Recall:
+    """Where the searches look: the user's messages (``user_id``), or, for a v3 context (``user_id``
+    None), the app's messages that match ``conditions``; facts derived from a message of the session
+    ``within`` (v1), or drawn from one of ``sessions`` (v3), when given."""
+
+    app_id: str
+    user_id: str | None
+    within: str | None = None
+    conditions: Sequence[Any] = ()
+    sessions: frozenset[str] | None = None
+
+
+async def _gather(
+    memory: Memory,
+    known: asyncio.Future[_Known],
+    recall: _Recall,
+    asked: list[str],
+    related: Sequence[str],
+    options: ContextOptions,
+) -> Context:
+    texts = list(dict.fromkeys([*asked, *related]))
+    # Everything starts at once: the known rows (summaries, recent messages: ``known``, already
+    # running), the queries' embedding, and the messages' full-text search (which needs no vector).
+    # Facts wait for the embedding and for the facts collection; the message search's vector half
+    # waits for the embedding alone.
     vectors = asyncio.ensure_future(memory.embedder.embed(texts))
     # More messages than top_k, since overlap with the facts and the recent messages may drop some (the
     # search ranks 100 candidates whatever it returns: the extra ones cost nothing more).
@@ -142,11 +217,8 @@ async def gather_context(
     found = await retrieval.gather_all(
         known,
         vectors,
-        *(
-            _facts(memory, app_id, user_id, known, vectors, i, t, options.top_k, within)
-            for i, t in enumerate(texts)
-        ),
-        *(_messages(memory, app_id, user_id, vectors, i, t, wanted, within) for i, t in enumerate(texts)),
+        *(_facts(memory, recall, known, vectors, i, t, options.top_k) for i, t in enumerate(texts)),
+        *(_messages(memory, recall, vectors, i, t, wanted) for i, t in enumerate(texts)),
     )
     base, _, *searched = found  # _Known, the vectors, then each search
     found_facts, found_messages = searched[: len(texts)], searched[len(texts) :]
@@ -195,20 +267,48 @@ async def _known(
     return _Known(user, honcho.id if honcho is not None else None, summaries, recent)
 
 
+async def _known_of_peer(memory: Memory, view: PeerView, recent_messages: int) -> _Known:
+    """A v3 context's rows that need no search: the pair's collection, the session's summaries and its
+    latest messages (of every speaker)."""
+    name = collections.pair_collection_name((view.observer.id, view.observed.id))
+    async with memory.database.transaction() as db:
+        try:
+            facts = await collections.get_collection_by_name(db, view.app_id, view.observed.id, name)
+        except NotFoundError:
+            facts = None
+        summaries: list[Record] = []
+        recent: list[Record] = []
+        if view.session_id is not None:
+            labels = (SUMMARY_LABELS["SHORT"], SUMMARY_LABELS["LONG"])
+            summaries = await metamessages.latest_by_label(db, None, labels, session_id=view.session_id)
+            if recent_messages:
+                recent = await messages.session_window(
+                    db, view.session_id, limit=recent_messages, newest=True
+                )
+    return _Known(view.observed, facts.id if facts is not None else None, summaries, recent)
+
+
+async def names_by_id(db: Any, rows: Sequence[Record]) -> dict[str, str]:
+    """The names of these messages' senders, by peer id."""
+    ids = list({row.peer_id for row in rows})
+    if not ids:
+        return {}
+    return dict((await db.execute(select(User.id, User.name).where(User.id.in_(ids)))).all())
+
+
 async def _facts(
     memory: Memory,
-    app_id: str,
-    user_id: str,
+    recall: _Recall,
     known: Awaitable[_Known],
     vectors: Awaitable[np.ndarray],
     i: int,
     query: str,
     top_k: int,
-    within: str | None = None,
 ) -> list[tuple[Record, float]]:
-    """The user's facts that best answer query ``i``: nearest by embedding, re-scored on their words.
-    ``within``: only facts derived from a message of that session."""
-    collection_id = (await known).honcho_id
+    """The facts that best answer query ``i``: nearest by embedding, re-scored on their words; only
+    those of the sessions ``recall`` names, if it names any."""
+    base = await known
+    collection_id = base.honcho_id
     if collection_id is None:  # nothing derived for this user yet
         return []
     limit = max(FACTS_RECIPE.candidates, 5 * top_k)
@@ -217,12 +317,18 @@ async def _facts(
     )
     async with memory.database.transaction() as db:
         found = await documents.fetch_many(
-            db, [h.id for h in semantic], app_id=app_id, user_id=user_id, collection_id=collection_id
+            db,
+            [h.id for h in semantic],
+            app_id=recall.app_id,
+            user_id=base.user.id,
+            collection_id=collection_id,
         )
-        if within is not None:
+        if recall.within is not None:
             sources = {i: sources_of(fact) for i, fact in found.items()}
-            ours = await messages.of_session(db, within, [m for ids in sources.values() for m in ids])
+            ours = await messages.of_session(db, recall.within, [m for ids in sources.values() for m in ids])
             found = {i: fact for i, fact in found.items() if sources[i] & ours}
+    if recall.sessions is not None:
+        found = {i: fact for i, fact in found.items() if fact.session_id in recall.sessions}
     semantic = [h for h in semantic if h.id in found]  # the index may briefly hold deleted rows
     lexical = bm25(query, [found[h.id].content for h in semantic])
     matching = [Hit(h.id, score) for h, score in zip(semantic, lexical, strict=True) if score > 0]
@@ -233,13 +339,11 @@ async def _facts(
 
 async def _messages(
     memory: Memory,
-    app_id: str,
-    user_id: str,
+    recall: _Recall,
     vectors: Awaitable[np.ndarray],
     i: int,
     query: str,
     top_k: int,
-    within: str | None = None,
 ) -> list[tuple[Record, float]]:
     async def vector() -> np.ndarray:
         return (await vectors)[i]
@@ -248,13 +352,14 @@ async def _messages(
         memory.database,
         memory.index,
         memory.embedder,
-        app_id=app_id,
-        user_id=user_id,
-        session_id=within,
+        app_id=recall.app_id,
+        user_id=recall.user_id,
+        session_id=recall.within,
         query=query,
         top_k=top_k,
         vector=vector(),
-        scope_checked=True,  # _known finds the user, in parallel: a 404 from there cancels this search
+        conditions=recall.conditions,
+        scope_checked=True,  # the known rows are read in parallel: a 404 from there cancels this search
     )
 
 

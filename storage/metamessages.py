@@ -156,15 +156,16 @@ async def latest_summary(
 
 
 async def latest_by_label(
-    db: AsyncConnection, user_id: str, labels: Sequence[str], *, session_id: str | None = None
+    db: AsyncConnection, user_id: str | None, labels: Sequence[str], *, session_id: str | None = None
 ) -> list[Record]:
     """The newest metamessage of each label (of one session, or of any of the user's), in ``labels``'
-    order; labels with none are left out."""
+    order; labels with none are left out. ``user_id`` None: whoever's they are (a v3 session's
+    summaries are stored under the senders of the messages they end at)."""
     found = []
     for label in labels:
-        query = select(*record_columns(Metamessage)).where(
-            Metamessage.user_id == user_id, Metamessage.label == label
-        )
+        query = select(*record_columns(Metamessage)).where(Metamessage.label == label)
+        if user_id is not None:
+            query = query.where(Metamessage.user_id == user_id)
         if session_id is not None:
             query = query.where(Metamessage.session_id == session_id)
         row = (await db.execute(query.order_by(Metamessage.seq.desc()).limit(1))).first()

@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
 from storage import sessions
-from storage.errors import NotFoundError
+from storage.errors import InvalidError, NotFoundError
 from storage.filters import conditions_of
 from storage.query import Page, Record, page_of, record_columns, update_one
-from storage.tables import TOKEN_ESTIMATE, App, Message, Metamessage, Session, User
+from storage.tables import TOKEN_ESTIMATE, App, Message, Metamessage, Session, SessionPeer, User
 from storage.validation import check_metadata, check_name_findable, storable
 from storage.workspaces import (
     check_no_active_sessions,
@@ -156,6 +156,107 @@ async def is_member(db: AsyncConnection, ws: str, session: str, peer_name: str) 
         return False
     found = await db.execute(_MEMBER, {"workspace": ws, "session": session, "peer": peer_name})
     return found.first() is not None
+
+
+# --- peer chat ---------------------------------------------------------------------------------------
+
+SESSION_ALLOWLIST_MAX = 1000
+
+
+def session_allowlist(filters: Any, *, must_include: str | None) -> list[str] | None:
+    """The sessions a chat may recall from, by name, from its ``filters``: only ``session_id`` is taken
+    (a name, a list of names, or ``{"in": [...]}``), since a filter dropped here would widen what is
+    read; ``must_include``, the chat's own session, must be among them. None: no filter."""
+    if filters is None:
+        return None
+    if not isinstance(filters, dict) or set(filters) != {"session_id"}:
+        raise InvalidError("this endpoint's filters take the key session_id only", field=("filters",))
+    value = filters["session_id"]
+    if isinstance(value, dict) and set(value) == {"in"}:
+        value = value["in"]
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise InvalidError(
+            'filters.session_id is a session name, a list of them, or {"in": [...]}',
+            field=("filters", "session_id"),
+        )
+    if len(names) > SESSION_ALLOWLIST_MAX:
+        raise InvalidError(
+            f"filters.session_id names at most {SESSION_ALLOWLIST_MAX} sessions",
+            field=("filters", "session_id"),
+        )
+    names = list(dict.fromkeys(names))
+    if must_include is not None and must_include not in names:
+        raise InvalidError("session_id must be among filters.session_id", field=("filters", "session_id"))
+    return names
+
+
+async def member_of_all(db: AsyncConnection, ws: str, peer_name: str, names: Sequence[str]) -> bool:
+    """Whether the peer is a present member of every session named (what a peer's key may chat over)."""
+    if not names:
+        return True
+    present = (
+        select(Session.name)
+        .join(App, App.id == Session.app_id)
+        .join(SessionPeer, SessionPeer.session_id == Session.id)
+        .join(User, User.id == SessionPeer.peer_id)
+        .where(
+            App.name == ws,
+            Session.name.in_(list(names)),
+            User.name == peer_name,
+            SessionPeer.left_at.is_(None),
+        )
+    )
+    return set(names) <= set((await db.execute(present)).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class ChatScope:
+    """Who a peer chat is about, resolved: the app, the observer and observed peers' rows, the session
+    (id) and the sessions recall is limited to (ids), when given."""
+
+    app_id: str
+    observer: Record
+    observed: Record
+    session_id: str | None
+    sessions: list[str] | None
+
+
+async def chat_scope(
+    db: AsyncConnection,
+    ws: str,
+    observer_name: str,
+    *,
+    target: str | None,
+    session: str | None,
+    allowlist: Sequence[str] | None,
+) -> ChatScope:
+    """Resolve a peer chat's names. The observer is made if missing (as Honcho does); the workspace,
+    the target and the session must exist (404); allowed sessions that do not exist match nothing."""
+    app = await workspace(db, ws)
+    observer, _ = await get_or_create_peer(db, app.id, observer_name, field=("peer_id",))
+    observed = observer
+    if target is not None and target != observer_name:
+        check_name_findable(target, what="peer")
+        observed = await peer_named(db, app.id, target)
+    named = [*(allowlist or ()), *([session] if session is not None else [])]
+    for name in named:
+        check_name_findable(name, what="session")
+    found: dict[str, str] = {}
+    if named:
+        rows = await db.execute(
+            select(Session.name, Session.id).where(Session.app_id == app.id, Session.name.in_(named))
+        )
+        found = dict(rows.all())
+    if session is not None and session not in found:
+        raise NotFoundError(f"session {session!r} not found")
+    return ChatScope(
+        app.id,
+        observer,
+        observed,
+        found[session] if session is not None else None,
+        [found[n] for n in allowlist if n in found] if allowlist is not None else None,
+    )
 
 
 # --- messages -----------------------------------------------------------------------------------------

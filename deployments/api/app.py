@@ -30,6 +30,7 @@ from deployments.api.routers import (
     sessions,
     users,
 )
+from deployments.api.v3 import chat as v3_chat
 from deployments.api.v3 import conclusions as v3_conclusions
 from deployments.api.v3 import keys as v3_keys
 from deployments.api.v3 import messages as v3_messages
@@ -63,6 +64,7 @@ ROUTERS = (
 V3_ROUTERS = (
     v3_workspaces.router,
     v3_peers.router,
+    v3_chat.router,
     v3_sessions.router,
     v3_sessions.session_router,
     v3_messages.router,

@@ -8,6 +8,7 @@ model has no room to guess.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
@@ -59,14 +60,18 @@ them.
 
 
 def _fact_line(fact: Record) -> str:
-    kind = " (inference)" if (fact.metadata_ or {}).get("kind") == "inference" else ""
+    inferred = (fact.metadata_ or {}).get("kind") == "inference" or getattr(
+        fact, "level", None
+    ) == "deductive"
+    kind = " (inference)" if inferred else ""
     return f"- [{fact_date(fact)}] {fact.content}{kind}"
 
 
 def render_context(context: Context) -> str:
     """The context as the model reads it."""
     name = context.user.name
-    speakers = {context.user.id: name}  # the user's messages by name; any other sender's "assistant"
+    # v1: the user's messages by name, any other sender's "assistant"; v3: every sender by name
+    speakers = context.speakers or {context.user.id: name}
     if context.empty:
         return NOTHING_KNOWN.format(user=name)
     parts = []
@@ -89,8 +94,16 @@ def _message_line(message: Record, speakers: dict[str, str]) -> str:
     return f"- {speaker(message, speakers)} ({date_of(message)}): {message.content}"
 
 
-def answer_prompt(context: Context, questions: Sequence[str]) -> list[ChatMessage]:
-    """One answer to ``questions`` from ``context`` only."""
+OBSERVER_NOTE = """
+- The memory is what {observer} has learned about {user} in the conversations {observer} took part \
+in: answer as {observer} would know it."""
+
+
+def answer_prompt(
+    context: Context, questions: Sequence[str], *, observer: str | None = None
+) -> list[ChatMessage]:
+    """One answer to ``questions`` from ``context`` only; ``observer``: the peer whose view of the user
+    the memory is (v3), when it is not the user's own."""
     name = context.user.name
     asked = (
         f"Question: {questions[0]}"
@@ -98,4 +111,17 @@ def answer_prompt(context: Context, questions: Sequence[str]) -> list[ChatMessag
         else "Questions (answer each):\n" + "\n".join(f"- {q}" for q in questions)
     )
     body = f"Memory about {name}:\n\n{render_context(context)}\n\n{asked}"
-    return [ChatMessage("system", ANSWER_SYSTEM.format(user=name)), ChatMessage("user", body)]
+    system = ANSWER_SYSTEM.format(user=name)
+    if observer is not None:
+        system += OBSERVER_NOTE.format(user=name, observer=observer)
+    return [ChatMessage("system", system), ChatMessage("user", body)]
+
+
+def format_instruction(question: ChatMessage, output: type[BaseModel]) -> ChatMessage:
+    """The question's message, asking for the answer as a JSON object of ``output``'s schema."""
+    schema = json.dumps(output.model_json_schema(by_alias=True), separators=(",", ":"))
+    ask = (
+        "\n\nGive the answer as one JSON object that matches this JSON Schema, and nothing else; what "
+        f"the memory does not say, leave empty or null where the schema allows:\n{schema}"
+    )
+    return ChatMessage(question.role, question.content + ask)

@@ -37,7 +37,7 @@ MEMBER_READS = {
 }
 
 
-def _denied() -> Exception:
+def denied() -> Exception:
     return _unauthorized("the API key is not permitted for this resource")
 
 
@@ -57,22 +57,22 @@ async def _check(request: Request, key: Key) -> None:
     if "workspace_id" not in params:
         raise _unauthorized("this operation needs an admin key")
     if params["workspace_id"] != key.workspace:
-        raise _denied()
+        raise denied()
     if key.session is not None:
         if params.get("session_id") != key.session:
-            raise _denied()
+            raise denied()
     elif key.peer is not None:
         if "session_id" not in params:
             if params.get("peer_id") != key.peer:
-                raise _denied()
+                raise denied()
             return
         route = request.scope.get("route")
         template = getattr(route, "path", "")
         if (request.method, template) not in MEMBER_READS or params.get("peer_id", key.peer) != key.peer:
-            raise _denied()
+            raise denied()
         memory = request.app.state.memory
         if not await memory.run(v3.is_member, key.workspace, params["session_id"], key.peer):
-            raise _denied()
+            raise denied()
 
 
 def check_creates(key: Key, *, workspace: str, peer: str | None = None, session: str | None = None) -> None:
@@ -81,11 +81,11 @@ def check_creates(key: Key, *, workspace: str, peer: str | None = None, session:
     if key.admin:
         return
     if not key.v3 or key.workspace != workspace:
-        raise _denied()
+        raise denied()
     if peer is not None and (key.session is not None or (key.peer is not None and key.peer != peer)):
-        raise _denied()
+        raise denied()
     if session is not None and key.session is not None and key.session != session:
-        raise _denied()
+        raise denied()
 
 
 async def require_v3_admin(key: Key = Depends(current_key)) -> Key:

@@ -370,6 +370,22 @@ class RepresentationResponse(BaseModel):
     representation: str
 
 
+class DialecticOptions(RequestBody):
+    """Peer chat. ``filters`` and ``response_format`` are v3.0.12's, newer than its OpenAPI document."""
+
+    session_id: str | None = None
+    filters: Filters = None
+    target: str | None = None
+    query: str = Field(min_length=1, max_length=10_000)
+    stream: bool = False
+    reasoning_level: Literal["minimal", "low", "medium", "high", "max"] = "low"
+    response_format: Metadata | None = None
+
+
+class DialecticResponse(BaseModel):
+    content: str | None
+
+
 class PeerContext(BaseModel):
     peer_id: str
     target_id: str
