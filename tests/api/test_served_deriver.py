@@ -1,8 +1,12 @@
 """End to end, offline: `rapport serve` on its defaults (the packaged Qwen2.5-Coder-1.5B on llama.cpp,
-the packaged MiniLM embedder), messages posted with the official client, facts read back with it."""
+the packaged MiniLM embedder), messages posted with the official clients, what was derived read back
+with them: v1's ``honcho-ai==0.2.0`` here, v3's ``honcho-ai`` 2.x in its own venv
+(tests/sdk/honcho_v3_memory.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +15,9 @@ import httpx
 import pytest
 from honcho import Honcho
 
+from tests.api.test_sdk_v3 import SDK_PYTHON
 from tests.db import scratch_database
-from tests.served import rapport_serve
+from tests.served import REPO, rapport_serve
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +107,20 @@ def test_the_dialectic_answers_through_the_client_streamed_and_not(served: str) 
         chunks = [chunk for chunk in response.iter_text() if chunk]
     assert chunks and "".join(chunks).strip()
     assert not "".join(chunks).lstrip().startswith("data:"), "raw text chunks, as Honcho v1.1.0 sent them"
+
+
+def test_the_v3_sdk_gets_back_what_a_two_peer_session_planted(served: str) -> None:
+    """honcho-ai 2.x: representation, conclusion query, peer chat (whole and streamed) and session
+    context with a peer target, all from what the default local model derived."""
+    assert SDK_PYTHON.exists(), f"{SDK_PYTHON} is missing: `make install` (scripts/install) makes it"
+    scenario = REPO / "tests" / "sdk" / "honcho_v3_memory.py"
+    run = subprocess.run(
+        [str(SDK_PYTHON), str(scenario)],
+        env={**os.environ, "RAPPORT_URL": served},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("ok ") == 6, run.stdout
+    print(run.stdout)  # what came back, for the log (pytest -s)
