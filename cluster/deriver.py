@@ -15,6 +15,7 @@ from typing import Any
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
 from pipelines.deriver import Deriver
+from pipelines.dreams import Dreamer
 from pipelines.webhooks import Webhooks
 from rapport import metrics
 from rapport.settings import DeriverSettings, LimitSettings, Settings
@@ -206,6 +207,7 @@ async def derive_until(
     """Open the stack the settings describe and derive with ``deriver.concurrency`` workers until ``stop``
     is set (`rapport deriver run`, ``DerivationActor``). ``embedder`` and ``llm`` replace the configured
     models (a Serve handle, a test double)."""
+    from cluster.dreams import dream_worker, schedule_dreams
     from cluster.stack import build_deriver, open_stack
 
     async with open_stack(settings, embedder=embedder) as stack:
@@ -213,7 +215,14 @@ async def derive_until(
         log.info("deriving with %s", deriver.llm.name)
         webhooks = Webhooks(settings.webhook)
         workers = derivation_workers(deriver, settings.deriver, limits=settings.limits, webhooks=webhooks)
-        await run_workers(workers, stop)
+        # Dreams: one worker per process (they are rare and each is one LLM call), with the deriver's
+        # model; the scheduler queues them when peers go quiet (dream.enabled).
+        dreamer = Dreamer(deriver.memory, deriver.llm, settings.dream)
+        dreaming = dream_worker(dreamer, settings.dream, lease_s=settings.deriver.lease_s, outages=OUTAGES)
+        extra = [dreaming.run(stop)]
+        if settings.dream.enabled:
+            extra.append(schedule_dreams(deriver.memory.database, settings.dream, stop))
+        await asyncio.gather(run_workers(workers, stop), *extra)
         await webhooks.close()
     log.info("deriver stopped")
 

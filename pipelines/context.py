@@ -37,7 +37,7 @@ from pipelines import retrieval
 from pipelines.deriver.derive import SUMMARY_LABELS
 from pipelines.memory import Memory
 from rapport.settings import DialecticSettings
-from storage import collections, documents, messages, metamessages, sessions, users
+from storage import collections, documents, dreams, messages, metamessages, sessions, users
 from storage.errors import InvalidError, NotFoundError
 from storage.index import DOCUMENTS, Hit
 from storage.query import Record
@@ -85,6 +85,7 @@ class Context:
     recent: list[Record] = field(default_factory=list)
     tokens: int = 0  # estimated, of everything above
     speakers: dict[str, str] = field(default_factory=dict)  # senders' names by peer id (v3)
+    replaced: dict[str, list[str]] = field(default_factory=dict)  # what each fact superseded (dreams)
 
     @property
     def empty(self) -> bool:
@@ -223,7 +224,7 @@ async def _gather(
     base, _, *searched = found  # _Known, the vectors, then each search
     found_facts, found_messages = searched[: len(texts)], searched[len(texts) :]
     top_k = options.top_k * len(asked)
-    return fit(
+    context = fit(
         base.user,
         facts=newest_first_within_topics(_merged(found_facts)[:top_k]),
         messages=_merged(found_messages),
@@ -232,6 +233,11 @@ async def _gather(
         top_k=top_k,
         max_tokens=options.max_tokens,
     )
+    if not context.facts:
+        return context
+    async with memory.database.transaction() as db:
+        earlier = await dreams.replaced_by(db, [row.id for row, _ in context.facts])
+    return replace(context, replaced={i: [row.content for row in rows] for i, rows in earlier.items()})
 
 
 # --- the lookups ---------------------------------------------------------------------------------------
@@ -329,6 +335,7 @@ async def _facts(
             found = {i: fact for i, fact in found.items() if sources[i] & ours}
     if recall.sessions is not None:
         found = {i: fact for i, fact in found.items() if fact.session_id in recall.sessions}
+    found = {i: fact for i, fact in found.items() if fact.invalid_at is None}  # a dream superseded the rest
     semantic = [h for h in semantic if h.id in found]  # the index may briefly hold deleted rows
     lexical = bm25(query, [found[h.id].content for h in semantic])
     matching = [Hit(h.id, score) for h, score in zip(semantic, lexical, strict=True) if score > 0]

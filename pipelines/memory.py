@@ -25,6 +25,7 @@ from storage import collections, conclusions, documents, erasure, messages, outb
 from storage.db import Database
 from storage.index import VectorIndex
 from storage.query import Record
+from storage.tables import Document
 from storage.workspaces import DEFAULT_ASSISTANT
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,10 @@ class Memory:
             scope={"app_id": scope.app_id, "user_id": scope.user_id, "collection_id": scope.collection_id},
             top_k=top_k,
             distance=distance,
-            keep=lambda ids: self.run(conclusions.matching, ids, scope.conditions),
+            # only those that still hold (a dream's superseded ones are in the list and the history)
+            keep=lambda ids: self.run(
+                conclusions.matching, ids, [*scope.conditions, Document.invalid_at.is_(None)]
+            ),
         )
 
     async def delete_conclusion(self, workspace: str, conclusion_id: str) -> None:

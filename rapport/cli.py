@@ -230,6 +230,71 @@ def deriver_retry(app_id: str | None = typer.Option(None, "--app", help="Only th
     typer.echo(f"{count} parked messages will be derived again")
 
 
+@app.command("dream")
+def dream(
+    workspace: str = typer.Argument(..., help="The workspace (app) by name: every peer in it dreams."),
+    queue_only: bool = typer.Option(
+        False, "--queue-only", help="Only queue the dreams; the running service's workers take them."
+    ),
+) -> None:
+    """A dream for every (observer, peer) pair of a workspace that holds conclusions: near-duplicates
+    merged, contradictions superseded, deductions written, cards refreshed. Queued, then worked here with
+    the deriver's model (as many as `rapport serve`'s workers do not take first), with a progress bar."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from cluster.deriver import OUTAGES
+    from cluster.dreams import DreamSource
+    from cluster.stack import build_deriver, open_stack
+    from cluster.worker import QueueWorker, WorkerOptions
+    from pipelines.dreams import Dreamer
+    from storage import dreams
+    from storage.workspaces import workspace as workspace_named
+
+    settings = _settings()
+
+    async def queue(db: AsyncConnection) -> tuple[str, int, int]:
+        app = await workspace_named(db, workspace)
+        pairs = await dreams.pairs_of_app(db, app.id)
+        queued = 0
+        for observer, observed in pairs:
+            queued += await dreams.request(db, app.id, observer, observed, reason="batch")
+        return app.id, len(pairs), queued
+
+    app_id, total, queued = _run(_in_transaction(settings, queue))
+    typer.echo(
+        f"{total} pairs in {workspace}: {queued} dreams queued ({total - queued} already queued or running)"
+    )
+    if queue_only or total == 0:
+        return
+
+    async def work() -> dict[str, int]:
+        async with open_stack(settings) as stack:
+            deriver = await build_deriver(stack, None)
+            dreamer = Dreamer(deriver.memory, deriver.llm, settings.dream)
+            source = DreamSource(dreamer, settings.dream, lease_s=settings.deriver.lease_s, outages=OUTAGES)
+            worker = QueueWorker(source, WorkerOptions(lease_s=settings.deriver.lease_s))
+            bar = tqdm(total=total, desc="dreaming", unit="pair", dynamic_ncols=True)
+            try:
+                while True:
+                    async with deriver.memory.database.transaction() as db:
+                        counts = await dreams.counts(db, app_id)
+                    bar.n = total - counts["pending"] - counts["running"]
+                    bar.refresh()
+                    if counts["pending"] + counts["running"] == 0:
+                        return counts
+                    if await worker.run_once() in ("idle", "outage"):
+                        await asyncio.sleep(2.0)  # another worker has it, or a retry waits its backoff
+            finally:
+                bar.close()
+
+    counts = _run(work())
+    typer.echo(f"dreams of {workspace}: {counts['done']} done, {counts['failed']} failed (all time)")
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
 @deriver_app.command("run")
 def deriver_run(
     metrics_port: int | None = typer.Option(

@@ -177,6 +177,16 @@ QUEUE_WORK = Counter(
     "Batches a queue worker took, by queue (deriver, index sync) and result (done, failed, outage).",
     ("queue", "result"),
 )
+DREAMS = Counter(
+    "rapport_dreams",
+    "Dreams this process ran, by outcome (done, failed: retried later or marked failed, outage).",
+    ("outcome",),
+)
+DREAM_CHANGES = Counter(
+    "rapport_dream_changes",
+    "What dreams changed, by kind: merged (near-duplicates), superseded (contradicted), deduced (new).",
+    ("change",),
+)
 
 HEALTH_DEGRADED = Gauge(
     "rapport_health_degraded",

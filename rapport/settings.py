@@ -261,6 +261,38 @@ class DeriverSettings(_UsesLLM):
         return self.enabled and self.workers > 0
 
 
+class DreamSettings(_Section):
+    """Dreams: consolidation passes over what an observer holds about a peer (pipelines/dreams.py), run by
+    the deriver's workers with the deriver's model. Each costs one LLM call (more conclusions, a longer
+    prompt), plus an embedding of the conclusions it reads."""
+
+    enabled: bool = Field(
+        default=True, description="Dream on schedule; schedule_dream and `rapport dream` work either way."
+    )
+    min_new_conclusions: int = Field(
+        default=20,
+        ge=1,
+        le=100_000,
+        description="New conclusions about a peer (by one observer) before a dream.",
+    )
+    idle_s: float = Field(
+        default=1800.0, ge=0, le=30 * 86400, description="Seconds without a new conclusion before that dream."
+    )
+    check_interval_s: float = Field(
+        default=60.0, gt=0, le=86400, description="How often dreams are scheduled."
+    )
+    max_conclusions: int = Field(
+        default=80, ge=2, le=500, description="Conclusions one dream reads (the newest that still hold)."
+    )
+    duplicate_similarity: float = Field(
+        default=0.95, ge=0.5, le=1.0, description="Cosine similarity at which two conclusions are merged."
+    )
+    max_deductions: int = Field(
+        default=5, ge=0, le=50, description="Deductive conclusions one dream may write."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts before a dream is marked failed.")
+
+
 class DialecticSettings(_UsesLLM):
     top_k: int = Field(default=10, ge=1, le=200, description="Facts, and relevant messages, per query.")
     context_tokens: int = Field(
@@ -441,6 +473,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     deriver: DeriverSettings = Field(default_factory=DeriverSettings)
     dialectic: DialecticSettings = Field(default_factory=DialecticSettings)
+    dream: DreamSettings = Field(default_factory=DreamSettings)
     vector_store: VectorStoreSettings = Field(default_factory=VectorStoreSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

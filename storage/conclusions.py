@@ -265,13 +265,13 @@ async def of_pair(
     *,
     session_ids: Sequence[str] | None = None,
 ) -> list[Record]:
-    """Every conclusion ``observer`` holds about ``observed`` (of these sessions, explicit ones only, when
-    given), newest first."""
+    """Every conclusion ``observer`` holds about ``observed`` that still holds (none a dream superseded;
+    of these sessions, explicit ones only, when given), newest first."""
     name = pair_collection_name((observer.id, observed.id))
     query = (
         select(*record_columns(Document))
         .join(Collection, Collection.id == Document.collection_id)
-        .where(Collection.user_id == observed.id, Collection.name == name)
+        .where(Collection.user_id == observed.id, Collection.name == name, Document.invalid_at.is_(None))
         .order_by(Document.created_at.desc(), Document.seq.desc())
     )
     if session_ids is not None:
@@ -328,7 +328,11 @@ async def set_card(
     await db.execute(
         statement.on_conflict_do_update(
             index_elements=[PeerCard.observer_id, PeerCard.observed_id],
-            set_={"card": statement.excluded.card, "updated_at": statement.excluded.updated_at},
+            set_={
+                "card": statement.excluded.card,
+                "updated_at": statement.excluded.updated_at,
+                "derived": False,
+            },
         )
     )
     return lines

@@ -171,7 +171,10 @@ async def find_normalized(db: AsyncConnection, collection_id: str, texts: Sequen
     hashed = text(NORMALIZED_AMONG).bindparams(bindparam("texts", list(texts), type_=ARRAY(Text)))
     rows = await db.execute(
         select(*record_columns(Document), key.label("normalized")).where(
-            Document.collection_id == collection_id, hashed, key.in_(list(texts))
+            Document.collection_id == collection_id,
+            hashed,
+            key.in_(list(texts)),
+            Document.invalid_at.is_(None),  # one a dream superseded is not what a new fact repeats
         )
     )
     return {row.normalized: cast(Record, row) for row in rows}

@@ -277,9 +277,15 @@ class Document(Base):
     session_id: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = _metadata()
     created_at: Mapped[datetime] = _created_at()
+    # A dream's verdict (migration 0014): when it stopped holding, and what replaced it
+    invalid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    superseded_by: Mapped[str | None] = mapped_column(Text, ForeignKey("documents.id", ondelete="SET NULL"))
 
     __table_args__ = (
         CheckConstraint("char_length(content) BETWEEN 1 AND 100000", name="content_length"),
+        Index(
+            "ix_documents_superseded_by", "superseded_by", postgresql_where=text("superseded_by IS NOT NULL")
+        ),
         CheckConstraint("level IN ('explicit', 'deductive', 'inductive', 'contradiction')", name="level"),
         Index("ix_documents_session_id", "session_id", postgresql_where=text("session_id IS NOT NULL")),
         Index("ix_documents_collection_id_seq", "collection_id", "seq"),
@@ -300,6 +306,9 @@ class PeerCard(Base):
     )
     app_id: Mapped[str] = mapped_column(Text, nullable=False)
     card: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    derived: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false"), default=False
+    )
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
@@ -307,6 +316,45 @@ class PeerCard(Base):
     __table_args__ = (
         CheckConstraint("jsonb_typeof(card) = 'array'", name="card_is_list"),
         Index("ix_peer_cards_observed_id", "observed_id"),
+    )
+
+
+class Dream(Base):
+    """A consolidation pass over what an observer holds about an observed peer (pipelines/dreams.py)."""
+
+    __tablename__ = "dreams"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
+    observer_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    observed_id: Mapped[str] = mapped_column(Text, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=text("'pending'"), default="pending"
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"), default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    not_before: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    token: Mapped[str | None] = mapped_column(Text)  # the lease of the worker that holds it
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created_at()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'running', 'done', 'failed')", name="status"),
+        CheckConstraint("reason IN ('scheduled', 'requested', 'batch')", name="reason"),
+        Index(
+            "ix_dreams_open_pair",
+            "observer_id",
+            "observed_id",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'running')"),
+        ),
+        Index("ix_dreams_due", "not_before", postgresql_where=text("status = 'pending'")),
+        Index("ix_dreams_observed_id", "observed_id"),
     )
 
 

@@ -48,7 +48,7 @@ from pipelines.deriver.prompts import (
 )
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
-from storage import collections, derivation, documents, messages, metamessages, observation
+from storage import collections, derivation, documents, dreams, messages, metamessages, observation
 from storage.derivation import Claim
 from storage.documents import normalized
 from storage.index import DOCUMENTS, Hit
@@ -306,6 +306,8 @@ class Deriver:
                 for document_id, sources in plan.repeats.items():
                     await _reinforce(tx.db, held.app_id, peer, collection_id, document_id, sources)
                     outcome.reinforced.append(document_id)
+                # the pair's card, from its most reinforced conclusions (one set through the API stays)
+                await dreams.refresh_card(tx.db, held.app_id, pair[0], peer, collection_id)
             for kind, text, message in summaries:
                 await metamessages.create_metamessage(
                     tx.db,
@@ -474,9 +476,14 @@ class Deriver:
             closest = await self.closest_stored(collection_id, vectors, unmatched) if unmatched else {}
         kept: list[np.ndarray] = []
         seen: dict[str, int] = {}  # normalised text -> its index in plan.new
+        # A fact a dream superseded is not repeated by a new one: the new one is stored (it may be what
+        # holds again, e.g. a move back), and the next dream settles it.
+        superseded = await dreams.invalid_among(db, [h.id for h in closest.values()])
         for i, ((fact, sources), vector) in enumerate(zip(facts, vectors, strict=True)):
             repeat: Any = exact.get(normalized(fact.text))
             hit = closest.get(i)
+            if hit is not None and hit.id in superseded:
+                hit = None
             if repeat is None and hit is not None and hit.score >= self.options.dedup_threshold:
                 repeat = hit
             if repeat is not None:

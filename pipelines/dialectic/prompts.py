@@ -59,11 +59,13 @@ them.
 - Be brief: a few sentences at most, no preamble."""
 
 
-def _fact_line(fact: Record) -> str:
+def _fact_line(fact: Record, replaced: Sequence[str] = ()) -> str:
     inferred = (fact.metadata_ or {}).get("kind") == "inference" or getattr(
         fact, "level", None
     ) == "deductive"
     kind = " (inference)" if inferred else ""
+    if replaced:  # what it superseded: the history, for a question about a change
+        kind += " (this replaced the older: " + "; ".join(f'"{old}"' for old in replaced[-2:]) + ")"
     return f"- [{fact_date(fact)}] {fact.content}{kind}"
 
 
@@ -77,7 +79,10 @@ def render_context(context: Context) -> str:
     parts = []
     if context.facts:
         facts = sorted((row for row, _ in context.facts), key=fact_time, reverse=True)
-        parts.append(f"Facts about {name} (newest first):\n" + "\n".join(_fact_line(f) for f in facts))
+        parts.append(
+            f"Facts about {name} (newest first):\n"
+            + "\n".join(_fact_line(f, context.replaced.get(f.id, ())) for f in facts)
+        )
     for summary in context.summaries:
         kind = "long" if summary.label.endswith("_long") else "short"
         parts.append(f"Summary of the conversation ({kind}):\n{summary.content}")

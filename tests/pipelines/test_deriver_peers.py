@@ -14,7 +14,7 @@ from models.llm.scripted import ScriptedLLM
 from pipelines.deriver.prompts import FACTS_SYSTEM, PEOPLE_SYSTEM, asks_for_facts
 from pipelines.memory import Memory
 from rapport.settings import DeriverSettings
-from storage import derivation, messages, v3, workspaces
+from storage import conclusions, derivation, messages, v3, workspaces
 from storage.db import Database
 from storage.index import DOCUMENTS
 from storage.query import Record, record_columns
@@ -113,6 +113,12 @@ async def test_one_pass_over_a_batch_yields_conclusions_about_both_speakers(
     assert await held(database, "alice", "bob") == [] and await held(database, "bob", "alice") == []
     async with database.transaction() as db:
         assert (await derivation.counts(db)).done == 4
+        # each peer's card, from its conclusions (no model call), most reinforced then newest first
+        assert await conclusions.card_of(db, WS, "alice", None) == [
+            "alice is settling into a new city.",
+            "alice lives in Lisbon since May 2023.",
+        ]
+        assert await conclusions.card_of(db, WS, "bob", None) == ["bob adopted a cat called Tom."]
 
 
 async def test_observe_flags_choose_who_is_observed_and_by_whom(

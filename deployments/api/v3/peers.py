@@ -12,7 +12,7 @@ from deployments.api.v3 import schemas
 from deployments.api.v3.access import check_creates, v3_creator, v3_key
 from deployments.api.v3.params import PageNumber, PageSize, PeerId, Reverse, WorkspaceId
 from pipelines import representation
-from storage import conclusions, v3
+from storage import conclusions, dreams, v3
 
 router = APIRouter(prefix="/v3/workspaces/{workspace_id}/peers", tags=["peers"])
 Target = Annotated[
@@ -193,6 +193,28 @@ async def get_peer_context(
     return schemas.PeerContext(
         peer_id=peer_id, target_id=target or peer_id, representation=text, peer_card=card
     )
+
+
+@router.get(
+    "/{peer_id}/history",
+    response_model=list[schemas.SupersededConclusion],
+    dependencies=[Depends(v3_key)],
+)
+async def get_history(
+    memory: Mem,
+    workspace_id: WorkspaceId,
+    peer_id: PeerId,
+    target: Target = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most conclusions to return")] = 100,
+) -> list[schemas.SupersededConclusion]:
+    """The conclusions a Peer held about a target (itself by default) that no longer hold (a Rapport
+    extension)
+
+    What dreams superseded, latest first, each with the conclusion that replaced it: a contradicted one
+    with the newer that holds now, a near-duplicate with the one it was merged into. Context,
+    representations and chat read only what still holds; the conclusions list shows both."""
+    rows = await memory.run(dreams.history_in, workspace_id, peer_id, target, limit=limit)
+    return [schemas.SupersededConclusion.of(row) for row in rows]
 
 
 async def _sessions(memory: Mem, workspace_id: str, session: str | None) -> list[str] | None:

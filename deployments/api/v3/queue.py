@@ -10,7 +10,7 @@ from deployments.api.params import Mem
 from deployments.api.v3 import schemas
 from deployments.api.v3.access import v3_key
 from deployments.api.v3.params import WorkspaceId
-from storage import v3
+from storage import dreams, v3
 
 router = APIRouter(
     prefix="/v3/workspaces/{workspace_id}", tags=["workspaces"], dependencies=[Depends(v3_key)]
@@ -56,11 +56,18 @@ async def get_queue_status(
 
 @router.post("/schedule_dream", status_code=204)
 async def schedule_dream(
+    memory: Mem,
     workspace_id: WorkspaceId,
     request: Annotated[schemas.ScheduleDreamRequest, Body(description="Dream scheduling parameters")],
 ) -> Response:
-    """Schedule a Dream: accepted, and nothing is done yet
+    """Schedule a Dream
 
-    Dreams (consolidating a peer's conclusions) come with v3's deriver; until then the request is
-    accepted and changes nothing, so SDK code that schedules them keeps working."""
+    Queues a consolidation pass over what the observer holds about the observed peer (itself by
+    default): near-duplicates merged, contradicted conclusions superseded by the newer (never deleted),
+    deductive conclusions written with their premises, the peer card refreshed. The deriver's workers
+    run it soon, with the deriver's model. Asking while one is queued or running for the pair asks
+    nothing more. A dream covers all of the pair's conclusions; session_id is checked, not used."""
+    if request.session_id is not None:
+        await memory.run(v3.session_in, workspace_id, request.session_id)
+    await memory.run(dreams.request_in, workspace_id, request.observer, request.observed, reason="requested")
     return Response(status_code=204)

@@ -386,6 +386,30 @@ class DialecticResponse(BaseModel):
     content: str | None
 
 
+class SupersededConclusion(BaseModel):
+    """A conclusion a dream found no longer holds (a Rapport extension), with what replaced it."""
+
+    id: str
+    content: str
+    level: str
+    created_at: datetime
+    invalid_at: datetime
+    superseded_by: str | None
+    replacement: str | None
+
+    @classmethod
+    def of(cls, row: Any) -> SupersededConclusion:
+        return cls.model_construct(
+            id=row.id,
+            content=row.content,
+            level=row.level,
+            created_at=row.created_at,
+            invalid_at=row.invalid_at,
+            superseded_by=row.superseded_by,
+            replacement=row.replacement,
+        )
+
+
 class PeerContext(BaseModel):
     peer_id: str
     target_id: str
