@@ -289,9 +289,13 @@ def dream(
             finally:
                 bar.close()
 
+    failed_before = _run(_in_transaction(settings, lambda db: dreams.counts(db, app_id)))["failed"]
     counts = _run(work())
-    typer.echo(f"dreams of {workspace}: {counts['done']} done, {counts['failed']} failed (all time)")
-    if counts["failed"]:
+    failed = counts["failed"] - failed_before
+    typer.echo(
+        f"dreams of {workspace}: {counts['done']} done, {failed} failed now (`rapport dream` again retries)"
+    )
+    if failed:
         raise typer.Exit(1)
 
 

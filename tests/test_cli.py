@@ -250,3 +250,43 @@ def test_users_and_apps_delete_erase_after_confirmation(tmp_path: Path) -> None:
         gone = _rapport("apps", "delete", app_id, "--yes", env=env)
         assert gone.returncode == 0 and f"erased app {app_id}: 1 messages" in gone.stdout, gone.stderr
         assert asyncio.run(counts())[2] == 0
+
+
+def test_dream_queues_one_per_pair_of_a_workspace_and_names_a_missing_one(tmp_path: Path) -> None:
+    from storage import dreams
+
+    with scratch_database("rapport_cli") as url:
+        env = {"DB_CONNECTION_URI": url, "RAPPORT_HOME": str(tmp_path)}
+        assert _rapport("db", "upgrade", env=env).returncode == 0
+
+        async def seed() -> None:
+            database = Database(url, DBSettings())
+            t = await make_tree(database, app_name="shop")
+            async with database.transaction() as db:
+                locked = await collections.lock_pairs(db, t.app_id, [(t.user_id, t.user_id)])
+                await documents.create_many(
+                    db,
+                    [
+                        documents.NewDocument(
+                            t.app_id, t.user_id, locked[(t.user_id, t.user_id)], "x likes tea", {}
+                        )
+                    ],
+                )
+            await database.dispose()
+
+        async def counts() -> dict[str, int]:
+            database = Database(url, DBSettings())
+            async with database.transaction() as db:
+                found = await dreams.counts(db)
+            await database.dispose()
+            return found
+
+        asyncio.run(seed())
+        queued = _rapport("dream", "shop", "--queue-only", env=env)
+        assert queued.returncode == 0, queued.stderr
+        assert "1 pairs in shop: 1 dreams queued" in queued.stdout
+        again = _rapport("dream", "shop", "--queue-only", env=env)
+        assert "1 pairs in shop: 0 dreams queued (1 already queued or running)" in again.stdout
+        assert asyncio.run(counts())["pending"] == 1
+        missing = _rapport("dream", "nowhere", env=env)
+        assert missing.returncode == 1 and "workspace 'nowhere' not found" in missing.stderr
