@@ -125,9 +125,11 @@ class Dreamer:
         async with self.memory.database.transaction() as db:
             found = await collections.pair_ids(db, [pair])
             named = await dreams.peers(db, [observed_id])
-            rows = (
-                await dreams.valid_of(db, found[pair], limit=self.settings.max_conclusions) if found else []
-            )
+            if not found:  # nothing held about the peer: nothing to do, and no collection to make
+                if claim is not None:
+                    await dreams.finish(db, claim, asdict(result))
+                return result
+            rows = await dreams.valid_of(db, found[pair], limit=self.settings.max_conclusions)
         rows = sorted(rows, key=_when)  # oldest first
         result.read = len(rows)
         vectors = await self.memory.embedder.embed([r.content for r in rows]) if rows else np.zeros((0, 1))

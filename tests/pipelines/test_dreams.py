@@ -26,7 +26,7 @@ from rapport.settings import DreamSettings
 from storage import dreams
 from storage.derivation import LeaseLost
 from storage.query import record_columns
-from storage.tables import Document, Dream, User
+from storage.tables import Collection, Document, Dream, User
 from tests.api.conftest import make_settings
 
 W = "/v3/workspaces/w"
@@ -242,3 +242,20 @@ async def test_the_scheduler_queues_quiet_pairs_with_enough_new_conclusions(
     await conclude(client, memory, "Ana runs", "Ana swims")
     async with memory.database.transaction() as db:
         assert await dreams.schedule_due(db, threshold=2, idle_s=0) == 0, "the workspace turned dreams off"
+
+
+async def test_a_dream_of_a_pair_that_holds_nothing_is_done_and_makes_nothing(
+    client: httpx.AsyncClient, memory: Memory, ana: None
+) -> None:
+    assert (await client.post(f"{W}/peers", json={"id": "bo"})).status_code == 201
+    body = {"observer": "bo", "observed": "ana", "dream_type": "omni"}
+    assert (await client.post(f"{W}/schedule_dream", json=body)).status_code == 204
+    worker = QueueWorker(
+        DreamSource(Dreamer(memory, ScriptedLLM([])), DreamSettings(), lease_s=60, outages=OUTAGES)
+    )
+    assert await worker.run_once() == "done"
+    async with memory.database.transaction() as db:
+        assert (await db.execute(select(Dream.status))).scalar() == "done"
+        assert (
+            await db.execute(select(Collection.name).where(Collection.name.like("observer:%")))
+        ).first() is None
