@@ -87,9 +87,17 @@ class DerivationSource:
             f", {', '.join(outcome.summaries)}" if outcome.summaries else "",
         )
         if self.webhooks is not None and self.webhooks.enabled:
-            event = await self.deriver.memory.run(storage_webhooks.queue_empty, work.session_id)
-            if event is not None:
-                self.webhooks.emit(event.type, event.data, event.urls)
+            await self._record(storage_webhooks.queue_empty, work.session_id)
+
+    async def _record(self, event_of: Any, *args: Any) -> None:
+        """Queue a webhook event (read and recorded in one short transaction) and nudge its delivery:
+        the endpoints themselves are never waited on here."""
+        assert self.webhooks is not None
+        async with self.database.transaction() as db:
+            event = await event_of(db, *args)
+            recorded = await self.webhooks.record(db, event) if event is not None else 0
+        if recorded:
+            self.webhooks.nudge(self.database)
 
     def _resume(self) -> None:
         log.info("the deriver works again")
@@ -114,11 +122,9 @@ class DerivationSource:
         if parked:
             metrics.DERIVATION_PARKED_EVENTS.inc(parked)
             if self.webhooks is not None and self.webhooks.enabled:
-                event = await self.deriver.memory.run(
+                await self._record(
                     storage_webhooks.derivation_parked, work.session_id, work.message_ids, reason
                 )
-                if event is not None:
-                    self.webhooks.emit(event.type, event.data, event.urls)
             log.error(
                 "parked %d message(s) of session %s after %d attempts: %s (`rapport deriver retry` revives them)",
                 parked,

@@ -413,7 +413,21 @@ class WebhookSettings(_Section):
     )
     max_endpoints: int = Field(default=10, ge=1, le=1000, description="Endpoints a workspace may have.")
     timeout_s: float = Field(default=10.0, gt=0, description="How long one delivery may take.")
-    attempts: int = Field(default=3, ge=1, le=10, description="Tries per endpoint and event.")
+    attempts: int = Field(
+        default=10,
+        ge=1,
+        le=30,
+        description="Tries per endpoint and event, across restarts, before the delivery is marked failed.",
+    )
+    retry_base_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Wait after the first failed try; doubled each time, at most 1 h.",
+    )
+    poll_interval_s: float = Field(
+        default=2.0, gt=0, le=600, description="How often the API's processes look for deliveries to retry."
+    )
 
 
 class HealthSettings(_Section):

@@ -374,6 +374,38 @@ class WebhookEndpoint(Base):
     )
 
 
+class WebhookDelivery(Base):
+    """An event on its way to one endpoint (pipelines/webhooks.py delivers it; migration 0015)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = _id()
+    seq: Mapped[int] = _seq()
+    app_id: Mapped[str] = mapped_column(Text, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False)
+    endpoint_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    event_type: Mapped[str] = mapped_column(Text, nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)  # the JSON as signed and sent
+    status: Mapped[str] = mapped_column(
+        Text, nullable=False, server_default=text("'pending'"), default="pending"
+    )
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"), default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    not_before: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    created_at: Mapped[datetime] = _created_at()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        Index("ix_webhook_deliveries_due", "not_before", postgresql_where=text("status = 'pending'")),
+        Index("ix_webhook_deliveries_endpoint_id", "endpoint_id"),
+        Index("ix_webhook_deliveries_app_id", "app_id"),
+    )
+
+
 class IndexOutbox(Base):
     """Index work written in the same transaction as the rows it is about, so a crash between the
     commit and the LanceDB write loses nothing: whatever is here is applied (again) until it sticks."""

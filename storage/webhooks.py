@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import bindparam, delete, func, select, text
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Text
@@ -16,12 +17,13 @@ from sqlalchemy.types import Text
 from storage.errors import ConflictError, InvalidError, NotFoundError
 from storage.ids import new_id
 from storage.query import Page, Record, fetch_or_create, page_of
-from storage.tables import WebhookEndpoint
+from storage.tables import WebhookDelivery, WebhookEndpoint
 from storage.validation import check_name_findable, storable
 from storage.workspaces import workspace
 
 URL_MAX = 2048
 PARKED_ERROR_MAX = 500  # characters of the last error in a derivation.parked event
+DELIVERY_ERROR_MAX = 500
 
 
 def check_url(url: Any) -> str:
@@ -92,27 +94,35 @@ async def delete_endpoint(db: AsyncConnection, ws: str, endpoint_id: str) -> Non
         raise NotFoundError(f"webhook endpoint {endpoint_id!r} not found")
 
 
-async def urls_of(db: AsyncConnection, ws: str) -> list[str]:
-    """Where the workspace's events go (404 for a workspace that is not there)."""
+async def test_event(db: AsyncConnection, ws: str) -> Event:
+    """A ``test.event`` to the workspace's endpoints (404 for a workspace that is not there)."""
     app = await workspace(db, ws)
     rows = await db.execute(
-        select(WebhookEndpoint.url).where(WebhookEndpoint.app_id == app.id).order_by(WebhookEndpoint.seq)
+        select(WebhookEndpoint.id, WebhookEndpoint.url)
+        .where(WebhookEndpoint.app_id == app.id)
+        .order_by(WebhookEndpoint.seq)
     )
-    return [row.url for row in rows]
+    return Event("test.event", {"workspace_id": ws}, app.id, [(row.id, row.url) for row in rows])
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """An event to send, and where."""
+    """An event to send, and where: the workspace's endpoints, (id, url) each."""
 
     type: str
     data: dict[str, Any]
-    urls: list[str]
+    app_id: str
+    endpoints: list[tuple[str, str]]
+
+    @property
+    def urls(self) -> list[str]:
+        return [url for _, url in self.endpoints]
 
 
 _QUEUE_EMPTY = text(
     """
-    SELECT a.name AS workspace, s.name AS session, u.name AS peer,
+    SELECT a.id AS app_id, a.name AS workspace, s.name AS session, u.name AS peer,
+           array(SELECT w.id FROM webhook_endpoints w WHERE w.app_id = a.id ORDER BY w.seq) AS endpoint_ids,
            array(SELECT w.url FROM webhook_endpoints w WHERE w.app_id = a.id ORDER BY w.seq) AS urls
     FROM sessions s JOIN apps a ON a.id = s.app_id LEFT JOIN users u ON u.id = s.user_id
     WHERE s.id = :session
@@ -124,7 +134,8 @@ _QUEUE_EMPTY = text(
 
 _PARKED = text(
     """
-    SELECT a.name AS workspace, s.name AS session,
+    SELECT a.id AS app_id, a.name AS workspace, s.name AS session,
+           array(SELECT w.id FROM webhook_endpoints w WHERE w.app_id = a.id ORDER BY w.seq) AS endpoint_ids,
            array(SELECT w.url FROM webhook_endpoints w WHERE w.app_id = a.id ORDER BY w.seq) AS urls,
            array(
                SELECT q.message_id FROM derivation_queue q
@@ -151,7 +162,7 @@ async def derivation_parked(
         "message_ids": list(row.parked),
         "error": error[:PARKED_ERROR_MAX],
     }
-    return Event("derivation.parked", data, list(row.urls))
+    return Event("derivation.parked", data, row.app_id, _endpoints(row))
 
 
 async def queue_empty(db: AsyncConnection, session_id: str) -> Event | None:
@@ -167,4 +178,111 @@ async def queue_empty(db: AsyncConnection, session_id: str) -> Event | None:
         "observer": row.peer,
         "observed": row.peer,
     }
-    return Event("queue.empty", data, list(row.urls))
+    return Event("queue.empty", data, row.app_id, _endpoints(row))
+
+
+def _endpoints(row: Any) -> list[tuple[str, str]]:
+    return list(zip(row.endpoint_ids, row.urls, strict=True))
+
+
+# --- the outbox -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: str
+    url: str
+    event_type: str
+    body: str
+    attempts: int
+
+
+async def record(db: AsyncConnection, event: Event, body: str) -> int:
+    """Queue ``body`` (the event, as it will be signed and sent) for each of the event's endpoints."""
+    if not event.endpoints:
+        return 0
+    await db.execute(
+        insert(WebhookDelivery).values(
+            [
+                {
+                    "id": new_id(),
+                    "app_id": event.app_id,
+                    "endpoint_id": endpoint_id,
+                    "url": url,
+                    "event_type": event.type,
+                    "body": body,
+                }
+                for endpoint_id, url in event.endpoints
+            ]
+        )
+    )
+    return len(event.endpoints)
+
+
+async def claim_due(db: AsyncConnection, *, limit: int, lease_s: float) -> list[Delivery]:
+    """Up to ``limit`` deliveries that are due, each counted as an attempt and held for ``lease_s``
+    (a sender that dies mid-way leaves them due again then: delivery is at least once)."""
+    due = (
+        select(WebhookDelivery.id)
+        .where(WebhookDelivery.status == "pending", WebhookDelivery.not_before <= func.now())
+        .order_by(WebhookDelivery.not_before)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = await db.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(due.scalar_subquery()))
+        .values(not_before=func.now() + timedelta(seconds=lease_s), attempts=WebhookDelivery.attempts + 1)
+        .returning(
+            WebhookDelivery.id,
+            WebhookDelivery.url,
+            WebhookDelivery.event_type,
+            WebhookDelivery.body,
+            WebhookDelivery.attempts,
+        )
+    )
+    return [Delivery(r.id, r.url, r.event_type, r.body, r.attempts) for r in rows]
+
+
+async def delivered(db: AsyncConnection, delivery_id: str) -> None:
+    await db.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id)
+        .values(status="delivered", finished_at=func.now(), last_error=None)
+    )
+
+
+async def attempt_failed(
+    db: AsyncConnection, delivery_id: str, error: str, *, retry_in_s: float | None
+) -> None:
+    """Record a failed attempt: due again in ``retry_in_s``, or failed for good (None)."""
+    values: dict[str, Any] = {"last_error": error[:DELIVERY_ERROR_MAX]}
+    if retry_in_s is None:
+        values |= {"status": "failed", "finished_at": func.now()}
+    else:
+        values["not_before"] = func.now() + timedelta(seconds=retry_in_s)
+    await db.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    pending: int
+    failed: int
+    oldest_s: float
+
+
+async def backlog(db: AsyncConnection) -> Backlog:
+    row = (
+        await db.execute(
+            text(
+                """
+                SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                       count(*) FILTER (WHERE status = 'failed') AS failed,
+                       COALESCE(EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending')), 0)
+                           AS oldest_s
+                FROM webhook_deliveries
+                """
+            )
+        )
+    ).one()
+    return Backlog(int(row.pending), int(row.failed), float(row.oldest_s))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -101,16 +103,21 @@ def create_api(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
         try:
-            if memory is not None:
-                yield
-                return
-            async with make_memory(settings) as built:
-                app.state.memory = built
-                log.info("API ready on %r", built.database)
-                yield
+            async with contextlib.AsyncExitStack() as stack:
+                if memory is None:
+                    app.state.memory = await stack.enter_async_context(make_memory(settings))
+                    log.info("API ready on %r", app.state.memory.database)
+                # Webhook deliveries that failed are retried from the API's processes (any of them).
+                retries = asyncio.create_task(app.state.webhooks.run(app.state.memory.database, stop))
+                try:
+                    yield
+                finally:
+                    stop.set()
+                    await retries
+                    await app.state.webhooks.close()  # nudges under way finish first
         finally:
-            await app.state.webhooks.close()  # events under way are sent (or given up) first
             if dialectic_llm is None:  # ours: release its connections (a no-op if never built)
                 await app.state.dialectic_llm.close()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from aiohttp import web
+from sqlalchemy import func, select, update
 
 from cluster.deriver import derivation_workers
 from models.llm.scripted import ScriptedLLM
@@ -20,6 +21,9 @@ from pipelines.deriver import Deriver, DeriverOptions
 from pipelines.memory import Memory
 from pipelines.webhooks import Webhooks
 from rapport.settings import DeriverSettings, WebhookSettings
+from storage import webhooks as storage_webhooks
+from storage.tables import WebhookDelivery
+from tests.api.test_metrics import scrape, value
 from tests.pipelines.test_deriver import facts, is_extraction
 from tests.served import free_port
 
@@ -174,3 +178,123 @@ async def test_derivation_parked_is_sent_when_work_is_parked(
     assert event["data"]["error"].startswith("LLMOutputError")
     status = await ok(await client.get(f"{W}/w/queue/status"))
     assert (status["pending_work_units"], status["completed_work_units"]) == (0, 1)
+
+
+@dataclass
+class Flaky:
+    """A receiver that answers ``statuses`` in turn (then 204), and can hold each request until released."""
+
+    url: str
+    statuses: list[int]
+    got: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+async def flaky() -> AsyncIterator[Flaky]:
+    port = free_port()
+    found = Flaky(f"http://localhost:{port}/hook", [])
+
+    async def hook(request: web.Request) -> web.Response:
+        found.got.append((await request.read(), dict(request.headers)))
+        found.arrived.set()
+        await found.release.wait()
+        return web.Response(status=found.statuses.pop(0) if found.statuses else 204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield found
+    finally:
+        found.release.set()
+        await runner.cleanup()
+
+
+async def deliveries(memory: Memory) -> list[tuple[str, int, str | None]]:
+    async with memory.database.transaction() as db:
+        rows = await db.execute(
+            select(WebhookDelivery.status, WebhookDelivery.attempts, WebhookDelivery.last_error).order_by(
+                WebhookDelivery.seq
+            )
+        )
+        return [(r.status, r.attempts, r.last_error) for r in rows]
+
+
+async def due_now(memory: Memory) -> None:
+    async with memory.database.transaction() as db:
+        await db.execute(update(WebhookDelivery).values(not_before=func.now()))
+
+
+async def test_deliveries_are_retried_with_backoff_across_restarts_then_marked_failed(
+    api_client: Callable[..., httpx.AsyncClient], memory: Memory, flaky: Flaky
+) -> None:
+    flaky.release.set()
+    flaky.statuses = [500, 503]
+    settings = {"secret": SECRET, "attempts": 3, "retry_base_s": 60}
+    async with api_client(webhook=settings) as client:
+        await ok(await client.post(W, json={"id": "w"}), 201)
+        await ok(await client.post(f"{W}/w/webhooks", json={"url": flaky.url}), 201)
+        await ok(await client.get(f"{W}/w/webhooks/test"))
+        await client._transport.app.state.webhooks.close()  # type: ignore[attr-defined]
+    assert await deliveries(memory) == [("pending", 1, "HTTP 500")], "kept, due again after the backoff"
+
+    # a new process (a restart): nothing is due before the backoff; after it, the next try
+    restarted = Webhooks(WebhookSettings(**settings))
+    assert await restarted.deliver_due(memory.database) == 0
+    await due_now(memory)
+    assert await restarted.deliver_due(memory.database) == 1
+    assert await deliveries(memory) == [("pending", 2, "HTTP 503")]
+    await due_now(memory)
+    assert await restarted.deliver_due(memory.database) == 1
+    assert await deliveries(memory) == [("delivered", 3, None)]
+    bodies = {body for body, _ in flaky.got}
+    assert len(flaky.got) == 3 and len(bodies) == 1, "the same body, fixed when the event happened"
+    ids = {headers["X-Rapport-Delivery"] for _, headers in flaky.got}
+    assert len(ids) == 1, "one delivery id to deduplicate by"
+    signature = hmac.new(SECRET.encode(), bodies.pop(), hashlib.sha256).hexdigest()
+    assert all(headers["X-Honcho-Signature"] == signature for _, headers in flaky.got)
+
+    flaky.statuses = [500, 500, 500]
+    async with api_client() as probe:
+        before = value(await scrape(probe), "rapport_webhooks_total", event="test.event", outcome="failed")
+    async with memory.database.transaction() as db:
+        event = await storage_webhooks.test_event(db, "w")
+        assert await restarted.record(db, event) == 1
+    for _ in range(3):
+        await due_now(memory)
+        await restarted.deliver_due(memory.database)
+    assert (await deliveries(memory))[-1] == ("failed", 3, "HTTP 500")
+    async with api_client() as probe:
+        after = value(await scrape(probe), "rapport_webhooks_total", event="test.event", outcome="failed")
+    assert after == before + 1
+    await restarted.deliver_due(memory.database)
+    assert len(flaky.got) == 6, "a failed delivery is not tried again"
+
+
+async def test_an_endpoint_that_hangs_never_holds_up_derivation(
+    client: httpx.AsyncClient, memory: Memory, flaky: Flaky
+) -> None:
+    await ok(await client.post(f"{W}/w/sessions", json={"id": "s", "peers": {"ana": {}}}), 201)
+    await ok(
+        await client.post(
+            f"{W}/w/sessions/s/messages", json={"messages": [{"peer_id": "ana", "content": "hi"}]}
+        ),
+        201,
+    )
+    await ok(await client.post(f"{W}/w/webhooks", json={"url": flaky.url}), 201)
+    settings = DeriverSettings(batch_wait_s=0, poll_interval_s=0.01)
+    llm = ScriptedLLM(lambda prompt: facts(("ana says hi", [1])) if is_extraction(prompt) else "")
+    webhooks = Webhooks(WebhookSettings(secret=SECRET))
+    worker = derivation_workers(
+        Deriver(memory, llm, options=DeriverOptions.of(settings)), settings, webhooks=webhooks
+    )[0]
+    assert await worker.run_once() == "done"  # while the endpoint has not answered
+    await asyncio.wait_for(flaky.arrived.wait(), 10)
+    assert await deliveries(memory) == [("pending", 1, None)], "claimed, still out"
+    flaky.release.set()
+    await webhooks.close()
+    assert await deliveries(memory) == [("delivered", 1, None)]

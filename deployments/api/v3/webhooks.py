@@ -53,10 +53,13 @@ async def list_webhook_endpoints(
 
 @router.get("/test")
 async def test_emit(request: Request, memory: Mem, workspace_id: WorkspaceId) -> None:
-    """Send a test.event to the Workspace's endpoints (in the background; nothing without
-    webhook.secret)"""
-    urls = await memory.run(webhooks.urls_of, workspace_id)
-    request.app.state.webhooks.emit("test.event", {"workspace_id": workspace_id}, urls)
+    """Send a test.event to the Workspace's endpoints (queued, then sent in the background; nothing
+    without webhook.secret)"""
+    sender = request.app.state.webhooks
+    async with memory.database.transaction() as db:
+        recorded = await sender.record(db, await webhooks.test_event(db, workspace_id))
+    if recorded:
+        sender.nudge(memory.database)
 
 
 @router.delete("/{endpoint_id}", status_code=204)

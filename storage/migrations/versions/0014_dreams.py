@@ -10,7 +10,7 @@
 
 Revision ID: 0014
 Revises: 0013
-Create Date: 2026-12-08 00:10:00
+Create Date: 2026-12-07 23:30:00
 """
 
 from collections.abc import Sequence
