@@ -14,6 +14,7 @@ from typing import Any
 
 from cluster.worker import DEPENDENCY_OUTAGES, QueueWorker, WorkerOptions
 from models.llm import LLMConfigError, LLMOutputError, LLMUnavailable
+from models.llm.client import billed_to
 from pipelines.deriver import Deriver
 from pipelines.dreams import Dreamer
 from pipelines.webhooks import Webhooks
@@ -74,7 +75,8 @@ class DerivationSource:
         return claimed
 
     async def process(self, work: Claim) -> None:
-        outcome = await self.deriver.derive(work)
+        with billed_to(work.app_id, "deriver"):
+            outcome = await self.deriver.derive(work)
         self.progress_at = datetime.now(UTC)
         if self.paused is not None:
             self._resume()

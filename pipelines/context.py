@@ -31,17 +31,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import or_, select
 
 from pipelines import retrieval
 from pipelines.deriver.derive import SUMMARY_LABELS
 from pipelines.memory import Memory
 from rapport.settings import DialecticSettings
-from storage import collections, documents, dreams, messages, metamessages, sessions, users
+from storage import collections, documents, dreams, messages, metamessages, sessions, users, v3
 from storage.errors import InvalidError, NotFoundError
 from storage.index import DOCUMENTS, Hit
 from storage.query import Record
-from storage.tables import Message, SessionPeer, User
 from storage.validation import check_text
 
 MAX_QUERIES = 10
@@ -165,23 +163,12 @@ async def gather_peer_context(
     options = options or ContextOptions()
     asked = check_queries(queries, field="query")
     known = asyncio.ensure_future(_known_of_peer(memory, view, options.recent_messages))
-    in_sessions = Message.session_id.in_(
-        select(SessionPeer.session_id).where(SessionPeer.peer_id == view.observed.id)
-    )
-    conditions: list[Any] = [or_(Message.peer_id == view.observed.id, in_sessions)]
-    if view.observer.id != view.observed.id:
-        conditions.append(
-            Message.session_id.in_(
-                select(SessionPeer.session_id).where(SessionPeer.peer_id == view.observer.id)
-            )
-        )
-    if view.sessions is not None:
-        conditions.append(Message.session_id.in_(list(view.sessions)))
+    conditions = v3.recall_conditions(view.observer.id, view.observed.id, view.sessions)
     sessions = frozenset(view.sessions) if view.sessions is not None else None
     recall = _Recall(view.app_id, None, conditions=conditions, sessions=sessions)
     context = await _gather(memory, known, recall, asked, related, options)
     async with memory.database.transaction() as db:
-        speakers = await names_by_id(db, [row for row, _ in context.messages] + context.recent)
+        speakers = await v3.sender_names(db, [row for row, _ in context.messages] + context.recent)
     return replace(context, speakers={**speakers, view.observed.id: view.observed.name})
 
 
@@ -292,14 +279,6 @@ async def _known_of_peer(memory: Memory, view: PeerView, recent_messages: int) -
                     db, view.session_id, limit=recent_messages, newest=True
                 )
     return _Known(view.observed, facts.id if facts is not None else None, summaries, recent)
-
-
-async def names_by_id(db: Any, rows: Sequence[Record]) -> dict[str, str]:
-    """The names of these messages' senders, by peer id."""
-    ids = list({row.peer_id for row in rows})
-    if not ids:
-        return {}
-    return dict((await db.execute(select(User.id, User.name).where(User.id.in_(ids)))).all())
 
 
 async def _facts(

@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from models.llm import ChatMessage, LLMClient
+from models.llm.client import billed_to
 from pipelines.context import fact_date, fact_time
 from pipelines.memory import Memory
 from rapport import metrics
@@ -120,6 +121,12 @@ class Dreamer:
     ) -> DreamResult:
         """Consolidate what ``observer_id`` holds about ``observed_id``; with ``claim``, record the dream
         done in the same transaction (LeaseLost, and nothing stored, if its lease was lost)."""
+        with billed_to(app_id, "dream"):
+            return await self._dream(app_id, observer_id, observed_id, claim)
+
+    async def _dream(
+        self, app_id: str, observer_id: str, observed_id: str, claim: DreamClaim | None
+    ) -> DreamResult:
         result = DreamResult()
         pair = (observer_id, observed_id)
         async with self.memory.database.transaction() as db:

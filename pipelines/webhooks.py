@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,13 +134,26 @@ class Webhooks:
         return None if response.status_code < 300 else f"HTTP {response.status_code}"
 
     async def run(self, database: Database, stop: asyncio.Event) -> None:
-        """Deliver until ``stop``: at once while there is more, else every ``webhook.poll_interval_s``."""
+        """Deliver until ``stop``: at once while there is more, else every ``webhook.poll_interval_s``;
+        every hour, drop what finished more than ``webhook.keep_days`` ago."""
+        purged_at = 0.0
         while not stop.is_set():
             tried = await self._quietly(database) if self.enabled else 0
+            if time.monotonic() - purged_at > 3600:
+                purged_at = time.monotonic()
+                await self.purge(database)
             if tried:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.poll_interval_s)
+
+    async def purge(self, database: Database) -> int:
+        try:
+            async with database.transaction() as db:
+                return await webhooks.purge_finished(db, older_than_days=self.settings.keep_days)
+        except Exception as exc:
+            log.warning("could not drop old webhook deliveries: %s", exc)
+            return 0
 
     async def close(self) -> None:
         """Wait for the nudges under way (what they leave undone stays queued)."""

@@ -219,6 +219,12 @@ LLM_TOKENS = Counter(
     "Tokens the LLM read (prompt) and wrote (completion), by provider and model.",
     ("provider", "model", "direction"),
 )
+LLM_APP_TOKENS = Counter(
+    "rapport_llm_app_tokens",
+    "Tokens the LLM read (prompt) and wrote (completion) for each app, by part: deriver (facts and "
+    "summaries), dream, dialectic (a streamed answer's by estimate, as prompts are fitted).",
+    ("app_id", "part", "direction"),
+)
 LLM_DURATION = Histogram(
     "rapport_llm_request_duration_seconds",
     "Time one LLM request took (a stream: to its first piece), by provider and model, failures included.",

@@ -428,6 +428,9 @@ class WebhookSettings(_Section):
     poll_interval_s: float = Field(
         default=2.0, gt=0, le=600, description="How often the API's processes look for deliveries to retry."
     )
+    keep_days: float = Field(
+        default=30.0, gt=0, le=3650, description="Days a delivered or failed delivery is kept as a record."
+    )
 
 
 class HealthSettings(_Section):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import func, literal, literal_column, select, text
+from sqlalchemy import func, literal, literal_column, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
@@ -257,6 +257,30 @@ async def chat_scope(
         found[session] if session is not None else None,
         [found[n] for n in allowlist if n in found] if allowlist is not None else None,
     )
+
+
+def recall_conditions(observer_id: str, observed_id: str, sessions: Sequence[str] | None) -> list[Any]:
+    """What a peer chat's message search may find (conditions on messages): the observed peer's own, and
+    those of sessions it is in; for another observer, only of sessions that observer is in too; only of
+    ``sessions`` (ids) when given."""
+
+    def sessions_of(peer_id: str) -> Any:
+        return Message.session_id.in_(select(SessionPeer.session_id).where(SessionPeer.peer_id == peer_id))
+
+    conditions: list[Any] = [or_(Message.peer_id == observed_id, sessions_of(observed_id))]
+    if observer_id != observed_id:
+        conditions.append(sessions_of(observer_id))
+    if sessions is not None:
+        conditions.append(Message.session_id.in_(list(sessions)))
+    return conditions
+
+
+async def sender_names(db: AsyncConnection, rows: Sequence[Record]) -> dict[str, str]:
+    """The names of these messages' senders, by peer id."""
+    ids = list({row.peer_id for row in rows})
+    if not ids:
+        return {}
+    return dict((await db.execute(select(User.id, User.name).where(User.id.in_(ids)))).all())
 
 
 # --- messages -----------------------------------------------------------------------------------------

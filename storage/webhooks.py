@@ -264,6 +264,19 @@ async def attempt_failed(
     await db.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
 
 
+async def purge_finished(db: AsyncConnection, *, older_than_days: float) -> int:
+    """Delete deliveries finished (delivered or failed) longer ago than ``older_than_days``."""
+    gone = await db.execute(
+        delete(WebhookDelivery)
+        .where(
+            WebhookDelivery.status != "pending",
+            WebhookDelivery.finished_at < func.now() - timedelta(days=older_than_days),
+        )
+        .returning(WebhookDelivery.id)
+    )
+    return len(gone.all())
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     pending: int

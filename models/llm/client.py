@@ -16,7 +16,9 @@ import random
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Literal, TypeVar
@@ -169,6 +171,27 @@ def retry_after(value: str | None) -> float | None:
 # Tokens a chat template adds around the turns (role headers, separators), and a request's own words.
 FRAMING_TOKENS = 96
 
+# Who pays for the LLM calls made in this context: (app id, part: deriver, dream, dialectic). Set with
+# ``billed_to``; every call counts its tokens in rapport_llm_app_tokens under it.
+BILLED: ContextVar[tuple[str, str] | None] = ContextVar("rapport_llm_billed", default=None)
+
+
+@contextmanager
+def billed_to(app_id: str, part: str) -> Iterator[None]:
+    token = BILLED.set((app_id, part))
+    try:
+        yield
+    finally:
+        BILLED.reset(token)
+
+
+def _bill(billed: tuple[str, str] | None, prompt: int, completion: int) -> None:
+    if billed is None:
+        return
+    app_id, part = billed
+    metrics.LLM_APP_TOKENS.inc(prompt, app_id=app_id, part=part, direction="prompt")
+    metrics.LLM_APP_TOKENS.inc(completion, app_id=app_id, part=part, direction="completion")
+
 
 def estimate_tokens(text: str) -> int:
     """About how many tokens ``text`` takes, erring high for prose: English runs about 4 characters a
@@ -271,7 +294,11 @@ class LLMClient(ABC):
     async def stream(
         self, messages: Sequence[ChatMessage], *, max_tokens: int | None = None, temperature: float = 0.0
     ) -> AsyncIterator[str]:
-        """The answer as it is generated. A failure before the first piece is retried; after it, raised."""
+        """The answer as it is generated. A failure before the first piece is retried; after it, raised.
+        Its tokens are counted when it ends, by estimate (providers do not all report a stream's usage):
+        the prompt's, and what was written, however far it got."""
+        billed = BILLED.get()  # read where the stream is started: it may be read on in another context
+        written: list[str] = []
 
         async def first() -> tuple[AsyncIterator[str], str | None]:
             pieces = self._stream(messages, max_tokens or self.max_tokens, temperature)
@@ -283,15 +310,23 @@ class LLMClient(ABC):
         pieces, head = await self._counted(
             with_retries(lambda: self._measured(first()), self.retry, self.name)
         )
-        if head is None:
-            return
-        yield head
         try:
+            if head is None:
+                return
+            written.append(head)
+            yield head
             async for piece in pieces:
+                written.append(piece)
                 yield piece
         except TransientError as exc:
             metrics.LLM_ERRORS.inc(kind="unavailable", **self._labels)
             raise LLMUnavailable(f"{self.name}: the stream broke off ({exc})") from exc
+        finally:
+            prompt = sum(estimate_tokens(m.content) for m in messages)
+            completion = estimate_tokens("".join(written)) if written else 0
+            metrics.LLM_TOKENS.inc(prompt, direction="prompt", **self._labels)
+            metrics.LLM_TOKENS.inc(completion, direction="completion", **self._labels)
+            _bill(billed, prompt, completion)
 
     async def structured(
         self,
@@ -360,6 +395,7 @@ class LLMClient(ABC):
         if isinstance(result, Completion):
             metrics.LLM_TOKENS.inc(result.usage.prompt_tokens, direction="prompt", **labels)
             metrics.LLM_TOKENS.inc(result.usage.completion_tokens, direction="completion", **labels)
+            _bill(BILLED.get(), result.usage.prompt_tokens, result.usage.completion_tokens)
         return result
 
     async def _counted(self, call: Awaitable[T]) -> T:

@@ -15,9 +15,10 @@ from cluster.index_sync import drain
 from deployments.api import create_api
 from deployments.api.auth import mint_key
 from models.llm import LLMClient
-from models.llm.client import TransientError
+from models.llm.client import TransientError, estimate_tokens
 from models.llm.scripted import ScriptedLLM
 from pipelines.memory import Memory
+from storage.workspaces import workspace
 from tests.api.conftest import SECRET, make_settings
 
 W = "/v3/workspaces/w"
@@ -243,3 +244,33 @@ async def test_a_peer_key_chats_over_its_own_sessions_only(build: Build, known: 
         for call in cases:
             assert (await call).status_code == 401
         assert (await chat(client, "ana", session_id="work", headers=admin)).status_code == 200
+
+
+async def test_tokens_are_counted_for_the_app_streamed_or_not(
+    build: Build, known: None, memory: Memory
+) -> None:
+    from tests.api.test_metrics import scrape, value
+
+    async with memory.database.transaction() as db:
+        app = await workspace(db, "w")
+
+    def tokens(samples: Any, direction: str) -> float:
+        return value(
+            samples, "rapport_llm_app_tokens_total", app_id=app.id, part="dialectic", direction=direction
+        )
+
+    llm = ScriptedLLM([ANSWER, ANSWER])
+    async with build(llm) as client:
+        before = await scrape(client)
+        await ok(await chat(client, "ana"))
+        after_whole = await scrape(client)
+        async with client.stream(
+            "POST", f"{W}/peers/ana/chat", json={"query": "Where?", "stream": True}
+        ) as r:
+            assert [line async for line in r.aiter_lines() if line][-1] == 'data: {"done": true}'
+        after_stream = await scrape(client)
+    assert tokens(after_whole, "completion") - tokens(before, "completion") == len(ANSWER.split())
+    assert tokens(after_whole, "prompt") > tokens(before, "prompt")
+    streamed = tokens(after_stream, "completion") - tokens(after_whole, "completion")
+    assert streamed == estimate_tokens(ANSWER), "a streamed answer is counted by estimate, once it ends"
+    assert tokens(after_stream, "prompt") > tokens(after_whole, "prompt")

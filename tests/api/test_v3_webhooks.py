@@ -9,6 +9,7 @@ import hmac
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -298,3 +299,27 @@ async def test_an_endpoint_that_hangs_never_holds_up_derivation(
     flaky.release.set()
     await webhooks.close()
     assert await deliveries(memory) == [("delivered", 1, None)]
+
+
+async def test_finished_deliveries_are_dropped_after_keep_days(
+    api_client: Callable[..., httpx.AsyncClient], memory: Memory, flaky: Flaky
+) -> None:
+    flaky.release.set()
+    async with api_client(webhook={"secret": SECRET}) as client:
+        await ok(await client.post(W, json={"id": "w"}), 201)
+        await ok(await client.post(f"{W}/w/webhooks", json={"url": flaky.url}), 201)
+        await ok(await client.get(f"{W}/w/webhooks/test"))
+        await ok(await client.get(f"{W}/w/webhooks/test"))
+        await client._transport.app.state.webhooks.close()  # type: ignore[attr-defined]
+    sender = Webhooks(WebhookSettings(secret=SECRET, keep_days=1))
+    assert [d[0] for d in await deliveries(memory)] == ["delivered", "delivered"]
+    assert await sender.purge(memory.database) == 0, "finished just now"
+    async with memory.database.transaction() as db:
+        first = (await db.execute(select(func.min(WebhookDelivery.seq)))).scalar()
+        await db.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.seq == first)
+            .values(finished_at=func.now() - timedelta(days=2))
+        )
+    assert await sender.purge(memory.database) == 1
+    assert len(await deliveries(memory)) == 1

@@ -13,6 +13,7 @@ from deployments.api import schemas
 from deployments.api.auth import Key, current_key, id_from_key
 from deployments.api.params import AppId, Dial, Mem, PageNumber, PageSize, Reverse, SessionId, UserId
 from deployments.api.ratelimit import admitted
+from models.llm.client import billed_to
 from storage import sessions as store
 
 log = logging.getLogger(__name__)
@@ -129,16 +130,17 @@ async def chat(
     A key scoped to the session answers from that session alone (its messages, summaries and the facts
     derived from them), since the key reaches no other session of the user."""
     session_only = key.session_id is not None and not key.admin
-    if not options.stream:
-        content = await dialectic.answer(
-            app_id, user_id, session_id, options.queries, session_only=session_only
-        )
-        return schemas.DialecticResponse(content=content)
-    pieces = dialectic.stream(app_id, user_id, session_id, options.queries, session_only=session_only)
-    try:
-        first = await anext(pieces)
-    except StopAsyncIteration:
-        first = ""
+    with billed_to(app_id, "dialectic"):  # a stream keeps its app when read on after this returns
+        if not options.stream:
+            content = await dialectic.answer(
+                app_id, user_id, session_id, options.queries, session_only=session_only
+            )
+            return schemas.DialecticResponse(content=content)
+        pieces = dialectic.stream(app_id, user_id, session_id, options.queries, session_only=session_only)
+        try:
+            first = await anext(pieces)
+        except StopAsyncIteration:
+            first = ""
     # Proxies that buffer (nginx) would hold the chunks back until the answer is complete.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(_rest_of(first, pieces), media_type="text/event-stream", headers=headers)

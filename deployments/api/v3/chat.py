@@ -16,6 +16,7 @@ from deployments.api.params import Dial
 from deployments.api.v3 import schemas
 from deployments.api.v3.access import denied, v3_key
 from deployments.api.v3.params import PeerId, WorkspaceId
+from models.llm.client import billed_to
 from pipelines.context import PeerView
 from pipelines.dialectic import Dialectic
 from pipelines.dialectic.response_format import SchemaError, model_of
@@ -68,21 +69,21 @@ async def chat(
     )
     view = PeerView(scope.app_id, scope.observer, scope.observed, scope.session_id, scope.sessions)
     leveled = Dialectic(dialectic.memory, dialectic.llm, dialectic.options.at(options.reasoning_level))
-    prepared = await leveled.prepare_peer(view, options.query)
-    if output is not None:
-        content = await leveled.complete_structured(prepared, output)
+    with billed_to(scope.app_id, "dialectic"):  # a stream keeps its app when read on after this returns
+        prepared = await leveled.prepare_peer(view, options.query)
+        if output is not None:
+            content = await leveled.complete_structured(prepared, output)
+            if not options.stream:
+                return schemas.DialecticResponse(content=content)
+            events = _events(_once(content))
+            return StreamingResponse(events, media_type="text/event-stream", headers=STREAM_HEADERS)
         if not options.stream:
-            return schemas.DialecticResponse(content=content)
-        return StreamingResponse(
-            _events(_once(content)), media_type="text/event-stream", headers=STREAM_HEADERS
-        )
-    if not options.stream:
-        return schemas.DialecticResponse(content=await leveled.complete(prepared) or None)
-    pieces = leveled.stream_prepared(prepared)
-    try:
-        first = await anext(pieces)
-    except StopAsyncIteration:
-        first = ""
+            return schemas.DialecticResponse(content=await leveled.complete(prepared) or None)
+        pieces = leveled.stream_prepared(prepared)
+        try:
+            first = await anext(pieces)
+        except StopAsyncIteration:
+            first = ""
     return StreamingResponse(_events(pieces, first), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 

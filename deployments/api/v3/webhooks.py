@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response
 
@@ -56,9 +56,11 @@ async def test_emit(request: Request, memory: Mem, workspace_id: WorkspaceId) ->
     """Send a test.event to the Workspace's endpoints (queued, then sent in the background; nothing
     without webhook.secret)"""
     sender = request.app.state.webhooks
-    async with memory.database.transaction() as db:
-        recorded = await sender.record(db, await webhooks.test_event(db, workspace_id))
-    if recorded:
+
+    async def record(db: Any, ws: str) -> int:
+        return int(await sender.record(db, await webhooks.test_event(db, ws)))
+
+    if await memory.run(record, workspace_id):
         sender.nudge(memory.database)
 
 
