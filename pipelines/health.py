@@ -15,7 +15,7 @@ from typing import Any
 
 from rapport import metrics
 from rapport.settings import Settings
-from storage import derivation, outbox, workers
+from storage import derivation, dreams, outbox, webhooks, workers
 from storage.db import Database
 
 
@@ -26,6 +26,8 @@ class Backlogs:
     index: dict[str, Any]
     deriver: dict[str, Any]
     problems: list[tuple[str, str]] = field(default_factory=list)
+    dreams: dict[str, int] = field(default_factory=dict)  # by status (reported, never degrading)
+    webhooks: dict[str, Any] = field(default_factory=dict)  # deliveries waiting and failed (the same)
 
 
 async def assess(database: Database, settings: Settings) -> Backlogs:
@@ -33,10 +35,18 @@ async def assess(database: Database, settings: Settings) -> Backlogs:
         lag = await outbox.lag(db)
         work = await derivation.lag(db)
         alive = await workers.alive(db, "deriver") if settings.deriver.deriving else []
+        dreamt = await dreams.counts(db)
+        deliveries = await webhooks.backlog(db)
     limits = settings.health
     index = {"pending": lag.pending, "parked": lag.parked, "oldest_s": round(lag.oldest_s, 3)}
     deriver: dict[str, Any] = {"pending": work.pending, "parked": work.parked, "oldest_s": work.oldest_s}
     found = Backlogs(index, deriver)
+    found.dreams = dreamt
+    found.webhooks = {
+        "pending": deliveries.pending,
+        "failed": deliveries.failed,
+        "oldest_s": round(deliveries.oldest_s, 3),
+    }
     if lag.pending and lag.oldest_s > limits.index_stall_s:
         found.problems.append(
             (
@@ -86,6 +96,10 @@ async def observe(database: Database, settings: Settings | None = None) -> Backl
     metrics.INDEX_LAG.set(found.index["pending"])
     metrics.INDEX_LAG_AGE.set(found.index["oldest_s"])
     metrics.INDEX_PARKED.set(found.index["parked"])
+    for status, count in found.dreams.items():
+        metrics.DREAMS_QUEUED.set(count, status=status)
+    metrics.WEBHOOK_DELIVERIES.set(found.webhooks["pending"], status="pending")
+    metrics.WEBHOOK_DELIVERIES.set(found.webhooks["failed"], status="failed")
     # Parts of their own: /health's "index" also counts its probe of the index, which this does not make.
     degraded = {part for part, _ in found.problems}
     metrics.HEALTH_DEGRADED.set(float("index" in degraded), part="index_backlog")

@@ -182,6 +182,16 @@ DREAMS = Counter(
     "Dreams this process ran, by outcome (done, failed: retried later or marked failed, outage).",
     ("outcome",),
 )
+DREAMS_QUEUED = Gauge(
+    "rapport_dreams_queued",
+    "Dreams in the queue by status: pending, running, done, failed (after dream.max_attempts).",
+    ("status",),
+)
+WEBHOOK_DELIVERIES = Gauge(
+    "rapport_webhook_deliveries",
+    "Webhook deliveries waiting to be sent (pending, retries included) and failed for good.",
+    ("status",),
+)
 DREAM_CHANGES = Counter(
     "rapport_dream_changes",
     "What dreams changed, by kind: merged (near-duplicates), superseded (contradicted), deduced (new).",

@@ -48,6 +48,8 @@ async def test_every_dependency_is_reported(memory: Memory) -> None:
     assert (body["database"], body["embedder"], body["index"]["status"]) == ("ok", "ok", "ok")
     assert body["llm"]["status"].startswith("not loaded yet"), "a health check does not load the model"
     assert set(body["index"]) >= {"pending", "parked", "oldest_s"} and "pending" in body["deriver"]
+    assert body["dreams"] == {"pending": 0, "running": 0, "done": 0, "failed": 0}
+    assert body["webhooks"] == {"pending": 0, "failed": 0, "oldest_s": 0.0}
 
 
 async def test_a_served_llm_is_asked_for_its_models(memory: Memory) -> None:

@@ -189,6 +189,8 @@ async def test_schedule_dream_queues_once_and_a_worker_runs_it(
     async with memory.database.transaction() as db:
         done = (await db.execute(select(Dream))).one()
     assert done.status == "done" and done.result["superseded"] == 1
+    health = (await client.get("/health")).json()
+    assert health["dreams"] == {"pending": 0, "running": 0, "done": 1, "failed": 0}
     assert (await rows(memory, [lisbon]))[lisbon].superseded_by == porto
 
 

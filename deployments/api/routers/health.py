@@ -102,6 +102,8 @@ async def health_check(memory: Mem, request: Request) -> JSONResponse:
         "index": {"status": index, **found.index},
         "llm": {"model": llm.name, "status": llm_state},
         "deriver": found.deriver,
+        "dreams": found.dreams,
+        "webhooks": found.webhooks,
     }
     if problems:
         body["problems"] = problems
