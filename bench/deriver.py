@@ -2,15 +2,17 @@
 
     python -m bench.deriver cost      [--messages 600]          # zero-latency LLM double, real embedder
     python -m bench.deriver scaling   [--latency 0.3] [--users 1] [--rounds 16]  # a double that sleeps per call: 1, 2, 4, 8 in flight
-    python -m bench.deriver quality ../shared/data/locomo-dev.json [--sessions 1] [--conversations 5]
+    python -m bench.deriver quality ../shared/data/locomo-dev.json [--sessions 1] [--conversations 5] [--v3]
 
 cost and scaling run the pipeline in-process (real PostgreSQL, LanceDB and MiniLM embedder; the LLM is
 a scripted double answering a fact per user message, as many as the output schema allows). quality starts `rapport serve` on its defaults
 (the local Qwen2.5-Coder-1.5B), ingests the first --sessions sessions of each LoCoMo conversation through
 the API twice, once with each speaker as the user, lets the deriver work, and compares each user's facts
 with LoCoMo's reference observations for that speaker: a reference is found when some fact has cosine
-similarity of at least 0.70 with it under all-MiniLM-L6-v2. Message-create throughput with the derivation
-queue on and off is measured by `python -m bench.api --derivation-queue on,off`.
+similarity of at least 0.70 with it under all-MiniLM-L6-v2. With --v3, each conversation is sent once
+instead, as one v3 session of its two speakers, each observing itself: one pass of the deriver yields
+both speakers' conclusions, compared with the same references. Message-create throughput with the
+derivation queue on and off is measured by `python -m bench.api --derivation-queue on,off`.
 """
 
 from __future__ import annotations
@@ -306,12 +308,85 @@ def steal_share(before: list[int], after: list[int]) -> float:
     return spent[7] / max(sum(spent[:8]), 1)
 
 
+def ingest_v1(http: httpx.Client, app: str, runs: list[dict]) -> None:
+    """v1: each run (conversation, speaker) is a user of its own, with the conversation's sessions."""
+    for run in runs:
+        user = http.get(f"/v1/apps/{app}/users/get_or_create/{run['conversation']}-{run['speaker']}").json()[
+            "id"
+        ]
+        run["user"] = user
+        run["user_messages"] = set()
+        run["dia"] = {}
+        for turns in run["sessions"]:
+            session = http.post(f"/v1/apps/{app}/users/{user}/sessions", json={}).json()["id"]
+            created = http.post(
+                f"/v1/apps/{app}/users/{user}/sessions/{session}/messages/batch", json={"messages": turns}
+            ).json()
+            run["user_messages"] |= {m["id"] for m in created if m["is_user"]}
+            run["dia"] |= {m["id"]: m["metadata"].get("dia_id") for m in created}
+
+
+def peer_name(conversation: str, speaker: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]+", "_", f"{conversation}-{speaker}")
+
+
+def ingest_v3(http: httpx.Client, workspace: str, runs: list[dict]) -> int:
+    """v3: each conversation's sessions are sessions of two peers (its speakers), each observing itself
+    (the defaults), sent once; each run's user is its speaker's peer. The messages sent, in all."""
+    ws = http.get(f"/v1/apps/{workspace}").json()["name"]
+    sent = 0
+    by_conversation: dict[str, list[dict]] = {}
+    for run in runs:
+        by_conversation.setdefault(run["conversation"], []).append(run)
+    for conversation, pair in by_conversation.items():
+        names = {run["speaker"]: peer_name(conversation, run["speaker"]) for run in pair}
+        for run in pair:
+            run["user_messages"], run["dia"] = set(), {}
+        for n, turns in enumerate(pair[0]["sessions"], start=1):
+            session = f"{peer_name(conversation, 'session')}-{n}"
+            peers = {name: {} for name in names.values()}
+            made = http.post(f"/v3/workspaces/{ws}/sessions", json={"id": session, "peers": peers})
+            assert made.status_code in (200, 201), made.text
+            created: list[dict] = []
+            for start in range(0, len(turns), 100):  # at most 100 messages a call
+                body = [
+                    {
+                        "peer_id": names[t["metadata"]["speaker"]],
+                        "content": t["content"],
+                        "metadata": t["metadata"],
+                    }
+                    for t in turns[start : start + 100]
+                ]
+                answer = http.post(
+                    f"/v3/workspaces/{ws}/sessions/{session}/messages", json={"messages": body}
+                )
+                assert answer.status_code == 201, answer.text
+                created += answer.json()
+            sent += len(created)
+            for run in pair:
+                mine = names[run["speaker"]]
+                run["user_messages"] |= {m["id"] for m in created if m["peer_id"] == mine}
+                run["dia"] |= {m["id"]: m["metadata"].get("dia_id") for m in created}
+        for run in pair:
+            run["user"] = http.get(
+                f"/v1/apps/{workspace}/users/get_or_create/{names[run['speaker']]}"
+            ).json()["id"]
+    return sent
+
+
 def quality(args: argparse.Namespace) -> None:
     from models.embedding import load_embedder
 
     runs = locomo_runs(Path(args.locomo), args.sessions, args.conversations)
     total = sum(len(s) for r in runs for s in r["sessions"])
-    print(f"# bench/deriver.py quality  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  "
+    if args.v3:
+        total //= 2  # each conversation's messages are sent once, not once per speaker
+    mode = (
+        "v3: one session of two self-observing peers per conversation"
+        if args.v3
+        else "v1: a user per speaker"
+    )
+    print(f"# bench/deriver.py quality ({mode})  {time.strftime('%Y-%m-%d %H:%M')}  cores={os.cpu_count()}  "
           f"{len(runs)} runs, {total} messages, first {args.sessions} session(s) of {args.conversations} conversations")  # fmt: skip
     os.environ.setdefault("TEST_DATABASE_URL", args.database_url)
     with tempfile.TemporaryDirectory() as home, scratch_database("rapport_bench_quality") as db_url:
@@ -330,21 +405,10 @@ def quality(args: argparse.Namespace) -> None:
             total_before = 1
             started = time.monotonic()
             cpu_before = cpu_times()
-            for run in runs:
-                user = http.get(
-                    f"/v1/apps/{app}/users/get_or_create/{run['conversation']}-{run['speaker']}"
-                ).json()["id"]
-                run["user"] = user
-                run["user_messages"] = set()
-                run["dia"] = {}
-                for turns in run["sessions"]:
-                    session = http.post(f"/v1/apps/{app}/users/{user}/sessions", json={}).json()["id"]
-                    created = http.post(
-                        f"/v1/apps/{app}/users/{user}/sessions/{session}/messages/batch",
-                        json={"messages": turns},
-                    ).json()
-                    run["user_messages"] |= {m["id"] for m in created if m["is_user"]}
-                    run["dia"] |= {m["id"]: m["metadata"].get("dia_id") for m in created}
+            if args.v3:
+                total = ingest_v3(http, app, runs)
+            else:
+                ingest_v1(http, app, runs)
             last = -1
             while True:
                 status = http.get(f"/v1/apps/{app}/deriver/status").json()
@@ -418,6 +482,7 @@ def quality(args: argparse.Namespace) -> None:
     prompt, cached, read_s, generated, generate_s = (sum(float(c[i]) for c in calls) for i in range(5))
     print(f"model calls: {len(calls)}; prompt tokens read {prompt - cached:.0f} (and {cached:.0f} from the cache) "
           f"in {read_s:.0f} s; tokens generated {generated:.0f} in {generate_s:.0f} s")  # fmt: skip
+    print(f"LLM tokens in all (prompt, cached or not, + generated): {prompt + generated:.0f}")
     # The rate follows the box: the same code and tokens have run at 25 and 37 a minute on different days.
     print(f"this box, under the service: {(prompt - cached) / max(read_s, 1e-9):.0f} prompt tokens/s read, "
           f"{generated / max(generate_s, 1e-9):.1f} tokens/s generated; CPU stolen by the host: {stolen:.1%}")  # fmt: skip
@@ -452,6 +517,12 @@ def main() -> None:
     q.add_argument("locomo")
     q.add_argument("--sessions", type=int, default=1)
     q.add_argument("--conversations", type=int, default=5)
+    q.add_argument(
+        "--v3",
+        action="store_true",
+        help="each conversation as ONE v3 session of its two speakers, each observing itself (one pass "
+        "of the deriver for both), instead of a v1 user per speaker (each message read once per speaker)",
+    )
     args = parser.parse_args()
     os.environ["TEST_DATABASE_URL"] = args.database_url
     {"cost": cost, "scaling": scaling, "quality": quality}[args.command](args)
