@@ -355,6 +355,8 @@ class Dream(Base):
         ),
         Index("ix_dreams_due", "not_before", postgresql_where=text("status = 'pending'")),
         Index("ix_dreams_observed_id", "observed_id"),
+        Index("ix_dreams_observer_id", "observer_id"),
+        Index("ix_dreams_app_id", "app_id"),
     )
 
 

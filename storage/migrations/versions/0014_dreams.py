@@ -36,6 +36,8 @@ def upgrade() -> None:
         ["id"],
         ondelete="SET NULL",
     )
+    # Partial: nearly every document supersedes nothing. It serves the SET NULL on delete all the same
+    # (``superseded_by = x`` implies the predicate).
     op.create_index(
         "ix_documents_superseded_by",
         "documents",
@@ -82,6 +84,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_dreams_due", "dreams", ["not_before"], postgresql_where=sa.text("status = 'pending'"))
     op.create_index("ix_dreams_observed_id", "dreams", ["observed_id"])
+    op.create_index("ix_dreams_observer_id", "dreams", ["observer_id"])
+    op.create_index("ix_dreams_app_id", "dreams", ["app_id"])
 
 
 def downgrade() -> None:
