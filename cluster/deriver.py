@@ -215,24 +215,33 @@ async def derive_until(
     """Open the stack the settings describe and derive with ``deriver.concurrency`` workers until ``stop``
     is set (`rapport deriver run`, ``DerivationActor``). ``embedder`` and ``llm`` replace the configured
     models (a Serve handle, a test double)."""
-    from cluster.dreams import dream_worker, schedule_dreams
     from cluster.stack import build_deriver, open_stack
 
     async with open_stack(settings, embedder=embedder) as stack:
         deriver = await build_deriver(stack, llm)
         log.info("deriving with %s", deriver.llm.name)
-        webhooks = Webhooks(settings.webhook)
-        workers = derivation_workers(deriver, settings.deriver, limits=settings.limits, webhooks=webhooks)
-        # Dreams: one worker per process (they are rare and each is one LLM call), with the deriver's
-        # model; the scheduler queues them when peers go quiet (dream.enabled).
-        dreamer = Dreamer(deriver.memory, deriver.llm, settings.dream)
-        dreaming = dream_worker(dreamer, settings.dream, lease_s=settings.deriver.lease_s, outages=OUTAGES)
-        extra = [dreaming.run(stop)]
-        if settings.dream.enabled:
-            extra.append(schedule_dreams(deriver.memory.database, settings.dream, stop))
-        await asyncio.gather(run_workers(workers, stop), *extra)
-        await webhooks.close()
+        await background_work(deriver, settings, stop)
     log.info("deriver stopped")
+
+
+async def background_work(deriver: Deriver, settings: Settings, stop: asyncio.Event) -> None:
+    """What a deriver process runs until ``stop``: ``deriver.concurrency`` derivation workers, one dream
+    worker (dreams are rare and each is one LLM call, with the deriver's model) and, with
+    ``dream.enabled``, the scheduler that queues dreams when peers go quiet. Webhook events they raise
+    are recorded and nudged; the API's processes retry what failed."""
+    from cluster.dreams import dream_worker, schedule_dreams
+
+    webhooks = Webhooks(settings.webhook)
+    workers = derivation_workers(deriver, settings.deriver, limits=settings.limits, webhooks=webhooks)
+    dreamer = Dreamer(deriver.memory, deriver.llm, settings.dream)
+    dreaming = dream_worker(dreamer, settings.dream, lease_s=settings.deriver.lease_s, outages=OUTAGES)
+    extra = [dreaming.run(stop)]
+    if settings.dream.enabled:
+        extra.append(schedule_dreams(deriver.memory.database, settings.dream, stop))
+    try:
+        await asyncio.gather(run_workers(workers, stop), *extra)
+    finally:
+        await webhooks.close()
 
 
 class DerivationActor:

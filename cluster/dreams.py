@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from cluster.worker import QueueWorker, WorkerOptions
 from pipelines.dreams import Dreamer
@@ -90,8 +91,13 @@ def dream_worker(
     return QueueWorker(source, WorkerOptions(idle_s=idle_s, lease_s=lease_s, outage_pause_s=outage_pause_s))
 
 
+KEEP_FINISHED_DAYS = 30  # finished dreams kept as a record (each pair's latest always)
+
+
 async def schedule_dreams(database: Database, settings: DreamSettings, stop: asyncio.Event) -> None:
-    """Every ``check_interval_s``, queue the dreams that are due (``dreams.schedule_due``)."""
+    """Every ``check_interval_s``, queue the dreams that are due (``dreams.schedule_due``); every hour,
+    drop dreams finished more than ``KEEP_FINISHED_DAYS`` ago."""
+    purged_at = 0.0
     while not stop.is_set():
         try:
             async with database.transaction() as db:
@@ -100,6 +106,10 @@ async def schedule_dreams(database: Database, settings: DreamSettings, stop: asy
                 )
             if queued:
                 log.info("queued %d scheduled dream(s)", queued)
+            if time.monotonic() - purged_at > 3600:
+                purged_at = time.monotonic()
+                async with database.transaction() as db:
+                    await dreams.purge_finished(db, older_than_days=KEEP_FINISHED_DAYS)
         except Exception as exc:  # the database may be down: try again next round
             log.warning("could not schedule dreams: %s", exc)
         with contextlib.suppress(TimeoutError):

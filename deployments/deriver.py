@@ -13,11 +13,10 @@ from typing import Any
 
 from ray import serve
 
-from cluster.deriver import derivation_workers, run_workers
+from cluster.deriver import background_work
 from cluster.index_sync import RemoteIndexWriter
 from cluster.stack import LLMs, build_deriver, open_stack
 from deployments.embedder import ServeEmbedder
-from pipelines.webhooks import Webhooks
 from rapport import metrics
 from rapport.logs import configure_logging
 from rapport.settings import Settings
@@ -48,10 +47,8 @@ class DeriverWorker:
         self._llms = LLMs(config, on_node=True)
         deriver = await build_deriver(stack, self._llms)
         self._stop = asyncio.Event()
-        workers = derivation_workers(
-            deriver, config.deriver, limits=config.limits, webhooks=Webhooks(config.webhook)
-        )
-        self._loop = asyncio.create_task(run_workers(workers, self._stop))
+        # Derivation, dreams and their scheduler (cluster/deriver.py background_work).
+        self._loop = asyncio.create_task(background_work(deriver, config, self._stop))
         log.info("derivation worker running with %s", deriver.llm.name)
 
     async def check_health(self) -> None:

@@ -220,10 +220,14 @@ async def _gather(
         top_k=top_k,
         max_tokens=options.max_tokens,
     )
-    if not context.facts:
+    if not context.facts or recall.within is not None:  # a session-only context shows no history
         return context
     async with memory.database.transaction() as db:
-        earlier = await dreams.replaced_by(db, [row.id for row, _ in context.facts])
+        earlier = await dreams.replaced_by(
+            db,
+            [row.id for row, _ in context.facts],
+            sessions=list(recall.sessions) if recall.sessions else None,
+        )
     return replace(context, replaced={i: [row.content for row in rows] for i, rows in earlier.items()})
 
 

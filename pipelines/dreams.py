@@ -150,8 +150,8 @@ class Dreamer:
             result.tokens = tokens
             conflicts = self._conflicts(output, kept, rows, vectors)
             deductions = self._deductions(output, kept, rows)
-        new_vectors = await self.memory.embedder.embed([t for t, _ in deductions]) if deductions else None
 
+        new_vectors = await self.memory.embedder.embed([t for t, _ in deductions]) if deductions else None
         async with self.memory.documents_transaction() as tx:
             locked = await collections.lock_pairs(tx.db, app_id, [pair])
             collection_id = locked[pair]
@@ -161,20 +161,24 @@ class Dreamer:
             absorbed: dict[int, list[Record]] = {}
             for dup, keeper in merges:
                 old, new = rows[dup], rows[keeper]
-                if old.id in gone or new.id in gone or not await dreams.supersede(tx.db, old.id, new.id):
+                if old.id in gone or new.id in gone:
                     continue
-                gone.add(old.id)
-                result.merged += 1
-                absorbed.setdefault(keeper, []).append(old)
+                if await dreams.supersede(tx.db, old.id, new.id, "duplicate"):
+                    gone.add(old.id)
+                    result.merged += 1
+                    absorbed.setdefault(keeper, []).append(old)
             for keeper, duplicates in absorbed.items():
-                await self._absorb(tx.db, app_id, observed_id, collection_id, rows[keeper], duplicates)
+                await self._absorb(tx.db, app_id, observed_id, collection_id, rows[keeper].id, duplicates)
             for older, newer in conflicts:
                 old, new = rows[older], rows[newer]
                 if old.id in gone or new.id in gone:
                     continue
-                if await dreams.supersede(tx.db, old.id, new.id):
+                if await dreams.supersede(tx.db, old.id, new.id, "contradiction"):
                     gone.add(old.id)
                     result.superseded += 1
+            # a deduction resting on a conclusion that no longer holds is not written
+            standing = [k for k, (_, p) in enumerate(deductions) if not any(rows[i].id in gone for i in p)]
+            deductions = [deductions[k] for k in standing]
             if deductions:
                 assert new_vectors is not None
                 new_rows = await documents.create_many(
@@ -195,7 +199,7 @@ class Dreamer:
                         for text, premises in deductions
                     ],
                 )
-                for row, vector in zip(new_rows, new_vectors, strict=True):
+                for row, vector in zip(new_rows, new_vectors[standing], strict=True):
                     tx.add(row, vector)
                 result.deduced = len(new_rows)
             card = await dreams.refresh_card(tx.db, app_id, observer_id, observed_id, collection_id)
@@ -286,10 +290,16 @@ class Dreamer:
         app_id: str,
         observed_id: str,
         collection_id: str,
-        keeper: Record,
+        keeper_id: str,
         duplicates: Sequence[Record],
     ) -> None:
-        """The keeper takes its merged duplicates' reinforcement and sources."""
+        """The keeper takes its merged duplicates' reinforcement and sources, read again under the pair's
+        lock (the deriver may have reinforced either since the dream read them)."""
+        keeper = await documents.lock_by_id(db, keeper_id)
+        fresh = [await documents.lock_by_id(db, d.id) for d in duplicates]
+        duplicates = [d for d in fresh if d is not None]
+        if keeper is None:
+            return
         metadata = dict(keeper.metadata_ or {})
         metadata["times_derived"] = _times_derived(keeper) + sum(_times_derived(d) for d in duplicates)
         sources = _sources(keeper)

@@ -236,7 +236,8 @@ async def query_documents(
                 collection_id=collection_id,
                 filter=filter,
             )
-        ranked = [found[h.id] for h in hits if h.id in found]
+        # a conclusion a dream superseded stays a document, but is no answer to a query
+        ranked = [found[h.id] for h in hits if h.id in found and found[h.id].invalid_at is None]
         if len(ranked) >= top_k or len(hits) < candidates or candidates >= MAX_CANDIDATES:
             return ranked[:top_k]
         candidates *= 4

@@ -128,8 +128,11 @@ class Webhooks:
             "User-Agent": "rapport-webhooks",
         }
         try:
-            response = await client.post(delivery.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(self.settings.timeout_s):  # in all, not per phase: within the lease
+                response = await client.post(delivery.url, content=body, headers=headers)
+        except TimeoutError:
+            return f"no answer within {self.settings.timeout_s:g} s"
+        except Exception as exc:  # an unusable URL too: that delivery fails, never its batch
             return f"{type(exc).__name__}: {exc}"
         return None if response.status_code < 300 else f"HTTP {response.status_code}"
 

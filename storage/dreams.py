@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
@@ -129,7 +129,7 @@ async def finish(db: AsyncConnection, held: DreamClaim, result: dict[str, Any]) 
 
 async def fail(db: AsyncConnection, held: DreamClaim, error: str, *, max_attempts: int) -> bool:
     """Count a failed attempt: due again after a backoff, or failed for good after ``max_attempts``
-    (True then)."""
+    (True then; False too when the lease was lost meanwhile, which changes nothing)."""
     final = held.attempts >= max_attempts
     values: dict[str, Any] = {"error": error[:2000], "token": None}
     if final:
@@ -137,8 +137,8 @@ async def fail(db: AsyncConnection, held: DreamClaim, error: str, *, max_attempt
     else:
         delay = timedelta(seconds=backoff_s(held.attempts))
         values |= {"status": "pending", "not_before": func.now() + delay}
-    await db.execute(update(Dream).where(_held(held)).values(**values))
-    return final
+    updated = await db.execute(update(Dream).where(_held(held)).values(**values).returning(Dream.id))
+    return final and updated.first() is not None
 
 
 async def release(db: AsyncConnection, held: DreamClaim, *, delay_s: float) -> None:
@@ -182,6 +182,8 @@ _DUE = text(
     FROM collections c
     JOIN apps a ON a.id = c.app_id
     JOIN documents d ON d.collection_id = c.id AND d.invalid_at IS NULL
+        AND d.created_at > now() - make_interval(days => :lookback_days)
+        AND COALESCE(d.metadata ->> 'source', '') <> 'dream'
     WHERE (c.observer_id IS NOT NULL OR c.name = :reserved)
       AND COALESCE((a.configuration -> 'dream' ->> 'enabled')::boolean, true)
       AND d.created_at > COALESCE(
@@ -198,17 +200,58 @@ _DUE = text(
 )
 
 
+LOOKBACK_DAYS = 14  # conclusions older than this do not count towards a scheduled dream
+SCHEDULER_LOCK = 0x52415044  # one scheduling round at a time over every process ("RAPD")
+
+
 async def schedule_due(db: AsyncConnection, *, threshold: int, idle_s: float, limit: int = 100) -> int:
     """Queue a dream for each pair with at least ``threshold`` valid conclusions newer than its last
-    dream (or any, if it never dreamt), none of them newer than ``idle_s`` (the peer has gone quiet),
-    in a workspace whose ``configuration.dream.enabled`` is not false. How many were queued."""
+    dream (or any, if it never dreamt) and from the last ``LOOKBACK_DAYS``, none newer than ``idle_s``
+    (the peer has gone quiet), in a workspace whose ``configuration.dream.enabled`` is not false. A
+    dream's own deductions do not count. One process schedules at a time (the others skip the round).
+    How many were queued."""
+    locked = (await db.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": SCHEDULER_LOCK})).scalar()
+    if not locked:
+        return 0
     rows = await db.execute(
-        _DUE, {"reserved": RESERVED_NAME, "threshold": threshold, "idle_s": idle_s, "limit": limit}
+        _DUE,
+        {
+            "reserved": RESERVED_NAME,
+            "threshold": threshold,
+            "idle_s": idle_s,
+            "limit": limit,
+            "lookback_days": LOOKBACK_DAYS,
+        },
     )
     queued = 0
     for row in rows.all():
         queued += await request(db, row.app_id, row.observer_id, row.observed_id, reason="scheduled")
     return queued
+
+
+async def purge_finished(db: AsyncConnection, *, older_than_days: float) -> int:
+    """Delete dreams finished longer ago than ``older_than_days``, except each pair's latest (the
+    scheduler counts new conclusions from it)."""
+    newer = aliased(Dream)
+    later = (
+        select(newer.id)
+        .where(
+            newer.observer_id == Dream.observer_id,
+            newer.observed_id == Dream.observed_id,
+            newer.seq > Dream.seq,
+        )
+        .exists()
+    )
+    gone = await db.execute(
+        delete(Dream)
+        .where(
+            Dream.status.in_(("done", "failed")),
+            Dream.finished_at < func.now() - timedelta(days=older_than_days),
+            later,
+        )
+        .returning(Dream.id)
+    )
+    return len(gone.all())
 
 
 async def pairs_of_app(db: AsyncConnection, app_id: str) -> list[tuple[str, str]]:
@@ -248,38 +291,62 @@ async def valid_of(db: AsyncConnection, collection_id: str, *, limit: int) -> li
     return list((await db.execute(query)).all())
 
 
-async def supersede(db: AsyncConnection, old_id: str, new_id_: str) -> bool:
-    """Mark ``old_id`` no longer holding, replaced by ``new_id_`` (if it still held)."""
+Reason = Literal["duplicate", "contradiction"]
+
+
+async def supersede(db: AsyncConnection, old_id: str, new_id_: str, reason: Reason) -> bool:
+    """Mark ``old_id`` no longer holding, replaced by ``new_id_`` (if it still held): merged into it as
+    a near-duplicate, or contradicted by it (``metadata.superseded_as``)."""
     found = await db.execute(
         update(Document)
         .where(Document.id == old_id, Document.invalid_at.is_(None))
-        .values(invalid_at=func.now(), superseded_by=new_id_)
+        .values(
+            invalid_at=func.now(),
+            superseded_by=new_id_,
+            metadata_=Document.metadata_.op("||")(func.jsonb_build_object("superseded_as", reason)),
+        )
         .returning(Document.id)
     )
     return found.first() is not None
 
 
-async def invalid_among(db: AsyncConnection, ids: Sequence[str]) -> set[str]:
-    """Which of these conclusions no longer hold."""
-    if not ids:
-        return set()
-    rows = await db.execute(
-        select(Document.id).where(Document.id.in_(list(ids)), Document.invalid_at.is_not(None))
-    )
-    return set(rows.scalars())
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    reason: str | None
+    by: str | None
 
 
-async def replaced_by(db: AsyncConnection, ids: Sequence[str]) -> dict[str, list[Record]]:
-    """What each of these conclusions superseded, oldest first."""
+async def invalid_among(db: AsyncConnection, ids: Sequence[str]) -> dict[str, Superseded]:
+    """Those of these conclusions that no longer hold: why, and what replaced them."""
     if not ids:
         return {}
     rows = await db.execute(
+        select(Document.id, Document.metadata_["superseded_as"].astext, Document.superseded_by).where(
+            Document.id.in_(list(ids)), Document.invalid_at.is_not(None)
+        )
+    )
+    return {row[0]: Superseded(row[1], row[2]) for row in rows}
+
+
+async def replaced_by(
+    db: AsyncConnection, ids: Sequence[str], *, sessions: Sequence[str] | None = None
+) -> dict[str, list[Record]]:
+    """What each of these conclusions contradicted and replaced, oldest first (merged near-duplicates
+    are not a change, and are left out); only those drawn from ``sessions`` when given."""
+    if not ids:
+        return {}
+    query = (
         select(*record_columns(Document))
-        .where(Document.superseded_by.in_(list(ids)))
+        .where(
+            Document.superseded_by.in_(list(ids)),
+            Document.metadata_["superseded_as"].astext == "contradiction",
+        )
         .order_by(Document.created_at, Document.seq)
     )
+    if sessions is not None:
+        query = query.where(Document.session_id.in_(list(sessions)))
     found: dict[str, list[Record]] = {}
-    for row in rows:
+    for row in await db.execute(query):
         found.setdefault(row.superseded_by, []).append(row)
     return found
 
@@ -315,12 +382,22 @@ async def refresh_card(
     lines: int = CARD_LINES,
 ) -> list[str] | None:
     """Write the pair's card from its most reinforced valid conclusions (then the newest), unless a card
-    was set through the API (never overwritten) or the observed peer's ``configuration.peer_card.create``
-    is false. The card written, or None when none was."""
-    observed = (await db.execute(select(User.configuration).where(User.id == observed_id))).scalar()
-    card_config = (observed or {}).get("peer_card") if isinstance(observed, dict) else None
-    if isinstance(card_config, dict) and card_config.get("create") is False:
-        return None
+    was set through the API (never overwritten) or ``peer_card.create`` is false in the observed peer's
+    configuration, else its workspace's. The card written, or None when none was (or it is unchanged)."""
+    configured = (
+        await db.execute(
+            select(User.configuration, App.configuration)
+            .join(App, App.id == User.app_id)
+            .where(User.id == observed_id)
+        )
+    ).first()
+    for configuration in configured or ():  # the peer's says, else the workspace's
+        card_config = configuration.get("peer_card") if isinstance(configuration, dict) else None
+        create = card_config.get("create") if isinstance(card_config, dict) else None
+        if create is False:
+            return None
+        if create is True:
+            break
     query = (
         select(Document.content)
         .where(Document.collection_id == collection_id, Document.invalid_at.is_(None))
@@ -337,7 +414,8 @@ async def refresh_card(
         statement.on_conflict_do_update(
             index_elements=[PeerCard.observer_id, PeerCard.observed_id],
             set_={"card": statement.excluded.card, "updated_at": func.now()},
-            where=PeerCard.derived.is_(True),
+            # a card set through the API stays; an unchanged one is not rewritten
+            where=PeerCard.derived.is_(True) & PeerCard.card.is_distinct_from(statement.excluded.card),
         ).returning(PeerCard.observer_id)
     )
     return card if written.first() is not None else None

@@ -286,6 +286,7 @@ class Document(Base):
         Index(
             "ix_documents_superseded_by", "superseded_by", postgresql_where=text("superseded_by IS NOT NULL")
         ),
+        Index("ix_documents_created_at_valid", "created_at", postgresql_where=text("invalid_at IS NULL")),
         CheckConstraint("level IN ('explicit', 'deductive', 'inductive', 'contradiction')", name="level"),
         Index("ix_documents_session_id", "session_id", postgresql_where=text("session_id IS NOT NULL")),
         Index("ix_documents_collection_id_seq", "collection_id", "seq"),
@@ -357,6 +358,7 @@ class Dream(Base):
         Index("ix_dreams_observed_id", "observed_id"),
         Index("ix_dreams_observer_id", "observer_id"),
         Index("ix_dreams_app_id", "app_id"),
+        Index("ix_dreams_lease", "leased_until", postgresql_where=text("status = 'running'")),
     )
 
 

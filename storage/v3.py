@@ -261,11 +261,15 @@ async def chat_scope(
 
 def recall_conditions(observer_id: str, observed_id: str, sessions: Sequence[str] | None) -> list[Any]:
     """What a peer chat's message search may find (conditions on messages): the observed peer's own, and
-    those of sessions it is in; for another observer, only of sessions that observer is in too; only of
-    ``sessions`` (ids) when given."""
+    those of sessions it is a present member of; for another observer, only of sessions that observer is
+    a present member of too; only of ``sessions`` (ids) when given."""
 
-    def sessions_of(peer_id: str) -> Any:
-        return Message.session_id.in_(select(SessionPeer.session_id).where(SessionPeer.peer_id == peer_id))
+    def sessions_of(peer_id: str) -> Any:  # those it is in now: a peer that left reads no more of them
+        return Message.session_id.in_(
+            select(SessionPeer.session_id).where(
+                SessionPeer.peer_id == peer_id, SessionPeer.left_at.is_(None)
+            )
+        )
 
     conditions: list[Any] = [or_(Message.peer_id == observed_id, sessions_of(observed_id))]
     if observer_id != observed_id:

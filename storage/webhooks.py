@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,6 +35,11 @@ def check_url(url: Any) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidError("a webhook URL is http:// or https:// with a host", field=("url",))
+    try:
+        httpx.URL(url).copy_with()  # what the sender will parse (a bad port, an invalid host name)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InvalidError(f"not a usable URL: {exc}", field=("url",)) from exc
     try:
         address = ipaddress.ip_address(parts.hostname)
     except ValueError:
@@ -228,10 +234,11 @@ async def claim_due(db: AsyncConnection, *, limit: int, lease_s: float) -> list[
         .order_by(WebhookDelivery.not_before)
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .cte("due")  # locked once, as one set (a CTE that locks rows is evaluated once)
     )
     rows = await db.execute(
         update(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(due.scalar_subquery()))
+        .where(WebhookDelivery.id == due.c.id)
         .values(not_before=func.now() + timedelta(seconds=lease_s), attempts=WebhookDelivery.attempts + 1)
         .returning(
             WebhookDelivery.id,

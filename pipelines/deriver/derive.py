@@ -476,14 +476,19 @@ class Deriver:
             closest = await self.closest_stored(collection_id, vectors, unmatched) if unmatched else {}
         kept: list[np.ndarray] = []
         seen: dict[str, int] = {}  # normalised text -> its index in plan.new
-        # A fact a dream superseded is not repeated by a new one: the new one is stored (it may be what
-        # holds again, e.g. a move back), and the next dream settles it.
+        # A repeat of a fact a dream merged into another reinforces that other one. A fact a dream found
+        # contradicted is not repeated by a new one: the new one is stored (it may be what holds again,
+        # e.g. a move back), and the next dream settles it.
         superseded = await dreams.invalid_among(db, [h.id for h in closest.values()])
+        merged_into = [s.by for s in superseded.values() if s.reason == "duplicate" and s.by]
+        still_invalid = await dreams.invalid_among(db, merged_into)
         for i, ((fact, sources), vector) in enumerate(zip(facts, vectors, strict=True)):
             repeat: Any = exact.get(normalized(fact.text))
             hit = closest.get(i)
             if hit is not None and hit.id in superseded:
-                hit = None
+                gone = superseded[hit.id]
+                keeper = gone.by if gone.reason == "duplicate" else None
+                hit = Hit(keeper, hit.score) if keeper and keeper not in still_invalid else None
             if repeat is None and hit is not None and hit.score >= self.options.dedup_threshold:
                 repeat = hit
             if repeat is not None:

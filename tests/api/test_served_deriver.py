@@ -122,5 +122,5 @@ def test_the_v3_sdk_gets_back_what_a_two_peer_session_planted(served: str) -> No
         timeout=1200,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("ok ") == 6, run.stdout
+    assert run.stdout.count("ok ") == 7, run.stdout
     print(run.stdout)  # what came back, for the log (pytest -s)

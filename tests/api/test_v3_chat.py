@@ -274,3 +274,14 @@ async def test_tokens_are_counted_for_the_app_streamed_or_not(
     streamed = tokens(after_stream, "completion") - tokens(after_whole, "completion")
     assert streamed == estimate_tokens(ANSWER), "a streamed answer is counted by estimate, once it ends"
     assert tokens(after_stream, "prompt") > tokens(after_whole, "prompt")
+
+
+async def test_a_peer_that_left_a_session_reads_no_more_of_it(build: Build, known: None) -> None:
+    llm = ScriptedLLM([ANSWER, ANSWER])
+    async with build(llm) as client:
+        await ok(await chat(client, "bo", target="ana"))
+        left = await client.request("DELETE", f"{W}/sessions/cafe/peers", json=["bo"])
+        assert left.status_code == 200, left.text
+        await ok(await chat(client, "bo", target="ana"))
+    assert "I love the river" in prompt_of(llm, 0)
+    assert "I love the river" not in prompt_of(llm, 1), "bo left the cafe"

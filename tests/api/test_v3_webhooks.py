@@ -323,3 +323,28 @@ async def test_finished_deliveries_are_dropped_after_keep_days(
         )
     assert await sender.purge(memory.database) == 1
     assert len(await deliveries(memory)) == 1
+
+
+async def test_an_unusable_url_is_refused_and_a_bad_delivery_fails_alone(
+    client: httpx.AsyncClient, memory: Memory, flaky: Flaky
+) -> None:
+    await ok(await client.post(W, json={"id": "w"}), 201)
+    for bad in ("http://example.com:abc/", "http://exämple..com/"):
+        refused = await client.post(f"{W}/w/webhooks", json={"url": bad})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "url"], bad
+    await ok(await client.post(f"{W}/w/webhooks", json={"url": flaky.url}), 201)
+    flaky.release.set()
+    sender = Webhooks(WebhookSettings(secret=SECRET))
+    async with memory.database.transaction() as db:
+        event = await storage_webhooks.test_event(db, "w")
+        endpoint_id = event.endpoints[0][0]
+        # a URL stored before the check was this strict
+        broken = storage_webhooks.Event(
+            event.type, event.data, event.app_id, [(endpoint_id, "http://example.com:abc/")]
+        )
+        await sender.record(db, broken)
+        await sender.record(db, event)
+    assert await sender.deliver_due(memory.database) == 2
+    found = sorted(await deliveries(memory))
+    assert found[0] == ("delivered", 1, None)
+    assert found[1][:2] == ("pending", 1) and "InvalidURL" in (found[1][2] or "")

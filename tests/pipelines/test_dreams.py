@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from cluster.deriver import OUTAGES
 from cluster.dreams import DreamSource
@@ -261,3 +262,93 @@ async def test_a_dream_of_a_pair_that_holds_nothing_is_done_and_makes_nothing(
         assert (
             await db.execute(select(Collection.name).where(Collection.name.like("observer:%")))
         ).first() is None
+
+
+async def test_a_deduction_from_a_superseded_premise_is_not_written(
+    client: httpx.AsyncClient, memory: Memory, ana: None
+) -> None:
+    await conclude(client, memory, "Ana lives in Lisbon", "Ana lives in Porto now")
+    app_id, ana_id = await peer_id(memory, "ana")
+    llm = ScriptedLLM(
+        [verdict([(1, 2)], [("Ana speaks Portuguese in Lisbon", [1]), ("Ana lives in Portugal", [2])])]
+    )
+    result = await Dreamer(memory, llm).dream(app_id, ana_id, ana_id)
+    assert (result.superseded, result.deduced) == (1, 1)
+    listed = [c["content"] for c in (await client.post(f"{W}/conclusions/list", json={})).json()["items"]]
+    assert "Ana lives in Portugal" in listed and "Ana speaks Portuguese in Lisbon" not in listed
+
+
+async def test_a_merge_keeps_a_reinforcement_made_while_the_model_thought(
+    client: httpx.AsyncClient, memory: Memory, ana: None
+) -> None:
+    keeper, _, _ = await conclude(
+        client, memory, "Ana lives in Porto", "ana lives in porto!", "Ana drinks tea"
+    )
+    app_id, ana_id = await peer_id(memory, "ana")
+
+    async def reinforce() -> None:
+        async with memory.database.transaction() as db:
+            await db.execute(
+                update(Document)
+                .where(Document.id == keeper)
+                .values(metadata_={"times_derived": 5, "message_ids": ["m1"]})
+            )
+
+    class Meanwhile(ScriptedLLM):
+        async def _complete(self, messages: Any, max_tokens: int, temperature: float, schema: Any) -> Any:
+            await reinforce()  # the deriver reinforces the keeper between the dream's read and its write
+            return await super()._complete(messages, max_tokens, temperature, schema)
+
+    result = await Dreamer(memory, Meanwhile([verdict()])).dream(app_id, ana_id, ana_id)
+    assert result.merged == 1
+    assert (await rows(memory, [keeper]))[keeper].metadata_["times_derived"] == 6
+
+
+async def test_the_workspace_can_turn_derived_cards_off(
+    client: httpx.AsyncClient, memory: Memory, ana: None
+) -> None:
+    await conclude(client, memory, "Ana lives in Porto", "Ana drinks green tea")
+    assert (await client.put(W, json={"configuration": {"peer_card": {"create": False}}})).status_code == 200
+    app_id, ana_id = await peer_id(memory, "ana")
+    assert (await Dreamer(memory, ScriptedLLM([verdict()])).dream(app_id, ana_id, ana_id)).card is False
+    assert (await client.get(f"{W}/peers/ana/card")).json()["peer_card"] is None
+    assert (
+        await client.put(f"{W}/peers/ana", json={"configuration": {"peer_card": {"create": True}}})
+    ).status_code == 200
+    assert (await Dreamer(memory, ScriptedLLM([verdict()])).dream(app_id, ana_id, ana_id)).card is True
+
+
+async def test_a_dreams_own_deductions_do_not_schedule_another_and_old_dreams_are_dropped(
+    client: httpx.AsyncClient, memory: Memory, ana: None
+) -> None:
+    await conclude(client, memory, "Ana lives in Porto", "Ana drinks green tea")
+    app_id, ana_id = await peer_id(memory, "ana")
+    llm = ScriptedLLM([verdict([], [("Ana likes Portugal", [1, 2]), ("Ana likes tea in Porto", [1, 2])])])
+    assert (await Dreamer(memory, llm).dream(app_id, ana_id, ana_id)).deduced == 2
+    async with memory.database.transaction() as db:
+        # conclusions, then a dream (its row), then the dream's deductions, in that order in time
+        await db.execute(update(Document).values(created_at=func.now() - timedelta(minutes=20)))
+        await db.execute(
+            update(Document)
+            .where(Document.metadata_["source"].astext == "dream")
+            .values(created_at=func.now() - timedelta(minutes=5))
+        )
+        await dreams.request(db, app_id, ana_id, ana_id, reason="requested")
+        await db.execute(
+            update(Dream).values(
+                status="done",
+                created_at=func.now() - timedelta(minutes=10),
+                finished_at=func.now() - timedelta(days=40),
+            )
+        )
+        assert await dreams.schedule_due(db, threshold=2, idle_s=0) == 0, "two new, both the dream's own"
+        await dreams.request(db, app_id, ana_id, ana_id, reason="requested")
+        await db.execute(
+            update(Dream)
+            .where(Dream.status == "pending")
+            .values(status="done", finished_at=func.now() - timedelta(days=35))
+        )
+        assert await dreams.purge_finished(db, older_than_days=30) == 1, (
+            "the older goes, the pair's latest stays"
+        )
+        assert len((await db.execute(select(Dream.id))).all()) == 1

@@ -1,7 +1,7 @@
 """Honcho's current Python SDK (``honcho-ai`` 2.x) asks what Rapport learned from a conversation, with
 the server deriving on its default local model: facts planted in a two-peer session come back through
-the representation, a conclusion query, peer chat (whole and streamed) and the session's context with
-a peer target.
+the representation, a conclusion query, peer chat (whole and streamed), the session's context with
+a peer target and the peer card; a dream scheduled through the SDK is run by the service's workers.
 
 Run by tests/api/test_served_deriver.py in ``.venv-honcho3`` (the v1 client in Rapport's own venv has
 the same import name), with the server's URL in ``RAPPORT_URL``. Each step prints its name; a failed
@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+import httpx
 from honcho import Honcho
 from honcho.api_types import SessionPeerConfig
 
@@ -76,6 +77,20 @@ def main() -> int:
     assert knows(context.peer_representation), f"session context: {context.peer_representation!r}"
     assert [m.content for m in context.messages][-1].startswith("Every other weekend")
     print("ok   session context with a peer target", flush=True)
+
+    card = ana.get_card()
+    assert card and knows(" ".join(card)), f"the card the deriver derived: {card!r}"
+    honcho.schedule_dream(observer="ana")
+    deadline = time.monotonic() + DERIVED_WITHIN_S
+    while True:
+        dreams = httpx.get(f"{URL}/health", timeout=30).json()["dreams"]
+        if dreams["pending"] + dreams["running"] == 0 and dreams["done"] + dreams["failed"] >= 1:
+            break
+        assert time.monotonic() < deadline, f"the dream did not finish within {DERIVED_WITHIN_S} s: {dreams}"
+        time.sleep(2)
+    assert dreams["failed"] == 0, dreams
+    assert knows(ana.representation()), "what the dream left still holds the planted facts"
+    print(f"ok   card and a dream: {card!r}", flush=True)
     return 0
 
 

@@ -44,6 +44,13 @@ def upgrade() -> None:
         ["superseded_by"],
         postgresql_where=sa.text("superseded_by IS NOT NULL"),
     )
+    # The scheduler counts recent conclusions that still hold (storage/dreams.py _DUE).
+    op.create_index(
+        "ix_documents_created_at_valid",
+        "documents",
+        ["created_at"],
+        postgresql_where=sa.text("invalid_at IS NULL"),
+    )
     op.add_column(
         "peer_cards", sa.Column("derived", sa.Boolean(), nullable=False, server_default=sa.text("false"))
     )
@@ -86,11 +93,15 @@ def upgrade() -> None:
     op.create_index("ix_dreams_observed_id", "dreams", ["observed_id"])
     op.create_index("ix_dreams_observer_id", "dreams", ["observer_id"])
     op.create_index("ix_dreams_app_id", "dreams", ["app_id"])
+    op.create_index(
+        "ix_dreams_lease", "dreams", ["leased_until"], postgresql_where=sa.text("status = 'running'")
+    )
 
 
 def downgrade() -> None:
     op.drop_table("dreams")
     op.drop_column("peer_cards", "derived")
+    op.drop_index("ix_documents_created_at_valid", table_name="documents")
     op.drop_index("ix_documents_superseded_by", table_name="documents")
     op.drop_constraint("fk_documents_superseded_by_documents", "documents", type_="foreignkey")
     op.drop_column("documents", "superseded_by")
