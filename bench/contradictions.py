@@ -56,7 +56,7 @@ STORIES = [
           "What is ben's job now?", ("developer", "software"), ("nurse",)),
     Story("cleo", "My boyfriend Tom and I are planning a trip to Rome together.",
           "Tom and I broke up in August, so I am single now.",
-          "Is cleo in a relationship now?", ("single", "broke up", "not in a relationship", "no longer"), ("tom and i are",)),
+          "Is cleo in a relationship now?", ("single", "broke up", "not in a relationship", "no longer"), ("tom",)),
     Story("dan", "I have a dog called Rex, we walk every morning.",
           "Rex died in the spring; we adopted a cat called Luna since then.",
           "What pet does dan have now?", ("cat", "luna"), ("dog", "rex")),

@@ -308,6 +308,9 @@ def steal_share(before: list[int], after: list[int]) -> float:
     return spent[7] / max(sum(spent[:8]), 1)
 
 
+APP_NAME = "locomo-deriver"
+
+
 def ingest_v1(http: httpx.Client, app: str, runs: list[dict]) -> None:
     """v1: each run (conversation, speaker) is a user of its own, with the conversation's sessions."""
     for run in runs:
@@ -333,7 +336,7 @@ def peer_name(conversation: str, speaker: str) -> str:
 def ingest_v3(http: httpx.Client, workspace: str, runs: list[dict]) -> int:
     """v3: each conversation's sessions are sessions of two peers (its speakers), each observing itself
     (the defaults), sent once; each run's user is its speaker's peer. The messages sent, in all."""
-    ws = http.get(f"/v1/apps/{workspace}").json()["name"]
+    ws = APP_NAME  # the workspace is the app, by name
     sent = 0
     by_conversation: dict[str, list[dict]] = {}
     for run in runs:
@@ -394,7 +397,7 @@ def quality(args: argparse.Namespace) -> None:
         env = {"DB_CONNECTION_URI": db_url, "DERIVER_BATCH_WAIT_S": "2", "APP_LOG_LEVEL": "INFO"}
         with rapport_serve(env, Path(home), startup_timeout_s=300) as url:
             http = httpx.Client(base_url=url, timeout=60)
-            app = http.get("/v1/apps/get_or_create/locomo-deriver").json()["id"]
+            app = http.get(f"/v1/apps/get_or_create/{APP_NAME}").json()["id"]
             # Steady state: the clock starts once a first message has been derived (the model loaded).
             warm = http.get(f"/v1/apps/{app}/users/get_or_create/warm-up").json()["id"]
             warm_session = http.post(f"/v1/apps/{app}/users/{warm}/sessions", json={}).json()["id"]

@@ -83,7 +83,7 @@ class Context:
     recent: list[Record] = field(default_factory=list)
     tokens: int = 0  # estimated, of everything above
     speakers: dict[str, str] = field(default_factory=dict)  # senders' names by peer id (v3)
-    replaced: dict[str, list[str]] = field(default_factory=dict)  # what each fact superseded (dreams)
+    replaced: dict[str, list[Record]] = field(default_factory=dict)  # what each fact superseded (dreams)
 
     @property
     def empty(self) -> bool:
@@ -228,7 +228,11 @@ async def _gather(
             [row.id for row, _ in context.facts],
             sessions=list(recall.sessions) if recall.sessions else None,
         )
-    return replace(context, replaced={i: [row.content for row in rows] for i, rows in earlier.items()})
+    # A message whose facts a dream found replaced is old news: it is shown as those facts, under "no
+    # longer true", not among the relevant messages, where a small model takes it for what holds now.
+    stale = set().union(*(sources_of(row) for rows in earlier.values() for row in rows)) if earlier else set()
+    messages = [(row, score) for row, score in context.messages if row.id not in stale]
+    return replace(context, replaced=earlier, messages=messages)
 
 
 # --- the lookups ---------------------------------------------------------------------------------------

@@ -77,6 +77,27 @@ Answer with the JSON object only, e.g. {{"contradictions": [{{"older": 1, "newer
 "deductions": [{{"text": "...", "premises": [2, 3]}}]}}"""
 
 
+class BothHold(BaseModel):
+    """Whether two facts about a person can both be true now."""
+
+    both_true: bool
+
+
+PAIR_SYSTEM = """\
+You keep a memory of facts about {name}. You are shown an older and a newer fact, each with the date \
+it was learned. Decide whether both can be true at the same time now, or whether the newer one \
+replaced the older because something about {name} changed (moved to another place, changed job or \
+studies, a relationship ended, stopped or started doing something, a pet died or a new one came, a \
+preference changed). Answer with the JSON object only: {{"both_true": true}} or {{"both_true": false}}."""
+
+
+def pair_prompt(name: str, older: Record, newer: Record) -> list[ChatMessage]:
+    shown = (
+        f"Older fact ({fact_date(older)}): {older.content}\nNewer fact ({fact_date(newer)}): {newer.content}"
+    )
+    return [ChatMessage("system", PAIR_SYSTEM.format(name=name)), ChatMessage("user", shown)]
+
+
 def dream_prompt(name: str, facts: Sequence[Record], max_deductions: int) -> list[ChatMessage]:
     lines = [f"{i}. [{fact_date(f)}] {f.content}" for i, f in enumerate(facts, start=1)]
     system = DREAM_SYSTEM.format(name=name, k=max_deductions)
@@ -150,6 +171,9 @@ class Dreamer:
             result.tokens = tokens
             conflicts = self._conflicts(output, kept, rows, vectors)
             deductions = self._deductions(output, kept, rows)
+            checked, tokens = await self._check_pairs(named[observed_id].name, kept, rows, vectors, conflicts)
+            conflicts += checked
+            result.tokens += tokens
 
         new_vectors = await self.memory.embedder.embed([t for t, _ in deductions]) if deductions else None
         async with self.memory.documents_transaction() as tx:
@@ -241,6 +265,40 @@ class Dreamer:
             keeper = min(members, key=lambda i: (-_times_derived(rows[i]), i))  # rows are oldest first
             merges += [(i, keeper) for i in members if i != keeper]
         return merges
+
+    async def _check_pairs(
+        self,
+        name: str,
+        kept: Sequence[int],
+        rows: Sequence[Record],
+        vectors: np.ndarray,
+        named: Sequence[tuple[int, int]],
+    ) -> tuple[list[tuple[int, int]], int]:
+        """Ask about the likeliest contradictions one pair at a time (a small model misses most of them
+        in a list): the ``dream.max_pair_checks`` pairs of different dates most alike in embedding (but
+        not duplicates), not already named. (older, newer) of those that cannot both hold, and tokens."""
+        seen = {frozenset(p) for p in named}
+        candidates: list[tuple[float, int, int]] = []
+        for x, a in enumerate(kept):
+            for b in kept[x + 1 :]:
+                similarity = float(vectors[a] @ vectors[b])
+                if not RELATED_SIMILARITY <= similarity < self.settings.duplicate_similarity:
+                    continue
+                if frozenset((a, b)) in seen or fact_time(rows[a]) == fact_time(rows[b]):
+                    continue
+                older, newer = sorted((a, b), key=lambda i: _when(rows[i]))
+                candidates.append((similarity, older, newer))
+        candidates.sort(reverse=True)
+        found: list[tuple[int, int]] = []
+        tokens = 0
+        for _, older, newer in candidates[: self.settings.max_pair_checks]:
+            answer, completion = await self.llm.structured(
+                pair_prompt(name, rows[older], rows[newer]), BothHold, max_tokens=30
+            )
+            tokens += completion.usage.prompt_tokens + completion.usage.completion_tokens
+            if not answer.both_true:
+                found.append((older, newer))
+        return found, tokens
 
     async def _ask(self, name: str, facts: Sequence[Record]) -> tuple[DreamOutput, int]:
         prompt = dream_prompt(name, facts, self.settings.max_deductions)

@@ -287,6 +287,13 @@ class DreamSettings(_Section):
     duplicate_similarity: float = Field(
         default=0.95, ge=0.5, le=1.0, description="Cosine similarity at which two conclusions are merged."
     )
+    max_pair_checks: int = Field(
+        default=6,
+        ge=0,
+        le=100,
+        description="Likely contradictions (alike conclusions of different dates) asked about one pair "
+        "at a time, each a short LLM call.",
+    )
     max_deductions: int = Field(
         default=5, ge=0, le=50, description="Deductive conclusions one dream may write."
     )

@@ -56,16 +56,16 @@ sentence.
 holds now; mention the older one only if the change matters to the question.
 - Facts marked "inference" are readings between the lines, not things {user} said: say so if you use \
 them.
+- Facts under "No longer true" held once and were replaced by newer ones: never answer a question about \
+now from them; use them only when asked about the past or about a change.
 - Be brief: a few sentences at most, no preamble."""
 
 
-def _fact_line(fact: Record, replaced: Sequence[str] = ()) -> str:
+def _fact_line(fact: Record) -> str:
     inferred = (fact.metadata_ or {}).get("kind") == "inference" or getattr(
         fact, "level", None
     ) == "deductive"
     kind = " (inference)" if inferred else ""
-    if replaced:  # what it superseded: the history, for a question about a change
-        kind += " (this replaced the older: " + "; ".join(f'"{old}"' for old in replaced[-2:]) + ")"
     return f"- [{fact_date(fact)}] {fact.content}{kind}"
 
 
@@ -79,10 +79,7 @@ def render_context(context: Context) -> str:
     parts = []
     if context.facts:
         facts = sorted((row for row, _ in context.facts), key=fact_time, reverse=True)
-        parts.append(
-            f"Facts about {name} (newest first):\n"
-            + "\n".join(_fact_line(f, context.replaced.get(f.id, ())) for f in facts)
-        )
+        parts.append(f"Facts about {name} (newest first):\n" + "\n".join(_fact_line(f) for f in facts))
     for summary in context.summaries:
         kind = "long" if summary.label.endswith("_long") else "short"
         parts.append(f"Summary of the conversation ({kind}):\n{summary.content}")
@@ -92,6 +89,12 @@ def render_context(context: Context) -> str:
     if context.recent:
         lines = [_message_line(row, speakers) for row in context.recent]
         parts.append("The latest messages of this conversation:\n" + "\n".join(lines))
+    earlier = [old for rows in context.replaced.values() for old in rows]
+    if earlier:  # last, apart: what a dream found contradicted by a newer fact (for a question on a change)
+        lines = [
+            f"- [{fact_date(old)}] {old.content}" for old in sorted(earlier, key=fact_time, reverse=True)
+        ]
+        parts.append("No longer true (each replaced by a newer fact above):\n" + "\n".join(lines))
     return "\n\n".join(parts)
 
 
