@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from models.llm import ChatMessage, LLMClient, LLMConfigError, Usage
 from pipelines.deriver import observers
 from pipelines.deriver.prompts import (
+    MAX_FACTS,
     DerivedFact,
     Line,
     Shown,
@@ -393,7 +394,7 @@ class Deriver:
     ) -> Shown:
         """What the extraction prompt shows (and, ``beside`` it, the short summary's, which shares it
         word for word), fitted to the room the model leaves beside the longer of their answers."""
-        answer = answer_tokens(facts_limit(sum(m.peer_id in cast.observed for m in batch)))
+        answer = answer_tokens(_limit(batch, cast))
         if beside:
             answer = max(answer, summary_tokens("SHORT"))
         return fit_conversation(
@@ -422,7 +423,7 @@ class Deriver:
         cited = {i: m for i, m in enumerate(batch, start=1) if m.peer_id in cast.observed}
         if not cited:
             return []  # nothing an observed sender said: context for later batches, no facts
-        limit = facts_limit(len(cited))
+        limit = _limit(batch, cast)
         shown = shown or self.shown(cast, summary, history, batch)
         prompt = facts_prompt(cast.people, shown.summary, shown.history, shown.batch, limit)
         result, completion = await self.llm.structured(
@@ -625,6 +626,13 @@ class _Positioned:
     @property
     def id(self) -> str:
         return str(self.row.id)
+
+
+def _limit(batch: Sequence[Record], cast: Cast) -> int:
+    """How many facts a batch may yield: ``facts_limit`` of each observed sender's messages, summed (a
+    v1 batch has one), so two people read in one pass are allowed what two passes would allow."""
+    per_sender = Counter(m.peer_id for m in batch if m.peer_id in cast.observed)
+    return min(MAX_FACTS, sum(facts_limit(n) for n in per_sender.values()))
 
 
 async def _reinforce(

@@ -273,10 +273,14 @@ def facts_prompt(
     facts at most (``limit``; the output schema holds the model to it). ``people``: whom it is about, as
     the conversation names them."""
     parts = _conversation(people, summary, history, batch)
-    parts.append(
-        f"What do the numbered messages reveal about {names(people)}? At most {limit} facts, the most "
-        f"telling first. {FACTS_ASK}"
-    )
+    if len(people) == 1:
+        ask = f"What do the numbered messages reveal about {names(people)}? At most {limit} facts, the most telling first."
+    else:  # a small model asked about several at once lists a few and stops: ask for each in turn
+        ask = (
+            f"What do the numbered messages reveal about each of {names(people)}? Go through them one "
+            f"after the other and give each person's facts, the most telling first: at most {limit} in all."
+        )
+    parts.append(f"{ask} {FACTS_ASK}")
     return [ChatMessage("system", facts_system(people)), ChatMessage("user", "\n\n".join(parts))]
 
 
