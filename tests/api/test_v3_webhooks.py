@@ -4,10 +4,11 @@ the deriver has done a session's work."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -42,6 +43,22 @@ class Receiver:
         return [json.loads(body) for body, _ in self.got]
 
 
+@contextlib.asynccontextmanager
+async def hook_server(
+    port: int, hook: Callable[[web.Request], Awaitable[web.Response]]
+) -> AsyncIterator[None]:
+    """An HTTP server on ``port`` answering POST /hook with ``hook``."""
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     """An HTTP server that records what is posted to /hook (by name: "localhost" is not an IP literal)."""
@@ -53,15 +70,8 @@ async def receiver() -> AsyncIterator[Receiver]:
         found.arrived.set()
         return web.Response(status=204)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with hook_server(port, hook):
         yield found
-    finally:
-        await runner.cleanup()
 
 
 async def ok(response: httpx.Response, status: int = 200) -> dict:
@@ -203,16 +213,11 @@ async def flaky() -> AsyncIterator[Flaky]:
         await found.release.wait()
         return web.Response(status=found.statuses.pop(0) if found.statuses else 204)
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield found
-    finally:
-        found.release.set()
-        await runner.cleanup()
+    async with hook_server(port, hook):
+        try:
+            yield found
+        finally:
+            found.release.set()  # before the server stops: it waits for the requests it holds
 
 
 async def deliveries(memory: Memory) -> list[tuple[str, int, str | None]]:
