@@ -31,12 +31,14 @@ from pydantic import BaseModel, Field
 from models.llm import ChatMessage, LLMClient
 from models.llm.client import billed_to
 from pipelines.context import fact_date, fact_time
+from pipelines.deriver.derive import reinforce
 from pipelines.memory import Memory
 from rapport import metrics
 from rapport.settings import DreamSettings
 from storage import collections, documents, dreams
 from storage.dreams import DreamClaim
-from storage.query import Record
+from storage.query import Record, fetch_by_ids
+from storage.tables import User
 
 log = logging.getLogger(__name__)
 
@@ -114,19 +116,24 @@ class DreamResult:
     tokens: int = 0
 
 
-def _times_derived(row: Record) -> int:
-    value = (row.metadata_ or {}).get("times_derived", 1)
-    return value if isinstance(value, int) and value > 0 else 1
-
-
-def _sources(row: Record) -> list[str]:
-    metadata = row.metadata_ or {}
-    ids = metadata.get("message_ids")
-    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
-
-
 def _when(row: Record) -> tuple[Any, int]:
     return fact_time(row), row.seq
+
+
+async def _supersede_each(
+    db: Any, rows: Sequence[Record], pairs: Sequence[tuple[int, int]], reason: dreams.Reason, gone: set[str]
+) -> list[tuple[int, int]]:
+    """Mark each (old, new) pair's old superseded by its new, for those where neither is ``gone`` (no
+    longer holding; what this marks is added to it). The pairs marked."""
+    done = []
+    for older, newer in pairs:
+        old, new = rows[older], rows[newer]
+        if old.id in gone or new.id in gone:
+            continue
+        if await dreams.supersede(db, old.id, new.id, reason):
+            gone.add(old.id)
+            done.append((older, newer))
+    return done
 
 
 class Dreamer:
@@ -152,7 +159,7 @@ class Dreamer:
         pair = (observer_id, observed_id)
         async with self.memory.database.transaction() as db:
             found = await collections.pair_ids(db, [pair])
-            named = await dreams.peers(db, [observed_id])
+            named = {row.id: row for row in await fetch_by_ids(db, User, [observed_id])}
             if not found:  # nothing held about the peer: nothing to do, and no collection to make
                 if claim is not None:
                     await dreams.finish(db, claim, asdict(result))
@@ -182,24 +189,14 @@ class Dreamer:
             involved = [rows[i].id for i, _ in merges] + [rows[i].id for pair_ in conflicts for i in pair_]
             invalid = await dreams.invalid_among(tx.db, involved)  # since they were read
             gone: set[str] = set(invalid)
+            merged = await _supersede_each(tx.db, rows, merges, "duplicate", gone)
+            result.merged = len(merged)
             absorbed: dict[int, list[Record]] = {}
-            for dup, keeper in merges:
-                old, new = rows[dup], rows[keeper]
-                if old.id in gone or new.id in gone:
-                    continue
-                if await dreams.supersede(tx.db, old.id, new.id, "duplicate"):
-                    gone.add(old.id)
-                    result.merged += 1
-                    absorbed.setdefault(keeper, []).append(old)
+            for dup, keeper in merged:
+                absorbed.setdefault(keeper, []).append(rows[dup])
             for keeper, duplicates in absorbed.items():
                 await self._absorb(tx.db, app_id, observed_id, collection_id, rows[keeper].id, duplicates)
-            for older, newer in conflicts:
-                old, new = rows[older], rows[newer]
-                if old.id in gone or new.id in gone:
-                    continue
-                if await dreams.supersede(tx.db, old.id, new.id, "contradiction"):
-                    gone.add(old.id)
-                    result.superseded += 1
+            result.superseded = len(await _supersede_each(tx.db, rows, conflicts, "contradiction", gone))
             # a deduction resting on a conclusion that no longer holds is not written
             standing = [k for k, (_, p) in enumerate(deductions) if not any(rows[i].id in gone for i in p)]
             deductions = [deductions[k] for k in standing]
@@ -262,7 +259,9 @@ class Dreamer:
         for members in groups.values():
             if len(members) < 2:
                 continue
-            keeper = min(members, key=lambda i: (-_times_derived(rows[i]), i))  # rows are oldest first
+            keeper = min(
+                members, key=lambda i: (-documents.times_derived(rows[i].metadata_), i)
+            )  # rows are oldest first
             merges += [(i, keeper) for i in members if i != keeper]
         return merges
 
@@ -353,16 +352,8 @@ class Dreamer:
     ) -> None:
         """The keeper takes its merged duplicates' reinforcement and sources, read again under the pair's
         lock (the deriver may have reinforced either since the dream read them)."""
-        keeper = await documents.lock_by_id(db, keeper_id)
         fresh = [await documents.lock_by_id(db, d.id) for d in duplicates]
-        duplicates = [d for d in fresh if d is not None]
-        if keeper is None:
-            return
-        metadata = dict(keeper.metadata_ or {})
-        metadata["times_derived"] = _times_derived(keeper) + sum(_times_derived(d) for d in duplicates)
-        sources = _sources(keeper)
-        for duplicate in duplicates:
-            sources += [s for s in _sources(duplicate) if s not in sources]
-        if sources:
-            metadata["message_ids"] = sources[:200]
-        await documents.update_document(db, app_id, observed_id, collection_id, keeper.id, metadata=metadata)
+        merged = [d for d in fresh if d is not None]
+        sources = [s for d in merged for s in documents.source_ids(d.metadata_)]
+        times = sum(documents.times_derived(d.metadata_) for d in merged)
+        await reinforce(db, app_id, observed_id, collection_id, keeper_id, sources, times=times)

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pipelines.memory import Memory
-from storage import conclusions
+from storage import conclusions, documents
 from storage.query import Record
-from storage.workspaces import peer as peer_named
-from storage.workspaces import workspace
+from storage.workspaces import pair_named
 
 SECTIONS = (
     ("explicit", "## Explicit Observations"),
@@ -47,22 +45,10 @@ class Ask:
     session_ids: Sequence[str] | None = None  # only explicit conclusions drawn from these sessions
 
 
-async def _pair(db: Any, ws: str, observer: str, target: str | None) -> tuple[str, Record, Record]:
-    app = await workspace(db, ws)
-    seer = await peer_named(db, app.id, observer)
-    seen = seer if target is None or target == observer else await peer_named(db, app.id, target)
-    return app.id, seer, seen
-
-
-def _times_derived(row: Record) -> int:
-    value = row.metadata_.get("times_derived", 1)
-    return value if isinstance(value, int) else 1
-
-
 async def representation(memory: Memory, ws: str, observer: str, target: str | None, ask: Ask) -> str:
     """The representation ``observer`` holds of ``target`` (itself when None). 404 if either peer is
     missing."""
-    app_id, seer, seen = await memory.run(_pair, ws, observer, target)
+    app_id, seer, seen = await memory.run(pair_named, ws, observer, target)
     everything = await memory.run(conclusions.of_pair, app_id, seer, seen, session_ids=ask.session_ids)
     total = ask.max_conclusions
     chosen: dict[str, Record] = {}
@@ -85,7 +71,9 @@ async def representation(memory: Memory, ws: str, observer: str, target: str | N
         chosen.update((row.id, row) for row in found)
     if ask.include_most_frequent:
         share = min(total // 3 if ask.search_query else total // 2, total - len(chosen))
-        frequent = sorted(everything, key=lambda r: (-_times_derived(r), -r.created_at.timestamp(), r.id))
+        frequent = sorted(
+            everything, key=lambda r: (-documents.times_derived(r.metadata_), -r.created_at.timestamp(), r.id)
+        )
         for row in frequent:
             if share <= 0:
                 break

@@ -150,6 +150,21 @@ async def fetch_many(
     return {row.id: row for row in rows}
 
 
+def times_derived(metadata: dict[str, Any] | None) -> int:
+    """How often a fact was derived (its ``times_derived`` metadata; once when unset or unreadable)."""
+    value = (metadata or {}).get("times_derived", 1)
+    return value if isinstance(value, int) and value > 0 else 1
+
+
+def source_ids(metadata: dict[str, Any] | None) -> list[str]:
+    """The ids of the messages a fact was derived from, in the order they were added."""
+    metadata = metadata or {}
+    ids = metadata.get("message_ids")
+    if isinstance(ids, list) and ids:
+        return [i for i in ids if isinstance(i, str)]
+    return [metadata["message_id"]] if isinstance(metadata.get("message_id"), str) else []
+
+
 def normalized(text: str) -> str:
     """A fact's text for exact-duplicate checks: lower case, letters and digits, single spaces."""
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())

@@ -25,8 +25,7 @@ from storage.derivation import LeaseLost, backoff_s
 from storage.ids import new_id
 from storage.query import Record, record_columns
 from storage.tables import App, Collection, Document, Dream, PeerCard, User
-from storage.workspaces import peer as peer_named
-from storage.workspaces import workspace
+from storage.workspaces import pair_named
 
 CARD_LINES = 12  # lines of a derived card
 REASONS = ("scheduled", "requested", "batch")
@@ -164,16 +163,6 @@ async def counts(db: AsyncConnection, app_id: str | None = None) -> dict[str, in
     return {status: int(found.get(status, 0)) for status in ("pending", "running", "done", "failed")}
 
 
-async def latest(db: AsyncConnection, observer_id: str, observed_id: str) -> Record | None:
-    query = (
-        select(*record_columns(Dream))
-        .where(Dream.observer_id == observer_id, Dream.observed_id == observed_id)
-        .order_by(Dream.seq.desc())
-        .limit(1)
-    )
-    return (await db.execute(query)).first()
-
-
 # --- scheduling -----------------------------------------------------------------------------------------
 
 _DUE = text(
@@ -266,15 +255,6 @@ async def pairs_of_app(db: AsyncConnection, app_id: str) -> list[tuple[str, str]
         .order_by(Collection.seq)
     )
     return [(a, b) for a, b in (await db.execute(query)).all()]
-
-
-async def app_of(db: AsyncConnection, app_id: str) -> Record:
-    return (await db.execute(select(*record_columns(App)).where(App.id == app_id))).one()
-
-
-async def peers(db: AsyncConnection, ids: Sequence[str]) -> dict[str, Record]:
-    rows = await db.execute(select(*record_columns(User)).where(User.id.in_(list(ids))))
-    return {row.id: row for row in rows}
 
 
 # --- supersession -------------------------------------------------------------------------------------
@@ -429,21 +409,15 @@ async def request_in(
 ) -> bool:
     """Queue a dream of what ``observer`` holds about ``observed`` (itself when None), by names; 404 for
     a missing workspace or peer. False if one is open already."""
-
-    app = await workspace(db, ws)
-    seer = await peer_named(db, app.id, observer)
-    seen = seer if observed is None or observed == observer else await peer_named(db, app.id, observed)
-    return await request(db, app.id, seer.id, seen.id, reason=reason)
+    app_id, seer, seen = await pair_named(db, ws, observer, observed)
+    return await request(db, app_id, seer.id, seen.id, reason=reason)
 
 
 async def history_in(
     db: AsyncConnection, ws: str, observer: str, target: str | None, *, limit: int
 ) -> list[Record]:
     """The superseded conclusions ``observer`` holds about ``target`` (itself when None), by names."""
-
-    app = await workspace(db, ws)
-    seer = await peer_named(db, app.id, observer)
-    seen = seer if target is None or target == observer else await peer_named(db, app.id, target)
+    _, seer, seen = await pair_named(db, ws, observer, target)
     found = await pair_ids(db, [(seer.id, seen.id)])
     collection = found.get((seer.id, seen.id))
     return await history(db, collection, limit=limit) if collection is not None else []

@@ -422,9 +422,8 @@ async def names_of(db: AsyncConnection, rows: Sequence[Record]) -> tuple[dict[st
     """The names of these messages' senders and sessions, by id."""
     if not rows:
         return {}, {}
-    peer_ids = list({row.peer_id for row in rows})
     session_ids = list({row.session_id for row in rows})
-    peers = dict((await db.execute(select(User.id, User.name).where(User.id.in_(peer_ids)))).all())
+    peers = await sender_names(db, rows)
     named = dict(
         (await db.execute(select(Session.id, Session.name).where(Session.id.in_(session_ids)))).all()
     )

@@ -115,6 +115,17 @@ async def peer(db: AsyncConnection, app_id: str, name: str) -> Record:
     return await fetch_one(db, User, {"app_id": app_id, "name": name}, f"peer {name!r}")
 
 
+async def pair_named(
+    db: AsyncConnection, ws: str, observer: str, target: str | None
+) -> tuple[str, Record, Record]:
+    """The workspace's app id and the rows of the peer named ``observer`` and of the one it is asked
+    about, ``target`` (itself when None); 404 for any that is missing."""
+    app = await workspace(db, ws)
+    seer = await peer(db, app.id, observer)
+    seen = seer if target is None or target == observer else await peer(db, app.id, target)
+    return app.id, seer, seen
+
+
 async def get_or_create_peer(
     db: AsyncConnection,
     app_id: str,

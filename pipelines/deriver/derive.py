@@ -305,7 +305,7 @@ class Deriver:
                     tx.add(row, vector)
                     outcome.stored.append(row.id)
                 for document_id, sources in plan.repeats.items():
-                    await _reinforce(tx.db, held.app_id, peer, collection_id, document_id, sources)
+                    await reinforce(tx.db, held.app_id, peer, collection_id, document_id, sources)
                     outcome.reinforced.append(document_id)
                 # the pair's card, from its most reinforced conclusions (one set through the API stays)
                 await dreams.refresh_card(tx.db, held.app_id, pair[0], peer, collection_id)
@@ -635,22 +635,29 @@ def _limit(batch: Sequence[Record], cast: Cast) -> int:
     return min(MAX_FACTS, sum(facts_limit(n) for n in per_sender.values()))
 
 
-async def _reinforce(
-    db: AsyncConnection, app_id: str, peer_id: str, collection_id: str, document_id: str, sources: list[str]
+async def reinforce(
+    db: AsyncConnection,
+    app_id: str,
+    peer_id: str,
+    collection_id: str,
+    document_id: str,
+    sources: Sequence[str],
+    *,
+    times: int = 1,
 ) -> None:
-    """Count a stored fact derived once more and add the new sources to its provenance."""
+    """Count a stored fact derived ``times`` more (a dream's merge adds its duplicates' counts) and add
+    the new sources to its provenance, under its row lock."""
     row = await documents.lock_by_id(db, document_id)
     if row is None:  # deleted meanwhile (by an erasure): nothing to reinforce
         return
     metadata: dict[str, Any] = dict(row.metadata_ or {})
-    known = list(
-        metadata.get("message_ids") or ([metadata["message_id"]] if metadata.get("message_id") else [])
-    )
+    known = documents.source_ids(metadata)
     known += [s for s in sources if s not in known]
     if len(known) > MAX_SOURCE_IDS:
         known = known[: MAX_SOURCE_IDS // 2] + known[-MAX_SOURCE_IDS // 2 :]
-    metadata["message_ids"] = known
-    metadata.setdefault("message_id", known[0])
-    metadata["times_derived"] = int(metadata.get("times_derived") or 1) + 1
+    if known:
+        metadata["message_ids"] = known
+        metadata.setdefault("message_id", known[0])
+    metadata["times_derived"] = documents.times_derived(metadata) + times
     if len(str(metadata)) < METADATA_MAX_BYTES:
         await documents.update_document(db, app_id, peer_id, collection_id, document_id, metadata=metadata)

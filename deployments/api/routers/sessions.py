@@ -17,6 +17,8 @@ from models.llm.client import billed_to
 from storage import sessions as store
 
 log = logging.getLogger(__name__)
+# A streamed answer's headers: proxies that buffer (nginx) would hold it back until it is complete.
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 router = APIRouter(
     prefix="/v1/apps/{app_id}/users/{user_id}/sessions",
@@ -141,9 +143,7 @@ async def chat(
             first = await anext(pieces)
         except StopAsyncIteration:
             first = ""
-    # Proxies that buffer (nginx) would hold the chunks back until the answer is complete.
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_rest_of(first, pieces), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(_rest_of(first, pieces), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
 async def _rest_of(first: str, pieces: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:

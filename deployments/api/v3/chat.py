@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from deployments.api.auth import Key
 from deployments.api.params import Dial
+from deployments.api.routers.sessions import STREAM_HEADERS
 from deployments.api.v3 import schemas
 from deployments.api.v3.access import denied, v3_key
 from deployments.api.v3.params import PeerId, WorkspaceId
@@ -25,8 +26,6 @@ from storage.errors import InvalidError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v3/workspaces/{workspace_id}/peers", tags=["peers"])
-# Proxies that buffer (nginx) would hold the events back until the answer is complete.
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.post(
